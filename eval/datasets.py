@@ -1,0 +1,268 @@
+"""Readers for evaluation data: BEIR folders and a plain JSONL of users' own questions and gold passages.
+
+BEIR layout (https://github.com/beir-cellar/beir): ``corpus.jsonl`` (``_id``, ``title``, ``text``),
+``queries.jsonl`` (``_id``, ``text``) and ``qrels/<split>.tsv`` (``query-id``, ``corpus-id``, ``score``,
+tab-separated, one header line). ``\\r\\n`` line endings and a UTF-8 byte-order mark are accepted. Every
+malformed line is an error naming the file and the line number.
+
+Gold are corpus ids: the evaluation ranks corpus passages, whatever chunks the index holds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ragkit.errors import RagkitError
+from ragkit.types import Document
+
+logger = logging.getLogger("ragkit.eval")
+
+Qrels = Mapping[str, Mapping[str, int]]
+
+
+class DatasetFormatError(RagkitError, ValueError):
+    """An evaluation file that is missing or malformed; the message names the file and line."""
+
+
+@dataclass(frozen=True)
+class BeirDataset:
+    """Queries and graded judgements to evaluate, with the corpus they refer to.
+
+    ``queries`` (id -> text) holds only queries with at least one relevant (grade > 0) judgement; ``qrels``
+    (query id -> {corpus id: grade}) holds the judgements of those queries. ``passages`` counts the corpus.
+    ``corpus_path`` is None for gold sets evaluated against an existing index (:func:`load_gold_dataset`).
+    ``unknown_gold`` lists ``(query id, corpus id)`` judgements whose passage is not in the corpus: they can
+    never be retrieved and still count in recall's denominator, as in BEIR.
+
+    >>> ds = load_beir("shared/data/scifact")            # doctest: +SKIP
+    >>> len(ds.queries), ds.passages                      # doctest: +SKIP
+    (300, 5183)
+    """
+
+    name: str
+    queries: Mapping[str, str]
+    qrels: Qrels
+    passages: int
+    corpus_path: Path | None = None
+    split: str = "test"
+    unknown_gold: tuple[tuple[str, str], ...] = ()
+
+    def documents(self) -> Iterator[Document]:
+        """The corpus as Documents (id = corpus id, title kept apart so chunks embed ``title + " " + text``)."""
+        if self.corpus_path is None:
+            raise DatasetFormatError(f"dataset {self.name!r} has no corpus file; evaluate it against an index")
+        for _, doc in _read_corpus(self.corpus_path):
+            yield doc
+
+
+def _open_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(1-based line number, line without its ending) for each non-blank line; universal newlines."""
+    try:
+        with path.open("r", encoding="utf-8-sig", newline=None) as handle:
+            for number, line in enumerate(handle, start=1):
+                text = line.rstrip("\n")
+                if text.strip():
+                    yield number, text
+    except UnicodeDecodeError as exc:
+        raise DatasetFormatError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
+def _json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    for number, line in _open_lines(path):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DatasetFormatError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+        if not isinstance(record, dict):
+            raise DatasetFormatError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
+        yield number, record
+
+
+def _id_field(path: Path, number: int, record: Mapping[str, Any], key: str) -> str:
+    value = record.get(key)
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
+        raise DatasetFormatError(f"{path}:{number}: missing or invalid {key!r} (expected a string id)")
+    return str(value)
+
+
+def _text_field(path: Path, number: int, record: Mapping[str, Any], key: str, required: bool) -> str:
+    value = record.get(key)
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str):
+        raise DatasetFormatError(f"{path}:{number}: missing or invalid {key!r} (expected a string)")
+    return value
+
+
+def _read_corpus(path: Path) -> Iterator[tuple[int, Document]]:
+    seen: dict[str, int] = {}
+    for number, record in _json_lines(path):
+        doc_id = _id_field(path, number, record, "_id")
+        if doc_id in seen:
+            raise DatasetFormatError(f"{path}:{number}: duplicate _id {doc_id!r} (first on line {seen[doc_id]})")
+        seen[doc_id] = number
+        title = _text_field(path, number, record, "title", required=False)
+        text = _text_field(path, number, record, "text", required=True)
+        yield number, Document(id=doc_id, text=text, source=f"{path}#{doc_id}", title=title)
+
+
+def _parse_grade(raw: str) -> int | None:
+    try:
+        return int(raw)
+    except ValueError:
+        pass
+    try:
+        value = float(raw)
+    except ValueError:
+        return None
+    return int(value) if value.is_integer() else None
+
+
+def read_qrels(path: str | os.PathLike[str]) -> dict[str, dict[str, int]]:
+    """BEIR qrels: ``query-id<TAB>corpus-id<TAB>score`` lines after an optional header line."""
+    path = Path(path)
+    qrels: dict[str, dict[str, int]] = {}
+    where: dict[tuple[str, str], int] = {}
+    first = True
+    for number, line in _open_lines(path):
+        fields = line.split("\t")
+        if len(fields) != 3:
+            raise DatasetFormatError(
+                f"{path}:{number}: expected 3 tab-separated columns (query-id, corpus-id, score), "
+                f"got {len(fields)}: {line[:80]!r}"
+            )
+        qid, doc_id, raw_grade = (field.strip() for field in fields)
+        grade = _parse_grade(raw_grade)
+        if first and grade is None:
+            first = False
+            continue  # the header line
+        first = False
+        if grade is None:
+            raise DatasetFormatError(f"{path}:{number}: score {raw_grade!r} is not an integer grade")
+        if not qid or not doc_id:
+            raise DatasetFormatError(f"{path}:{number}: empty query-id or corpus-id")
+        previous = qrels.setdefault(qid, {}).get(doc_id)
+        if previous is not None and previous != grade:
+            raise DatasetFormatError(
+                f"{path}:{number}: ({qid}, {doc_id}) judged {grade} here and {previous} on line "
+                f"{where[(qid, doc_id)]}"
+            )
+        qrels[qid][doc_id] = grade
+        where.setdefault((qid, doc_id), number)
+    return qrels
+
+
+def load_beir(directory: str | os.PathLike[str], split: str = "test") -> BeirDataset:
+    """Read a BEIR folder; queries and qrels are limited to queries with a relevant judgement in ``split``.
+
+    The corpus is read once to validate it, count passages and check that gold ids exist; it is not kept in
+    memory (:meth:`BeirDataset.documents` streams it again).
+    """
+    root = Path(directory)
+    if not root.is_dir():
+        raise DatasetFormatError(f"{root}: no such dataset folder (expected corpus.jsonl, queries.jsonl, qrels/)")
+    corpus_path, queries_path = root / "corpus.jsonl", root / "queries.jsonl"
+    qrels_path = root / "qrels" / f"{split}.tsv"
+    for needed in (corpus_path, queries_path):
+        if not needed.is_file():
+            raise DatasetFormatError(f"{needed}: missing; a BEIR folder holds corpus.jsonl, queries.jsonl, qrels/")
+    if not qrels_path.is_file():
+        splits = sorted(p.stem for p in (root / "qrels").glob("*.tsv")) if (root / "qrels").is_dir() else []
+        raise DatasetFormatError(
+            f"{qrels_path}: missing; splits available: {', '.join(splits) or 'none'} (choose one with split=...)"
+        )
+
+    all_qrels = read_qrels(qrels_path)
+    qrels = {qid: gold for qid, gold in all_qrels.items() if any(g > 0 for g in gold.values())}
+    dropped = len(all_qrels) - len(qrels)
+    if dropped:
+        logger.info("%s: %d queries have no relevant judgement and are not evaluated", qrels_path, dropped)
+
+    queries: dict[str, str] = {}
+    seen: dict[str, int] = {}
+    for number, record in _json_lines(queries_path):
+        qid = _id_field(queries_path, number, record, "_id")
+        if qid in seen:
+            raise DatasetFormatError(f"{queries_path}:{number}: duplicate _id {qid!r} (first on line {seen[qid]})")
+        seen[qid] = number
+        text = _text_field(queries_path, number, record, "text", required=True)
+        if qid in qrels:
+            queries[qid] = text
+    missing = [qid for qid in qrels if qid not in queries]
+    if missing:
+        raise DatasetFormatError(
+            f"{qrels_path}: {len(missing)} judged queries have no text in {queries_path} "
+            f"(first: {', '.join(missing[:5])})"
+        )
+    if not queries:
+        raise DatasetFormatError(f"{qrels_path}: no query has a relevant (score > 0) judgement")
+
+    corpus_ids: set[str] = set()
+    for _, doc in _read_corpus(corpus_path):
+        corpus_ids.add(doc.id)
+    unknown = tuple((qid, d) for qid in queries for d in qrels[qid] if d not in corpus_ids)
+    if unknown:
+        logger.warning("%s: %d judged passages are not in %s", qrels_path, len(unknown), corpus_path)
+    return BeirDataset(
+        name=root.name,
+        queries=queries,
+        qrels={qid: qrels[qid] for qid in queries},
+        passages=len(corpus_ids),
+        corpus_path=corpus_path,
+        split=split,
+        unknown_gold=unknown,
+    )
+
+
+def load_gold_jsonl(path: str | os.PathLike[str]) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
+    """Users' own gold: one ``{"query": "...", "gold": ["doc id", ...]}`` per line.
+
+    Returns ``(queries, qrels)`` with query ids ``q1``, ``q2``, ... in file order. ``gold`` may also map
+    doc id -> integer grade for graded relevance. Other keys (an answer, notes) are ignored.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetFormatError(f"{path}: no such gold file (one JSON object per line: query, gold)")
+    queries: dict[str, str] = {}
+    qrels: dict[str, dict[str, int]] = {}
+    for number, record in _json_lines(path):
+        query = record.get("query")
+        if not isinstance(query, str) or not query.strip():
+            raise DatasetFormatError(f"{path}:{number}: 'query' must be a non-empty string")
+        gold = record.get("gold")
+        if isinstance(gold, list):
+            items = [(doc_id, 1) for doc_id in gold]
+        elif isinstance(gold, dict):
+            items = list(gold.items())
+        else:
+            raise DatasetFormatError(f"{path}:{number}: 'gold' must be a list of document ids")
+        judgements: dict[str, int] = {}
+        for doc_id, grade in items:
+            if isinstance(doc_id, bool) or not isinstance(doc_id, (str, int)) or doc_id == "":
+                raise DatasetFormatError(f"{path}:{number}: gold id {doc_id!r} is not a string id")
+            if isinstance(grade, bool) or not isinstance(grade, int):
+                raise DatasetFormatError(f"{path}:{number}: grade {grade!r} of {doc_id!r} is not an integer")
+            judgements[str(doc_id)] = grade
+        if not any(g > 0 for g in judgements.values()):
+            raise DatasetFormatError(f"{path}:{number}: 'gold' lists no relevant document; add one or drop the line")
+        qid = f"q{len(queries) + 1}"
+        queries[qid] = query
+        qrels[qid] = judgements
+    if not queries:
+        raise DatasetFormatError(f"{path}: no questions (one JSON object per line: query, gold)")
+    return queries, qrels
+
+
+def load_gold_dataset(path: str | os.PathLike[str], passages: int, name: str | None = None) -> BeirDataset:
+    """:func:`load_gold_jsonl` wrapped as a corpus-less :class:`BeirDataset` for ``run_eval`` on an index.
+
+    ``passages`` is the number of documents in the index being evaluated (reported, not checked).
+    """
+    queries, qrels = load_gold_jsonl(path)
+    return BeirDataset(name=name or Path(path).stem, queries=queries, qrels=qrels, passages=passages)

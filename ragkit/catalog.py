@@ -1,0 +1,291 @@
+"""The catalog: an SQLite database that is the source of truth of an index.
+
+Documents (source, content hash, metadata) and chunks (text, character offsets, vector id) are written in
+transactions; vector shards, the BM25 index and the graph matrices are derived from it. Every write bumps a
+``generation`` counter, which derived stores record when they are saved, so a reader can tell when one of them
+is behind (an interrupted run) and bring it up to date from here.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from ragkit.errors import IndexFormatError
+from ragkit.types import Chunk, Document, vector_id
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS documents (
+    id TEXT PRIMARY KEY,
+    source TEXT NOT NULL,
+    title TEXT NOT NULL,
+    content_hash TEXT NOT NULL,
+    meta TEXT NOT NULL,
+    tags TEXT NOT NULL,
+    indexed_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS documents_source ON documents(source);
+CREATE TABLE IF NOT EXISTS chunks (
+    id TEXT PRIMARY KEY,
+    doc_id TEXT NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
+    ord INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    start INTEGER NOT NULL,
+    end INTEGER NOT NULL,
+    meta TEXT NOT NULL,
+    vector_id INTEGER NOT NULL UNIQUE
+);
+CREATE INDEX IF NOT EXISTS chunks_doc ON chunks(doc_id);
+CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+_CHUNK_COLUMNS = "c.id, c.doc_id, c.text, c.start, c.end, c.meta, d.title"
+
+
+def _row_to_chunk(row: Sequence[Any]) -> Chunk:
+    meta = json.loads(row[5])
+    if row[6]:
+        meta["title"] = row[6]
+    return Chunk(id=row[0], doc_id=row[1], text=row[2], start=row[3], end=row[4], meta=meta)
+
+
+class Catalog:
+    """Documents and chunks of one index, in ``catalog.sqlite`` (WAL mode, one writer, many readers)."""
+
+    def __init__(self, path: Path, *, create: bool = False) -> None:
+        self.path = path
+        if not create and not path.exists():
+            raise IndexFormatError(f"{path}: catalog is missing")
+        self._lock = threading.RLock()
+        try:
+            self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.execute("PRAGMA foreign_keys=ON")
+            if create:
+                self._conn.executescript(SCHEMA)
+            self._check_schema()
+        except sqlite3.DatabaseError as exc:
+            raise IndexFormatError(f"{path}: not a readable ragkit catalog ({exc})") from None
+
+    def _check_schema(self) -> None:
+        tables = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        missing = {"documents", "chunks", "state"} - tables
+        if missing:
+            raise IndexFormatError(f"{self.path}: catalog lacks tables {sorted(missing)}")
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The raw connection, for stores that keep their tables in the catalog (the knowledge graph)."""
+        return self._conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One atomic write: everything inside commits together and bumps the generation, or nothing does."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+                self._conn.execute(
+                    "INSERT INTO state(key, value) VALUES('generation', '1') ON CONFLICT(key) "
+                    "DO UPDATE SET value = CAST(value AS INTEGER) + 1"
+                )
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    # -- reads -------------------------------------------------------------------------------------------
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    @property
+    def generation(self) -> int:
+        rows = self._query("SELECT value FROM state WHERE key = 'generation'")
+        return int(rows[0][0]) if rows else 0
+
+    def content_hashes(self, doc_ids: Iterable[str]) -> dict[str, str]:
+        result: dict[str, str] = {}
+        for batch in _batches(list(doc_ids)):
+            marks = ",".join("?" * len(batch))
+            result.update(self._query(f"SELECT id, content_hash FROM documents WHERE id IN ({marks})", batch))
+        return result
+
+    def documents_of_sources(self, sources: Iterable[str]) -> list[str]:
+        ids: list[str] = []
+        for batch in _batches(list(sources)):
+            marks = ",".join("?" * len(batch))
+            ids += [r[0] for r in self._query(f"SELECT id FROM documents WHERE source IN ({marks})", batch)]
+        return ids
+
+    def has_document(self, doc_id: str) -> bool:
+        return bool(self._query("SELECT 1 FROM documents WHERE id = ?", (doc_id,)))
+
+    def sources(self) -> dict[str, list[str]]:
+        """Every source with the ids of the documents it produced."""
+        result: dict[str, list[str]] = {}
+        for doc_id, source in self._query("SELECT id, source FROM documents ORDER BY id"):
+            result.setdefault(source, []).append(doc_id)
+        return result
+
+    def document_titles(self, doc_ids: Iterable[str]) -> dict[str, str]:
+        result: dict[str, str] = {}
+        for batch in _batches(list(doc_ids)):
+            marks = ",".join("?" * len(batch))
+            result.update(self._query(f"SELECT id, title FROM documents WHERE id IN ({marks})", batch))
+        return result
+
+    def document_sources(self, doc_ids: Iterable[str]) -> dict[str, str]:
+        result: dict[str, str] = {}
+        for batch in _batches(list(doc_ids)):
+            marks = ",".join("?" * len(batch))
+            result.update(self._query(f"SELECT id, source FROM documents WHERE id IN ({marks})", batch))
+        return result
+
+    def chunks_by_vector_ids(self, vector_ids: Sequence[int]) -> dict[int, Chunk]:
+        result: dict[int, Chunk] = {}
+        for batch in _batches([int(v) for v in vector_ids]):
+            marks = ",".join("?" * len(batch))
+            rows = self._query(
+                f"SELECT {_CHUNK_COLUMNS}, c.vector_id FROM chunks c JOIN documents d ON d.id = c.doc_id "
+                f"WHERE c.vector_id IN ({marks})",
+                batch,
+            )
+            result.update((row[7], _row_to_chunk(row)) for row in rows)
+        return result
+
+    def chunks_by_ids(self, chunk_ids: Sequence[str]) -> dict[str, Chunk]:
+        result: dict[str, Chunk] = {}
+        for batch in _batches(list(chunk_ids)):
+            marks = ",".join("?" * len(batch))
+            rows = self._query(
+                f"SELECT {_CHUNK_COLUMNS} FROM chunks c JOIN documents d ON d.id = c.doc_id "
+                f"WHERE c.id IN ({marks})",
+                batch,
+            )
+            result.update((row[0], _row_to_chunk(row)) for row in rows)
+        return result
+
+    def iter_chunks(self, batch_size: int = 5000) -> Iterator[list[Chunk]]:
+        """All chunks in a stable order (by vector id), in batches; used to rebuild derived stores."""
+        last = -1
+        while True:
+            rows = self._query(
+                f"SELECT {_CHUNK_COLUMNS}, c.vector_id FROM chunks c JOIN documents d ON d.id = c.doc_id "
+                "WHERE c.vector_id > ? ORDER BY c.vector_id LIMIT ?",
+                (last, batch_size),
+            )
+            if not rows:
+                return
+            last = rows[-1][7]
+            yield [_row_to_chunk(row) for row in rows]
+
+    def chunk_ids_of_vectors(self, vector_ids: Sequence[int]) -> dict[int, str]:
+        result: dict[int, str] = {}
+        for batch in _batches([int(v) for v in vector_ids]):
+            marks = ",".join("?" * len(batch))
+            result.update(self._query(f"SELECT vector_id, id FROM chunks WHERE vector_id IN ({marks})", batch))
+        return result
+
+    def chunk_ids_where(self, where: Mapping[str, Any]) -> set[str]:
+        """Ids of chunks whose document matches every ``key == value`` (doc_id, source, or a user tag)."""
+        clauses, params = [], []
+        for key, value in where.items():
+            if key in ("doc_id", "source"):
+                clauses.append("d.id = ?" if key == "doc_id" else "d.source = ?")
+            else:
+                clauses.append("json_extract(d.tags, ?) = ?")
+                params.append(f'$."{key}"')
+            params.append(value)
+        sql = "SELECT c.id FROM chunks c JOIN documents d ON d.id = c.doc_id WHERE " + " AND ".join(clauses)
+        return {r[0] for r in self._query(sql, params)}
+
+    def vector_ids(self) -> set[int]:
+        return {r[0] for r in self._query("SELECT vector_id FROM chunks")}
+
+    def vector_tags(self, vector_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+        """Per-vector metadata that backends store for filtering: doc id, source and the user's tags."""
+        result: dict[int, dict[str, Any]] = {}
+        for batch in _batches([int(v) for v in vector_ids]):
+            marks = ",".join("?" * len(batch))
+            rows = self._query(
+                "SELECT c.vector_id, d.id, d.source, d.tags FROM chunks c JOIN documents d ON d.id = c.doc_id "
+                f"WHERE c.vector_id IN ({marks})",
+                batch,
+            )
+            for vid, doc_id, source, tags in rows:
+                result[vid] = {**json.loads(tags), "doc_id": doc_id, "source": source}
+        return result
+
+    def counts(self) -> dict[str, int]:
+        documents = self._query("SELECT COUNT(*) FROM documents")[0][0]
+        chunks = self._query("SELECT COUNT(*) FROM chunks")[0][0]
+        return {"documents": documents, "chunks": chunks}
+
+    def get_state(self, key: str) -> str | None:
+        rows = self._query("SELECT value FROM state WHERE key = ?", (key,))
+        return rows[0][0] if rows else None
+
+    # -- writes (inside ``transaction()``) ---------------------------------------------------------------
+
+    def put_document(
+        self, conn: sqlite3.Connection, doc: Document, chunks: Sequence[Chunk], tags: Mapping[str, Any]
+    ) -> list[int]:
+        """Insert or replace a document and its chunks; returns the vector ids of the chunks it replaced."""
+        old = [r[0] for r in conn.execute("SELECT vector_id FROM chunks WHERE doc_id = ?", (doc.id,))]
+        conn.execute("DELETE FROM chunks WHERE doc_id = ?", (doc.id,))
+        conn.execute(
+            "INSERT OR REPLACE INTO documents(id, source, title, content_hash, meta, tags, indexed_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (doc.id, doc.source, doc.title, doc.content_hash, _dumps(doc.meta), _dumps(tags), time.time()),
+        )
+        conn.executemany(
+            "INSERT INTO chunks(id, doc_id, ord, text, start, end, meta, vector_id) VALUES (?,?,?,?,?,?,?,?)",
+            [
+                (c.id, c.doc_id, i, c.text, c.start, c.end, _dumps(_stored_meta(c.meta)), vector_id(c.id))
+                for i, c in enumerate(chunks)
+            ],
+        )
+        return old
+
+    def delete_documents(self, conn: sqlite3.Connection, doc_ids: Sequence[str]) -> list[int]:
+        """Delete documents and their chunks; returns the vector ids that must leave the vector index."""
+        removed: list[int] = []
+        for batch in _batches(list(doc_ids)):
+            marks = ",".join("?" * len(batch))
+            removed += [r[0] for r in conn.execute(f"SELECT vector_id FROM chunks WHERE doc_id IN ({marks})", batch)]
+            conn.execute(f"DELETE FROM chunks WHERE doc_id IN ({marks})", batch)
+            conn.execute(f"DELETE FROM documents WHERE id IN ({marks})", batch)
+        return removed
+
+    def set_state(self, conn: sqlite3.Connection, key: str, value: str) -> None:
+        conn.execute(
+            "INSERT INTO state(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+
+def _stored_meta(meta: Mapping[str, Any]) -> dict[str, Any]:
+    # The title lives on the document row; storing it per chunk would repeat it.
+    return {k: v for k, v in meta.items() if k != "title"}
+
+
+def _dumps(value: Mapping[str, Any]) -> str:
+    return json.dumps(dict(value), ensure_ascii=False, sort_keys=True, default=str)
+
+
+def _batches(items: list[Any], size: int = 900) -> Iterator[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

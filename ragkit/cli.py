@@ -1,0 +1,291 @@
+"""The ``ragkit`` command: index, ask, stats, delete, eval.
+
+Exit codes: 0 success, 1 fatal error, 2 bad usage, 3 partial success (some files failed, the rest is indexed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ragkit.config import Settings, default_index_dir, load_settings
+from ragkit.errors import RagkitError
+from ragkit.types import RETRIEVAL_MODES
+
+EXIT_OK, EXIT_FATAL, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
+
+
+def _key_values(pairs: Sequence[str] | None, flag: str) -> dict[str, str]:
+    result = {}
+    for pair in pairs or ():
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise argparse.ArgumentTypeError(f"{flag} expects KEY=VALUE, got {pair!r}")
+        result[key] = value
+    return result
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ragkit", description="Index documents and answer questions about them.")
+    parser.add_argument("--config", help="settings file (default: ./ragkit.toml when present)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def with_index(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--index", type=Path, help="index directory (default: $RAGKIT_INDEX or ./.ragkit)")
+        sub.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+    index = commands.add_parser("index", help="index files and directories (only changed documents)")
+    index.add_argument("sources", nargs="+", help="files or directories")
+    with_index(index)
+    index.add_argument("--sync", action="store_true", help="also remove documents whose files are gone")
+    index.add_argument("--no-graph", action="store_true", help="skip knowledge-graph extraction (new index only)")
+    index.add_argument("--backend", choices=("faiss", "milvus", "chroma"), help="vector backend (new index only)")
+    index.add_argument("--uri", help="Milvus or Chroma server URI (new index only)")
+    index.add_argument("--shards", type=int, help="number of vector shards (new index only)")
+    index.add_argument("--meta", action="append", metavar="KEY=VALUE", help="tag every chunk (repeatable)")
+
+    ask = commands.add_parser("ask", help="answer a question from the index, with numbered sources")
+    ask.add_argument("question", nargs="?", help="the question")
+    with_index(ask)
+    ask.add_argument("--file", type=Path, help="answer every line of this file (JSON lines with --json)")
+    ask.add_argument("--mode", choices=RETRIEVAL_MODES)
+    ask.add_argument("--k", type=int)
+    ask.add_argument("--generator", choices=("extractive", "local", "openai", "vllm"))
+    ask.add_argument("--model", help="generator model (local directory, or the server's model name)")
+    ask.add_argument("--base-url", help="OpenAI-compatible server URL, e.g. http://localhost:8000/v1")
+    ask.add_argument("--where", action="append", metavar="KEY=VALUE", help="only chunks tagged so (repeatable)")
+    ask.add_argument("--explain", action="store_true", help="show why each cited chunk was retrieved")
+
+    stats = commands.add_parser("stats", help="counts and settings of an index")
+    with_index(stats)
+
+    delete = commands.add_parser("delete", help="delete a document by id, or every document of a source")
+    delete.add_argument("target", metavar="DOC_ID_OR_SOURCE")
+    with_index(delete)
+
+    from ragkit.eval.cli import add_eval_parser
+
+    add_eval_parser(commands)
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(args.config)
+
+
+def _index_dir(args: argparse.Namespace) -> Path:
+    return args.index or default_index_dir()
+
+
+def _console(stderr: bool = False) -> Any:
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from ragkit.index import Index
+
+    settings = _settings(args)
+    settings = settings.merged(
+        vectors={"backend": args.backend, "uri": args.uri, "shards": args.shards},
+        graph={"enabled": False} if args.no_graph else {},
+    )
+    tags = _key_values(args.meta, "--meta")
+    path = _index_dir(args)
+    interactive = sys.stderr.isatty() and not args.json
+    with Index.create(path, settings, exist_ok=True) as index:
+        if interactive:
+            report = _index_with_progress(index, args.sources, tags, args.sync)
+        else:
+            report = index.add(args.sources, meta=tags, sync=args.sync)
+        summary = {**report.as_dict(), "index": str(path), **index.catalog.counts()}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        err = _console(stderr=True)
+        for error in report.errors:
+            err.print(f"[red]error[/red] {error.source}: {error.reason}", markup=True, highlight=False)
+        print(
+            f"{report.added} added, {report.updated} updated, {report.unchanged} unchanged, "
+            f"{report.removed} removed, {report.failed} failed; {report.chunks} chunks embedded "
+            f"({report.embedded} new vectors) in {report.seconds:.1f}s -> {path} "
+            f"({summary['documents']} documents, {summary['chunks']} chunks)"
+        )
+    return EXIT_PARTIAL if report.failed else EXIT_OK
+
+
+def _index_with_progress(index: Any, sources: list[str], tags: dict[str, str], sync: bool) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=_console(stderr=True), transient=False) as bar:
+        tasks: dict[str, Any] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                label = {"load": "loading", "embed": "embedding chunks", "graph": "building graph"}.get(stage, stage)
+                tasks[stage] = bar.add_task(label, total=total or None)
+            bar.update(tasks[stage], completed=done, total=total or None)
+
+        return index.add(sources, meta=tags, sync=sync, progress=progress)
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    from ragkit.index import Index
+    from ragkit.pipelines.query import resolve_generator
+
+    if (args.question is None) == (args.file is None):
+        print("ragkit ask: give a QUESTION or --file, not both", file=sys.stderr)
+        return EXIT_USAGE
+    settings = _settings(args)
+    settings = settings.merged(
+        generator={"name": args.generator, "model": args.model, "base_url": args.base_url},
+        retrieval={"mode": args.mode, "k": args.k},
+    )
+    where = _key_values(args.where, "--where") or None
+    questions = [args.question] if args.question else _read_questions(args.file)
+    with Index.open(_index_dir(args), settings) as index:
+        generator = resolve_generator(index)
+        started = time.perf_counter()
+        hits = index.retrieve_many(questions, where=where)
+        retrieved = time.perf_counter()
+        if args.json or args.file:
+            generate_many = getattr(generator, "generate_many", None)
+            answers = generate_many(questions, hits) if generate_many else [
+                generator.generate(q, h) for q, h in zip(questions, hits)
+            ]
+            generated = time.perf_counter()
+            timings = {"retrieve": (retrieved - started) * 1000, "generate": (generated - retrieved) * 1000}
+            for question, answer, question_hits in zip(questions, answers, hits):
+                payload = _answer_json(question, answer, question_hits, timings, len(questions))
+                print(json.dumps(payload, ensure_ascii=False)) if args.json else _print_answer(
+                    answer, question_hits, args.explain
+                )
+            return EXIT_OK
+        answer = _stream_answer(generator, questions[0], hits[0])
+        _print_answer(answer, hits[0], args.explain, streamed=True)
+    return EXIT_OK
+
+
+def _read_questions(path: Path) -> list[str]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RagkitError(f"{path}: cannot read questions ({exc})") from None
+    return [line.strip() for line in lines if line.strip()]
+
+
+def _stream_answer(generator: Any, question: str, hits: list[Any]) -> Any:
+    """Print tokens as they come; return the final Answer (with citations and degradation status)."""
+    stream_answer = getattr(generator, "stream_answer", None)
+    if stream_answer is None:
+        return generator.generate(question, hits)
+    for piece in stream_answer(question, hits):
+        if isinstance(piece, str):
+            print(piece, end="", flush=True)
+        else:
+            print()
+            return piece
+    raise RagkitError("generator stream ended without an answer")
+
+
+def _answer_json(question: str, answer: Any, hits: list[Any], timings: dict[str, float], batch: int) -> dict:
+    cited = {h.chunk.id for h in answer.citations}
+    return {
+        "question": question,
+        "answer": answer.text,
+        "generator": answer.generator,
+        "degraded": answer.degraded,
+        "reason": answer.reason,
+        "citations": [
+            {"number": n, "chunk_id": h.chunk.id, "doc_id": h.chunk.doc_id, "source": h.source}
+            for n, h in enumerate(answer.citations, start=1)
+        ],
+        "hits": [
+            {
+                "rank": rank, "chunk_id": h.chunk.id, "doc_id": h.chunk.doc_id, "source": h.source,
+                "score": h.score, "text": h.chunk.text, "start": h.chunk.start, "end": h.chunk.end,
+                "cited": h.chunk.id in cited, **({"explain": h.explain} if h.explain else {}),
+            }
+            for rank, h in enumerate(hits, start=1)
+        ],
+        "timings_ms": {k: round(v / batch, 2) for k, v in timings.items()} | {"batch": batch},
+    }
+
+
+def _print_answer(answer: Any, hits: list[Any], explain: bool, streamed: bool = False) -> None:
+    out = _console()
+    if not streamed:
+        out.print(answer.text)
+    note = f" (degraded: {answer.reason})" if answer.degraded else ""
+    out.print(f"\n[dim]answered by {answer.generator}{note}[/dim]")
+    out.print("[bold]Sources[/bold]")
+    for number, hit in enumerate(answer.citations or hits, start=1):
+        where = f"{hit.source}:{hit.chunk.start}-{hit.chunk.end}"
+        page = f" p.{hit.chunk.meta['page']}" if "page" in hit.chunk.meta else ""
+        out.print(f"  [{number}] {where}{page}  (score {hit.score:.3f})", markup=False)
+        if explain and hit.explain:
+            out.print(f"      why: {json.dumps(hit.explain, ensure_ascii=False)}", markup=False)
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from ragkit.index import Index
+
+    with Index.open(_index_dir(args), _settings(args)) as index:
+        stats = index.stats()
+    if args.json:
+        print(json.dumps(stats))
+    else:
+        for key, value in stats.items():
+            print(f"{key:>12}: {value}")
+    return EXIT_OK
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    from ragkit.index import Index
+
+    with Index.open(_index_dir(args), _settings(args)) as index:
+        removed = index.delete(args.target)
+    if args.json:
+        print(json.dumps({"removed": removed}))
+    elif removed:
+        print(f"removed {len(removed)} document(s): {', '.join(removed[:10])}{' ...' if len(removed) > 10 else ''}")
+    else:
+        print(f"nothing matched {args.target!r}", file=sys.stderr)
+        return EXIT_FATAL
+    return EXIT_OK
+
+
+COMMANDS = {"index": cmd_index, "ask": cmd_ask, "stats": cmd_stats, "delete": cmd_delete}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        if args.command == "eval":
+            from ragkit.eval.cli import cmd_eval
+
+            return cmd_eval(args)
+        return COMMANDS[args.command](args)
+    except argparse.ArgumentTypeError as exc:
+        print(f"ragkit {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (RagkitError, OSError, ImportError) as exc:
+        print(f"ragkit {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_FATAL
+    except KeyboardInterrupt:
+        print("interrupted; the index keeps its last committed state", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

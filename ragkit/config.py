@@ -1,0 +1,129 @@
+"""ragkit's settings: one validated tree, read from ``ragkit.toml`` and overridden by arguments.
+
+Unknown keys and bad values are errors that name the file, the key and the valid choices, so a typo never
+silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ragkit.errors import ConfigError
+
+CONFIG_FILE = "ragkit.toml"
+DEFAULT_INDEX_DIR = ".ragkit"
+DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EmbedderSettings(_Section):
+    model: str = DEFAULT_EMBEDDER
+    batch_size: int = Field(64, ge=1)
+    device: str = "auto"
+
+
+class ChunkingSettings(_Section):
+    strategy: Literal["auto", "tokens", "sentences", "markdown"] = "auto"
+    max_tokens: int | None = Field(None, ge=8, description="None: the embedder's maximum sequence length")
+    overlap: int = Field(32, ge=0)
+
+
+class VectorSettings(_Section):
+    backend: Literal["faiss", "milvus", "chroma"] = "faiss"
+    kind: Literal["flat", "hnsw", "ivfpq"] = "flat"
+    shards: int = Field(0, ge=0, description="0: one shard per 100k chunks, decided when the index is created")
+    uri: str | None = None
+    token: str | None = None
+
+
+class RetrievalSettings(_Section):
+    mode: Literal["dense", "bm25", "hybrid", "graph", "multihop", "graph_hybrid"] = "hybrid"
+    k: int = Field(5, ge=1)
+    rrf_constant: float = Field(60.0, gt=0)
+    candidates: int = Field(50, ge=1, description="per-retriever depth before fusion")
+
+
+class GeneratorSettings(_Section):
+    name: Literal["extractive", "local", "openai", "vllm"] = "local"
+    model: str | None = None
+    max_new_tokens: int = Field(256, ge=1)
+    context_tokens: int = Field(1536, ge=64)
+    base_url: str | None = None
+    api_key: str | None = None
+    timeout_s: float = Field(120.0, gt=0)
+
+
+class LoaderSettings(_Section):
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    id_field: str = "_id"
+    title_field: str = "title"
+    text_field: str = "text"
+
+
+class GraphSection(_Section):
+    enabled: bool = True
+    options: dict[str, Any] = Field(default_factory=dict, description="passed to ragkit.graph settings")
+
+
+class Settings(_Section):
+    embedder: EmbedderSettings = EmbedderSettings()
+    chunking: ChunkingSettings = ChunkingSettings()
+    vectors: VectorSettings = VectorSettings()
+    retrieval: RetrievalSettings = RetrievalSettings()
+    generator: GeneratorSettings = GeneratorSettings()
+    loaders: LoaderSettings = LoaderSettings()
+    graph: GraphSection = GraphSection()
+
+    def merged(self, **sections: dict[str, Any]) -> Settings:
+        """A copy with some keys of some sections replaced (``None`` values are ignored)."""
+        data = self.model_dump()
+        for section, values in sections.items():
+            data.setdefault(section, {}).update({k: v for k, v in values.items() if v is not None})
+        return parse_settings(data, origin="arguments")
+
+
+def _describe(error: dict[str, Any], model: type[BaseModel]) -> str:
+    location = ".".join(str(part) for part in error["loc"])
+    if error["type"] == "extra_forbidden":
+        section: Any = model
+        for part in error["loc"][:-1]:
+            section = section.model_fields[str(part)].annotation
+        valid = ", ".join(sorted(section.model_fields))
+        return f"unknown key '{location}' (valid keys: {valid})"
+    return f"'{location}': {error['msg']} (got {error.get('input')!r})"
+
+
+def parse_settings(data: dict[str, Any], origin: str = "settings") -> Settings:
+    """Validate a nested dict into Settings; errors list every problem with the valid choices."""
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(_describe(e, Settings) for e in exc.errors())
+        raise ConfigError(f"{origin}: {problems}") from None
+
+
+def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
+    """Settings from ``path``, else from ``./ragkit.toml`` when it exists, else the defaults."""
+    candidate = Path(path) if path is not None else Path(CONFIG_FILE)
+    if not candidate.exists():
+        if path is not None:
+            raise ConfigError(f"{candidate}: no such configuration file")
+        return Settings()
+    try:
+        data = tomllib.loads(candidate.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{candidate}: not valid TOML: {exc}") from None
+    return parse_settings(data, origin=str(candidate))
+
+
+def default_index_dir() -> Path:
+    return Path(os.environ.get("RAGKIT_INDEX") or DEFAULT_INDEX_DIR)

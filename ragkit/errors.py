@@ -1,0 +1,34 @@
+"""ragkit's exceptions. Every message names the file or setting at fault and what would fix it."""
+
+from __future__ import annotations
+
+
+class RagkitError(Exception):
+    """Base class of every error ragkit raises on purpose."""
+
+
+class ConfigError(RagkitError, ValueError):
+    """A bad setting in ragkit.toml, a keyword argument or a CLI flag."""
+
+
+class IndexFormatError(RagkitError):
+    """An index directory that is missing, tampered with, truncated or from an incompatible version."""
+
+
+class EmbedderMismatchError(IndexFormatError):
+    """The index was built with a different embedder than the one asked for."""
+
+
+class DimensionMismatchError(RagkitError, ValueError):
+    """Vectors whose dimension differs from the index's."""
+
+
+class GeneratorError(RagkitError):
+    """A generation backend failed (server down, timeout, malformed response)."""
+
+
+def missing_extra(package: str, extra: str) -> ImportError:
+    """The ImportError raised when an optional dependency is absent, naming the install that fixes it."""
+    return ImportError(
+        f"{package} is not installed; it comes with ragkit's {extra!r} extra: pip install 'ragkit[{extra}]'"
+    )
