@@ -54,9 +54,11 @@ class BeirDataset:
     unknown_gold: tuple[tuple[str, str], ...] = ()
 
     def documents(self) -> Iterator[Document]:
-        """The corpus as Documents (id = corpus id, title kept apart so chunks embed ``title + " " + text``)."""
+        """The corpus as Documents (id = corpus id; title kept apart, so chunks embed title + " " + text)."""
         if self.corpus_path is None:
-            raise DatasetFormatError(f"dataset {self.name!r} has no corpus file; evaluate it against an index")
+            raise DatasetFormatError(
+                f"dataset {self.name!r} has no corpus file; evaluate it against an index"
+            )
         for _, doc in _read_corpus(self.corpus_path):
             yield doc
 
@@ -105,7 +107,9 @@ def _read_corpus(path: Path) -> Iterator[tuple[int, Document]]:
     for number, record in _json_lines(path):
         doc_id = _id_field(path, number, record, "_id")
         if doc_id in seen:
-            raise DatasetFormatError(f"{path}:{number}: duplicate _id {doc_id!r} (first on line {seen[doc_id]})")
+            raise DatasetFormatError(
+                f"{path}:{number}: duplicate _id {doc_id!r} (first on line {seen[doc_id]})"
+            )
         seen[doc_id] = number
         title = _text_field(path, number, record, "title", required=False)
         text = _text_field(path, number, record, "text", required=True)
@@ -166,16 +170,21 @@ def load_beir(directory: str | os.PathLike[str], split: str = "test") -> BeirDat
     """
     root = Path(directory)
     if not root.is_dir():
-        raise DatasetFormatError(f"{root}: no such dataset folder (expected corpus.jsonl, queries.jsonl, qrels/)")
+        raise DatasetFormatError(
+            f"{root}: no such dataset folder (expected corpus.jsonl, queries.jsonl, qrels/)"
+        )
     corpus_path, queries_path = root / "corpus.jsonl", root / "queries.jsonl"
     qrels_path = root / "qrels" / f"{split}.tsv"
     for needed in (corpus_path, queries_path):
         if not needed.is_file():
-            raise DatasetFormatError(f"{needed}: missing; a BEIR folder holds corpus.jsonl, queries.jsonl, qrels/")
+            raise DatasetFormatError(
+                f"{needed}: missing; a BEIR folder holds corpus.jsonl, queries.jsonl, qrels/"
+            )
     if not qrels_path.is_file():
         splits = sorted(p.stem for p in (root / "qrels").glob("*.tsv")) if (root / "qrels").is_dir() else []
         raise DatasetFormatError(
-            f"{qrels_path}: missing; splits available: {', '.join(splits) or 'none'} (choose one with split=...)"
+            f"{qrels_path}: missing; splits available: {', '.join(splits) or 'none'} "
+            "(choose one with split=...)"
         )
 
     all_qrels = read_qrels(qrels_path)
@@ -189,7 +198,9 @@ def load_beir(directory: str | os.PathLike[str], split: str = "test") -> BeirDat
     for number, record in _json_lines(queries_path):
         qid = _id_field(queries_path, number, record, "_id")
         if qid in seen:
-            raise DatasetFormatError(f"{queries_path}:{number}: duplicate _id {qid!r} (first on line {seen[qid]})")
+            raise DatasetFormatError(
+                f"{queries_path}:{number}: duplicate _id {qid!r} (first on line {seen[qid]})"
+            )
         seen[qid] = number
         text = _text_field(queries_path, number, record, "text", required=True)
         if qid in qrels:
@@ -250,7 +261,9 @@ def load_gold_jsonl(path: str | os.PathLike[str]) -> tuple[dict[str, str], dict[
                 raise DatasetFormatError(f"{path}:{number}: grade {grade!r} of {doc_id!r} is not an integer")
             judgements[str(doc_id)] = grade
         if not any(g > 0 for g in judgements.values()):
-            raise DatasetFormatError(f"{path}:{number}: 'gold' lists no relevant document; add one or drop the line")
+            raise DatasetFormatError(
+                f"{path}:{number}: 'gold' lists no relevant document; add one or drop the line"
+            )
         qid = f"q{len(queries) + 1}"
         queries[qid] = query
         qrels[qid] = judgements

@@ -14,12 +14,12 @@ Conventions (each one checked against ``pytrec_eval`` in ``tests/test_eval_metri
 - ``mrr@k`` is 1 / rank of the first relevant document when that rank is <= k, else 0.
 - ``map@k`` sums precision at the rank of each relevant document within the top ``k`` and divides by the
   number of relevant documents, not by ``min(k, relevant)`` (trec_eval ``map_cut_k``).
-- ``ndcg@k`` uses linear gains (gain = grade; grades <= 0 gain nothing) and the ``log2(rank + 1)`` discount; the
-  ideal ranking orders all judged grades > 0 descending (trec_eval ``ndcg_cut_k``).
-- :func:`evaluate_run` averages over the queries that have at least one relevant judgement. A judged query that
-  is missing from the run, or whose ranking is empty, counts with zeros (trec_eval ``-c``); run queries without
-  judgements are ignored. Unlike trec_eval, queries whose judgements are all non-relevant are left out of the
-  mean instead of adding zeros: they cannot measure anything.
+- ``ndcg@k`` uses linear gains (gain = grade; grades <= 0 gain nothing) and the ``log2(rank + 1)``
+  discount; the ideal ranking orders all judged grades > 0 descending (trec_eval ``ndcg_cut_k``).
+- :func:`evaluate_run` averages over the queries that have at least one relevant judgement. A judged query
+  that is missing from the run, or whose ranking is empty, counts with zeros (trec_eval ``-c``); run queries
+  without judgements are ignored. Unlike trec_eval, queries whose judgements are all non-relevant are left
+  out of the mean instead of adding zeros: they cannot measure anything.
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def reciprocal_rank_at_k(ranked: Sequence[str], gold: Mapping[str, int], k: int)
 
 
 def average_precision_at_k(ranked: Sequence[str], gold: Mapping[str, int], k: int) -> float:
-    """Precision at each relevant document's rank within the top ``k``, summed, over all relevant documents."""
+    """Precision at each relevant document's rank within the top ``k``, summed, / all relevant documents."""
     relevant = _relevant(gold)
     if not relevant:
         _check_k(k)
@@ -136,7 +136,8 @@ _PER_QUERY = {
 }
 
 
-def _check_ks(ks: Iterable[int]) -> list[int]:
+def normalize_ks(ks: Iterable[int]) -> list[int]:
+    """Cutoffs sorted ascending without duplicates; a ValueError for an empty list or a k that is not >= 1."""
     checked = sorted({_check_k(k) for k in ks})
     if not checked:
         raise ValueError("ks must hold at least one cutoff, e.g. (1, 5, 10)")
@@ -155,7 +156,7 @@ def query_metrics(
     ranked: Sequence[str], gold: Mapping[str, int], ks: Iterable[int], metrics: Iterable[str] = METRIC_NAMES
 ) -> dict[str, float]:
     """Every requested metric at every cutoff for one query, keyed ``"recall@5"``, ``"ndcg@10"``, ..."""
-    cutoffs = _check_ks(ks)
+    cutoffs = normalize_ks(ks)
     return {f"{m}@{k}": _PER_QUERY[m](ranked, gold, k) for m in _check_metrics(metrics) for k in cutoffs}
 
 
@@ -166,7 +167,7 @@ def per_query_metrics(
     metrics: Iterable[str] = METRIC_NAMES,
 ) -> dict[str, dict[str, float]]:
     """:func:`query_metrics` for each judged query with a relevant document (missing runs rank nothing)."""
-    cutoffs = _check_ks(ks)
+    cutoffs = normalize_ks(ks)
     names = _check_metrics(metrics)
     return {
         qid: query_metrics(run.get(qid, ()), gold, cutoffs, names)

@@ -1,4 +1,4 @@
-"""An evaluation's results and their renderings: JSON, a text table, Markdown, a recall@k plot, per-query rows.
+"""An evaluation's results and their renderings: JSON, a text table, Markdown, a recall@k plot, query rows.
 
 The JSON shape (``EvalReport.to_dict``) is the one ``ragkit eval --json`` prints::
 
@@ -37,7 +37,11 @@ class ModeResult:
     def to_dict(self) -> dict[str, Any]:
         return {
             **{key: float(value) for key, value in self.metrics.items()},
-            "latency_ms": {"p50": self.latency_p50_ms, "p90": self.latency_p90_ms, "p99": self.latency_p99_ms},
+            "latency_ms": {
+                "p50": self.latency_p50_ms,
+                "p90": self.latency_p90_ms,
+                "p99": self.latency_p99_ms,
+            },
             "queries_per_s": self.queries_per_s,
         }
 
@@ -132,7 +136,8 @@ def _rows(report: EvalReport) -> tuple[list[str], list[list[str]]]:
     """Header and rows: metrics (3 decimals) then latency and throughput, one column per mode."""
     modes = list(report.results)
     rows = [
-        [name, *(_fmt(report.results[m].metrics.get(name), 3) for m in modes)] for name in _metric_names(report)
+        [name, *(_fmt(report.results[m].metrics.get(name), 3) for m in modes)]
+        for name in _metric_names(report)
     ]
     rows.append(["latency p50 (ms)", *(_fmt(report.results[m].latency_p50_ms, 1) for m in modes)])
     rows.append(["latency p90 (ms)", *(_fmt(report.results[m].latency_p90_ms, 1) for m in modes)])
@@ -148,7 +153,7 @@ def format_table(report: EvalReport) -> str:
 
     def line(cells: Sequence[str]) -> str:
         first = cells[0].ljust(widths[0])
-        return "  ".join([first, *(c.rjust(w) for c, w in zip(cells[1:], widths[1:]))]).rstrip()
+        return "  ".join([first, *(c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True))]).rstrip()
 
     title = f"{report.dataset}: {report.queries} queries, {report.passages} passages"
     rule = "-" * len(line(header))
@@ -209,7 +214,7 @@ def plot_recall(report: EvalReport, path: str | os.PathLike[str]) -> Path:
         axes.set_xticks(ks)
         axes.set_xticklabels([str(k) for k in ks])
         axes.minorticks_off()
-    axes.set_ylim(0.0, 1.0)
+    axes.set_ylim(-0.02, 1.02)  # points at 0 and 1 stay visible
     axes.set_xlabel("k")
     axes.set_ylabel("recall@k")
     axes.set_title(f"{report.dataset}: passage recall@k ({report.queries} queries)")

@@ -103,7 +103,7 @@ def _to_hits(
     return results
 
 
-def resolve_generator(index: Index, generator: Generator | str | None, **options: Any) -> Generator:
+def resolve_generator(index: Index, generator: Generator | str | None = None, **options: Any) -> Generator:
     """A generator instance from a name (or the configured one), wrapped to degrade to the extractive answer."""
     from ragkit.connectors.generators import make_generator
     from ragkit.connectors.generators.fallback import FallbackGenerator

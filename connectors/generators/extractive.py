@@ -19,14 +19,21 @@ _WORD = re.compile(r"\w+", re.UNICODE)
 _STOPWORDS = frozenset(
     """a an and are as at be been but by can could did do does for from had has have how i if in into is it
     its me my no not of on or our she he so that the their them then there these they this those to was we
-    were what when where which who whom whose why will with would you your about after before than"""
-    .split()
+    were what when where which who whom whose why will with would you your about after before than""".split()
 )
 
 
+def _stem(word: str) -> str:
+    """A crude suffix strip so that "flows" meets "flow" and "erupted" meets "erupt"; deterministic."""
+    for suffix in ("ing", "ed", "es", "s"):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            return word[: -len(suffix)]
+    return word
+
+
 def content_words(text: str) -> list[str]:
-    """Lower-cased words minus a small English stopword list (numbers are kept: they matter in questions)."""
-    return [w for w in (m.group(0).lower() for m in _WORD.finditer(text)) if w not in _STOPWORDS]
+    """Lower-cased, crudely stemmed words minus a small English stopword list (numbers are kept)."""
+    return [_stem(w) for w in (m.group(0).lower() for m in _WORD.finditer(text)) if w not in _STOPWORDS]
 
 
 def split_sentences(text: str) -> list[str]:
@@ -101,7 +108,9 @@ class ExtractiveGenerator:
         for index, piece in enumerate(pieces):
             yield piece if index == len(pieces) - 1 else piece + " "
 
-    def generate_many(self, questions: Sequence[str], hits_per_question: Sequence[Sequence[Hit]]) -> list[Answer]:
+    def generate_many(
+        self, questions: Sequence[str], hits_per_question: Sequence[Sequence[Hit]]
+    ) -> list[Answer]:
         if len(questions) != len(hits_per_question):
             raise ValueError(f"{len(questions)} questions but {len(hits_per_question)} hit lists")
-        return [self.generate(q, h) for q, h in zip(questions, hits_per_question)]
+        return [self.generate(q, h) for q, h in zip(questions, hits_per_question, strict=True)]

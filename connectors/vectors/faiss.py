@@ -264,9 +264,10 @@ class FaissShardedIndex:
         with self._lock:
             allowed = self._allowed(where) if where else None
             if self._pool is None:
-                return self._shards[0].search(queries, k, allowed)
-            parts = list(self._pool.map(lambda shard: shard.search(queries, k, allowed), self._shards))
-        return merge_topk(parts, k)
+                parts = [self._shards[0].search(queries, k, allowed)]
+            else:
+                parts = list(self._pool.map(lambda shard: shard.search(queries, k, allowed), self._shards))
+        return merge_topk(parts, k)  # also for one shard: ties ordered by id, as in any sharding
 
     def ids(self) -> np.ndarray:
         with self._lock:

@@ -1,0 +1,73 @@
+"""HTML files: the main text (via trafilatura, no markup, scripts or boilerplate) and the ``<title>``."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ragkit.connectors.loaders.common import Unreadable, decode_text, file_doc_id, file_source, read_bytes
+
+from ragkit.types import Document, LoadError
+
+_XML_DECLARATION = re.compile(r"^\s*<\?xml[^>]*\?>", re.IGNORECASE)
+_DROPPED_TAGS = ("script", "style", "noscript", "template", "head")
+_BLOCK_TAGS = frozenset(
+    "address article aside blockquote br dd div dl dt figcaption figure footer form h1 h2 h3 h4 h5 h6 header "
+    "hr li main nav ol p pre section table td th tr ul".split()
+)
+
+
+def _parse(markup: str) -> Any:
+    import lxml.html
+    from lxml.etree import ParserError
+
+    try:
+        return lxml.html.document_fromstring(markup)
+    except (ParserError, ValueError) as exc:
+        raise Unreadable(f"not parseable as HTML ({exc})") from None
+
+
+def _title(tree: Any) -> str:
+    title = tree.findtext(".//title") or ""
+    return " ".join(title.split())
+
+
+def _body_text(tree: Any) -> str:
+    """Fallback main text: the visible text of the body, one line per block element."""
+    for element in tree.xpath("|".join(f"//{tag}" for tag in _DROPPED_TAGS)):
+        element.drop_tree()
+    for element in tree.iter():
+        if isinstance(element.tag, str) and element.tag.lower() in _BLOCK_TAGS:
+            element.tail = "\n" + (element.tail or "")
+    lines = (" ".join(line.split()) for line in tree.text_content().splitlines())
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+
+
+def _main_text(markup: str) -> str:
+    import trafilatura
+
+    try:
+        text = trafilatura.extract(
+            markup, include_comments=False, include_tables=True, include_images=False, deduplicate=False
+        )
+    except Exception:  # noqa: BLE001 - a page trafilatura chokes on falls back to the plain body text
+        text = None
+    return (text or "").strip()
+
+
+def load_html(path: Path) -> Iterator[Document | LoadError]:
+    """An ``.html``/``.htm`` file as one Document; pages with no visible text are a LoadError."""
+    try:
+        markup = _XML_DECLARATION.sub("", decode_text(read_bytes(path)), count=1)
+        tree = _parse(markup)
+        title = _title(tree)
+        text = _main_text(markup) or _body_text(tree)
+        if not text:
+            raise Unreadable("no text content (only markup)")
+    except Unreadable as exc:
+        yield LoadError(str(path), exc.reason)
+        return
+    source = file_source(path)
+    yield Document(id=file_doc_id(source), text=text, source=source, title=title)

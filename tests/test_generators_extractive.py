@@ -1,0 +1,222 @@
+"""The model-free extractive generator, graceful degradation around failing generators, and the factory."""
+
+from __future__ import annotations
+
+import re
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+
+import pytest
+from ragkit.connectors.generators import GENERATOR_NAMES, from_settings, make_generator
+from ragkit.connectors.generators.extractive import NO_ANSWER, ExtractiveGenerator, split_sentences
+from ragkit.connectors.generators.fallback import FallbackGenerator
+from ragkit.connectors.generators.openai import OpenAIGenerator
+
+from ragkit.config import GeneratorSettings
+from ragkit.errors import ConfigError, GeneratorError
+from ragkit.protocols import Generator
+from ragkit.types import Answer, Chunk, Hit
+
+
+def make_hit(index: int, text: str) -> Hit:
+    chunk = Chunk(id=f"chunk-{index}", doc_id=f"doc-{index}", text=text, start=0, end=len(text))
+    return Hit(chunk=chunk, score=1.0 / (index + 1), retriever="test", source=f"file{index}.txt")
+
+
+HITS = [
+    make_hit(0, "The Danube is a river in Europe. It flows through Vienna and Budapest to the Black Sea."),
+    make_hit(1, "Volcanoes erupt when magma rises. The Danube delta is a wetland in Romania."),
+    make_hit(2, "Chess openings shape the middle game. The Sicilian Defence is a popular opening."),
+]
+
+
+def cited_numbers(text: str) -> list[int]:
+    return [int(n) for n in re.findall(r"\[(\d+)\]", text)]
+
+
+# -- extractive ---------------------------------------------------------------------------------------------
+
+
+def test_extractive_answers_with_the_matching_sentences_each_cited() -> None:
+    answer = ExtractiveGenerator().generate("Which cities does the Danube flow through?", HITS)
+    assert answer.generator == "extractive" and not answer.degraded
+    first = answer.text.split(" [")[0]
+    assert first == "It flows through Vienna and Budapest to the Black Sea."
+    numbers = cited_numbers(answer.text)
+    assert numbers and sorted(set(numbers)) == list(range(1, len(answer.citations) + 1))
+    assert answer.citations[0] is HITS[0]
+    for sentence, number in re.findall(r"(.+?) \[(\d+)\]\s*", answer.text):
+        assert sentence.strip() in answer.citations[int(number) - 1].chunk.text  # each sentence cites its hit
+
+
+def test_extractive_prefers_the_higher_ranked_hit_on_equal_overlap() -> None:
+    same = "Copper conducts electricity well."
+    hits = [make_hit(0, "Unrelated text about gardens."), make_hit(1, same), make_hit(2, same + " Indeed.")]
+    answer = ExtractiveGenerator(max_sentences=1).generate("Does copper conduct electricity?", hits)
+    assert answer.text == f"{same} [1]" and answer.citations == (hits[1],)
+
+
+def test_extractive_without_overlap_uses_the_lead_of_the_top_hit() -> None:
+    answer = ExtractiveGenerator().generate("zzz qqq?", HITS)
+    assert answer.text == "The Danube is a river in Europe. [1]"
+    assert answer.citations == (HITS[0],)
+
+
+def test_extractive_without_hits_says_so() -> None:
+    answer = ExtractiveGenerator().generate("Anything?", [])
+    assert answer.text == NO_ANSWER and answer.citations == ()
+
+
+def test_extractive_is_deterministic_and_stream_matches_generate() -> None:
+    generator = ExtractiveGenerator()
+    question = "Where is the Danube delta?"
+    answer = generator.generate(question, HITS)
+    assert generator.generate(question, HITS) == answer
+    pieces = list(generator.stream(question, HITS))
+    assert len(pieces) == len(cited_numbers(answer.text)) and "".join(pieces) == answer.text
+    many = generator.generate_many([question, "What is the Sicilian Defence?"], [HITS, HITS])
+    assert many[0] == answer and many[1].citations == (HITS[2],)
+
+
+def test_split_sentences_keeps_closing_quotes() -> None:
+    assert split_sentences('He said "stop." Then he left.\n\nNew para') == [
+        'He said "stop."',
+        "Then he left.",
+        "New para",
+    ]
+
+
+# -- graceful degradation -----------------------------------------------------------------------------------
+
+
+class Failing:
+    name = "broken"
+
+    def generate(self, question: str, hits: Sequence[Hit]) -> Answer:
+        raise GeneratorError("server at http://10.0.0.1/v1 is down")
+
+    def stream(self, question: str, hits: Sequence[Hit]) -> Iterator[str]:
+        raise GeneratorError("server at http://10.0.0.1/v1 is down")
+        yield ""  # pragma: no cover
+
+
+class Slow:
+    name = "slow"
+
+    def __init__(self, delay_s: float) -> None:
+        self.delay_s = delay_s
+
+    def generate(self, question: str, hits: Sequence[Hit]) -> Answer:
+        time.sleep(self.delay_s)
+        return Answer(text="late [1]", citations=(hits[0],), generator=self.name)
+
+    def stream(self, question: str, hits: Sequence[Hit]) -> Iterator[str]:
+        time.sleep(self.delay_s)
+        yield "late"
+
+
+class BreaksMidStream:
+    name = "flaky"
+
+    def generate(self, question: str, hits: Sequence[Hit]) -> Answer:  # pragma: no cover - unused
+        raise AssertionError
+
+    def stream(self, question: str, hits: Sequence[Hit]) -> Iterator[str]:
+        yield "The answer is"
+        raise ConnectionError("connection reset")
+
+
+def test_failure_degrades_to_the_extractive_answer_with_the_reason() -> None:
+    question = "Which cities does the Danube flow through?"
+    answer = FallbackGenerator(Failing()).generate(question, HITS)
+    expected = ExtractiveGenerator().generate(question, HITS)
+    assert answer.degraded and answer.text == expected.text and answer.citations == expected.citations
+    assert "broken" in answer.reason and "http://10.0.0.1/v1 is down" in answer.reason
+    assert answer.generator == "extractive" and answer.meta["primary"] == "broken"
+
+
+def test_timeout_degrades_and_success_passes_through() -> None:
+    started = time.perf_counter()
+    answer = FallbackGenerator(Slow(2.0), timeout_s=0.2).generate("Danube?", HITS)
+    assert time.perf_counter() - started < 1.5
+    assert answer.degraded and "TimeoutError" in answer.reason
+    ok = FallbackGenerator(Slow(0.0), timeout_s=5).generate("Danube?", HITS)
+    assert not ok.degraded and ok.text == "late [1]" and ok.generator == "slow"
+
+
+def test_generate_many_degrades_every_answer_when_the_batch_fails() -> None:
+    answers = FallbackGenerator(Failing()).generate_many(["Danube?", "Chess?"], [HITS, HITS])
+    assert [a.degraded for a in answers] == [True, True]
+    assert answers[1].citations == (HITS[2],)
+
+
+def test_stream_falls_back_before_the_first_piece_only() -> None:
+    expected = ExtractiveGenerator().generate("Danube delta?", HITS).text
+    assert "".join(FallbackGenerator(Failing()).stream("Danube delta?", HITS)) == expected
+    assert "".join(FallbackGenerator(Slow(2.0), timeout_s=0.2).stream("Danube delta?", HITS)) == expected
+    stream = FallbackGenerator(BreaksMidStream()).stream("Danube delta?", HITS)
+    assert next(stream) == "The answer is"
+    with pytest.raises(GeneratorError, match="mid-stream.*connection reset"):
+        next(stream)
+
+
+def test_abandoned_stream_stops_its_pump() -> None:
+    class Endless:
+        name = "endless"
+        produced = 0
+
+        def generate(self, question: str, hits: Sequence[Hit]) -> Answer:  # pragma: no cover - unused
+            raise AssertionError
+
+        def stream(self, question: str, hits: Sequence[Hit]) -> Iterator[str]:
+            while True:
+                Endless.produced += 1
+                yield "x"
+
+    before = threading.active_count()
+    stream = FallbackGenerator(Endless()).stream("q", HITS)
+    assert next(stream) == "x"
+    stream.close()
+    deadline = time.monotonic() + 5
+    while threading.active_count() > before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert threading.active_count() <= before
+    assert Endless.produced < 1000
+
+
+# -- the factory --------------------------------------------------------------------------------------------
+
+
+def test_make_generator_builds_by_name_and_lists_valid_choices() -> None:
+    generator = make_generator("extractive", max_sentences=2)
+    assert isinstance(generator, Generator) and generator.max_sentences == 2
+    with pytest.raises(ConfigError, match="valid generators: extractive, local, openai, vllm"):
+        make_generator("gpt")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"unknown option\(s\) temprature.*max_sentences"):
+        make_generator("extractive", temprature=0.3)
+    assert GENERATOR_NAMES == ("extractive", "local", "openai", "vllm")
+
+
+def test_from_settings_wraps_model_generators_in_the_fallback() -> None:
+    settings = GeneratorSettings(name="openai", base_url="http://127.0.0.1:9/v1", model="m", timeout_s=7)
+    generator = from_settings(settings)
+    assert isinstance(generator, FallbackGenerator) and generator.timeout_s == 7
+    assert (
+        isinstance(generator.primary, OpenAIGenerator)
+        and generator.primary.base_url == "http://127.0.0.1:9/v1"
+    )
+    assert isinstance(from_settings(GeneratorSettings(name="extractive")), ExtractiveGenerator)
+
+
+def test_importing_the_package_loads_no_model_library() -> None:
+    import subprocess
+
+    code = (
+        "import sys, ragkit; before = set(sys.modules); import ragkit.connectors.generators; "
+        "new = set(sys.modules) - before; "
+        "print(sorted(m for m in ('torch', 'transformers', 'httpx', 'vllm') if m in new))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
