@@ -9,6 +9,8 @@ Two timed passes per mode, because one number cannot serve both questions:
    by its size would report the mean for every query and hide the slow tail that p99 exists to show.
 
 One untimed call per mode comes first, so loading a model or warming caches does not land in either figure.
+The latency pass repeats queries the batch pass has seen: an index that caches query embeddings or results
+would look faster than it is for new questions (ragkit's ``Index`` caches neither).
 Chunks are collapsed to corpus ids (a passage scores as its best chunk) before scoring, because gold are
 corpus ids; ask for ``overfetch`` times more chunks than the deepest cutoff when passages are split into
 several chunks.
@@ -84,10 +86,9 @@ def run_eval(
 
     ``ks`` are the cutoffs of recall, hit, all_recall and precision; ``rank_ks`` those of MRR, nDCG and MAP
     (10 by default, as BEIR reports). Each query retrieves ``max(ks + rank_ks) * overfetch`` chunks, collapsed
-    to at most ``max(ks + rank_ks)`` passages. ``latency_queries`` limits how many queries are also
-    timed alone (None: all; 0: latency not measured). ``progress(mode, done, total)`` is called as work
-    advances.
-    ``clock`` returns seconds (``time.perf_counter``; tests pass a fake one to check the arithmetic).
+    to at most ``max(ks + rank_ks)`` passages. ``latency_queries`` limits how many queries are also timed
+    alone, spread evenly over the set (None: all; 0: latency not measured). ``progress(mode, done, total)``
+    is called as work advances. ``clock`` returns seconds (tests pass a fake one to check the arithmetic).
 
     >>> report = run_eval(load_beir("shared/data/scifact"), index, ["dense", "bm25"])   # doctest: +SKIP
     >>> print(format_table(report))                                                      # doctest: +SKIP

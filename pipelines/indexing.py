@@ -91,12 +91,29 @@ def _in_scope(source: str, scope: Sequence[Path]) -> bool:
 def add_sources(
     index: Index, sources: Sequence[str], *, tags: Mapping[str, Any], sync: bool, progress: Progress | None
 ) -> IndexReport:
+    """Load files, directories and row files, then index what changed (see :func:`add_items`)."""
     from ragkit.connectors.loaders import RowFields, load_sources
 
-    started = time.perf_counter()
-    report = IndexReport()
     loaders = index.settings.loaders
     fields = RowFields(id=loaders.id_field, title=loaders.title_field, text=loaders.text_field)
+    items = load_sources(sources, include=loaders.include, exclude=loaders.exclude, fields=fields)
+    return add_items(index, items, tags=tags, sync_scope=sources if sync else None, progress=progress)
+
+
+def add_items(
+    index: Index,
+    items: Iterable[Document | LoadError],
+    *,
+    tags: Mapping[str, Any],
+    sync_scope: Sequence[str] | None = None,
+    progress: Progress | None = None,
+) -> IndexReport:
+    """Index documents (and count load errors); only new or changed documents are chunked and embedded.
+
+    ``sync_scope``: paths whose documents not seen in ``items`` are removed (their files are gone).
+    """
+    started = time.perf_counter()
+    report = IndexReport()
     with index.writer_lock():
         vectors = index.vectors  # reconciles an interrupted earlier run first
         changed: list[tuple[Document, str]] = []
@@ -117,10 +134,11 @@ def add_sources(
                     else:
                         report.added += 1
 
-        for item in load_sources(sources, include=loaders.include, exclude=loaders.exclude, fields=fields):
+        for item in items:
             if isinstance(item, LoadError):
                 report.failed += 1
                 report.errors.append(item)
+                failed_sources.add(item.source.rsplit(":", 1)[0] if ":" in item.source else item.source)
                 failed_sources.add(item.source)
                 continue
             if item.id in seen:
@@ -137,8 +155,8 @@ def add_sources(
         triage(pending)
 
         _write_changed(index, vectors, changed, tags, report, progress)
-        if sync:
-            report.removed = _sync_removed(index, vectors, sources, seen, failed_sources)
+        if sync_scope is not None:
+            report.removed = _sync_removed(index, vectors, sync_scope, seen, failed_sources)
         _finish(index, vectors)
     report.seconds = time.perf_counter() - started
     return report
@@ -160,22 +178,25 @@ def _write_changed(
     report.chunks = total
     done = 0
     graph = _graph_writer(index)
-    batch: list[tuple[Document, str, list[Chunk]]] = []
-    batch_size = 0
+    batches: list[list[tuple[Document, str, list[Chunk]]]] = [[]]
+    size = 0
     for entry in chunked:
-        batch.append(entry)
-        batch_size += len(entry[2])
-        if batch_size >= BATCH_CHUNKS:
+        if size >= BATCH_CHUNKS:
+            batches.append([])
+            size = 0
+        batches[-1].append(entry)
+        size += len(entry[2])
+    try:
+        for batch in batches:
             report.embedded += _write_batch(index, vectors, batch, tags, graph)
-            done += batch_size
-            batch, batch_size = [], 0
+            done += sum(len(chunks) for _, _, chunks in batch)
             if progress:
                 progress("embed", done, total)
-    if batch:
-        report.embedded += _write_batch(index, vectors, batch, tags, graph)
-        done += batch_size
-        if progress:
-            progress("embed", done, total)
+                if graph is not None:
+                    progress("graph", done, total)
+    finally:
+        if graph is not None:
+            graph.close()
 
 
 def _write_batch(
@@ -205,10 +226,8 @@ def _write_batch(
 def _graph_writer(index: Index) -> Any:
     if not index.manifest.graph:
         return None
-    try:
-        from ragkit.pipelines.graph_indexing import GraphWriter
-    except ImportError:
-        return None
+    from ragkit.pipelines.graph_indexing import GraphWriter
+
     return GraphWriter(index)
 
 
@@ -230,11 +249,15 @@ def _sync_removed(
 
 
 def _delete_ids(index: Index, vectors: Any, doc_ids: list[str]) -> None:
-    graph = _graph_writer(index)
+    graph = None
+    if index.manifest.graph:
+        from ragkit.graph.store import GraphStore
+
+        graph = GraphStore(index.catalog.connection)
     with index.catalog.transaction() as conn:
         removed = index.catalog.delete_documents(conn, doc_ids)
         if graph is not None:
-            graph.replace(conn, doc_ids, [])
+            graph.delete_documents(doc_ids)
     vectors.delete(np.array(removed, dtype=np.int64))
 
 

@@ -3,7 +3,8 @@
 Every chunker keeps ``chunk.text == doc.text[chunk.start:chunk.end]``, strips whitespace from the ends of
 each span, never emits an empty chunk, and derives ids from ``chunk_id(doc.id, start, end, text)`` so
 re-chunking an unchanged document gives the same ids. Tokens are counted with the embedder's own tokenizer
-through the ``TokenOffsets`` protocol, so ``max_tokens`` means what the embedder will see.
+through the ``TokenOffsets`` protocol, so ``max_tokens`` means what the embedder will see: the title that
+``Chunk.embed_text`` prepends is counted too (special tokens such as ``[CLS]`` are not).
 
 Example::
 
@@ -72,7 +73,10 @@ class HFTokenOffsets:
                 return_token_type_ids=False,
                 verbose=False,
             )
-            spans.extend((base + s, base + e) for s, e in encoded["offset_mapping"] if e > s)
+            if base:
+                spans.extend([(base + s, base + e) for s, e in encoded["offset_mapping"] if e > s])
+            else:
+                spans.extend([(s, e) for s, e in encoded["offset_mapping"] if e > s])
         return spans
 
 
@@ -102,8 +106,9 @@ class _Tokenized:
     """A document's text with its token spans, answering token counts of char spans in O(log n)."""
 
     def __init__(self, text: str, tokens: TokenOffsets) -> None:
-        self.text = text
-        self.offsets = sorted((int(s), int(e)) for s, e in tokens.token_offsets(text) if e > s)
+        self.text, self.tokens = text, tokens
+        self.offsets = [(s, e) for s, e in tokens.token_offsets(text) if e > s]
+        self.offsets.sort()  # linear when already in order, as tokenizers return them
         self.starts = [s for s, _ in self.offsets]
 
     def count(self, start: int, end: int) -> int:
@@ -118,6 +123,9 @@ class _Tokenized:
         if start != prev_end:
             return start > prev_end  # a gap (whitespace) is safe; overlapping tokens share a character
         return not (self.text[start - 1].isalnum() and self.text[start].isalnum())
+
+    def _window_end(self, e: int, hi: int, end: int) -> int:
+        return end if e == hi else max(self.offsets[e - 1][1], self.offsets[e][0])
 
     def windows(self, start: int, end: int, max_tokens: int, overlap: int) -> list[Span]:
         """Char spans of ``max_tokens``-token windows over ``text[start:end]``, sharing ``overlap`` tokens.
@@ -135,13 +143,20 @@ class _Tokenized:
             if e < hi:
                 e = next((b for b in range(e, s, -1) if self.safe_cut(b)), e)
             first = start if s == lo else self.offsets[s][0]
-            last = end if e == hi else max(self.offsets[e - 1][1], self.offsets[e][0])
+            last = self._window_end(e, hi, end)
+            if (s != lo and not self.safe_cut(s)) or (e < hi and not self.safe_cut(e)):
+                # Cut inside a word longer than the window: re-tokenize and shrink until the text fits alone.
+                while e > s + 1 and len(self.tokens.token_offsets(self.text[first:last])) > max_tokens:
+                    e -= 1
+                    last = self._window_end(e, hi, end)
             spans.append((first, last))
             if e >= hi:
                 return spans
             nxt = max(e - overlap, s + 1)
-            if overlap and not self.safe_cut(nxt):
-                nxt = next((b for b in range(nxt, s, -1) if self.safe_cut(b)), nxt)
+            if overlap and not self.safe_cut(nxt):  # widen the overlap to a word start, else narrow it
+                backward = (b for b in range(nxt - 1, s, -1) if self.safe_cut(b))
+                forward = (b for b in range(nxt + 1, e + 1) if self.safe_cut(b))
+                nxt = next(backward, None) or next(forward, nxt)
             s = nxt
 
 
@@ -174,6 +189,17 @@ def _make_chunks(doc: Document, spans: list[Span], headings: list[list[str]] | N
     return chunks
 
 
+def text_budget(tokens: TokenOffsets, doc: Document, max_tokens: int) -> int:
+    """Tokens left for chunk text once the title that ``Chunk.embed_text`` prepends is counted.
+
+    The title never takes more than half of ``max_tokens``: a longer title is truncated by the embedder.
+    """
+    if not doc.title:
+        return max_tokens
+    title_tokens = len(tokens.token_offsets(doc.title + " "))
+    return max(max_tokens - title_tokens, max_tokens // 2, 1)
+
+
 def _check_sizes(max_tokens: int, overlap: int) -> None:
     if not isinstance(max_tokens, int) or max_tokens < 1:
         raise ConfigError(f"chunking.max_tokens must be a positive integer (got {max_tokens!r})")
@@ -200,7 +226,9 @@ class TokenChunker:
         if not doc.text.strip():
             return []
         tokenized = _Tokenized(doc.text, self.tokens)
-        return _make_chunks(doc, tokenized.windows(0, len(doc.text), self.max_tokens, self.overlap))
+        budget = text_budget(self.tokens, doc, self.max_tokens)
+        windows = tokenized.windows(0, len(doc.text), budget, min(self.overlap, budget - 1))
+        return _make_chunks(doc, windows)
 
 
 # Separators tried in order on a span that is too long: blank lines, sentence ends, single newlines.
@@ -213,8 +241,8 @@ def _split_at(pattern: re.Pattern[str], text: str, start: int, end: int) -> list
     """Stripped pieces of ``text[start:end]`` between separators (a pattern's group 1 when it has one)."""
     pieces: list[Span] = []
     cursor = start
+    group = 1 if pattern.groups else 0
     for m in pattern.finditer(text, start, end):
-        group = 1 if pattern.groups else 0
         sep_start, sep_end = m.span(group)
         if pattern is _SENTENCE and text[m.end()].islower():
             continue
@@ -278,9 +306,8 @@ class SentenceChunker:
         if not doc.text.strip():
             return []
         tok = _Tokenized(doc.text, self.tokens)
-        return _make_chunks(
-            doc, _sentence_spans(tok, 0, len(doc.text), self.max_tokens, self.overlap_sentences)
-        )
+        budget = text_budget(self.tokens, doc, self.max_tokens)
+        return _make_chunks(doc, _sentence_spans(tok, 0, len(doc.text), budget, self.overlap_sentences))
 
 
 _ATX_HEADING = re.compile(r" {0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*")
@@ -358,10 +385,11 @@ class MarkdownChunker:
         if not doc.text.strip():
             return []
         tok = _Tokenized(doc.text, self.tokens)
+        budget = text_budget(self.tokens, doc, self.max_tokens)
         spans: list[Span] = []
         paths: list[list[str]] = []
         for start, end, path in _markdown_sections(doc.text):
-            for span in _sentence_spans(tok, start, end, self.max_tokens, 0):
+            for span in _sentence_spans(tok, start, end, budget, 0):
                 spans.append(span)
                 paths.append(path)
         return _make_chunks(doc, spans, paths)
@@ -395,5 +423,4 @@ def make_chunker(strategy: ChunkStrategy, tokens: TokenOffsets, max_tokens: int,
         raise ConfigError(
             f"chunking.strategy: unknown strategy {strategy!r} (valid: {', '.join(CHUNK_STRATEGIES)})"
         )
-    _check_sizes(max_tokens, overlap)
     return builders[strategy]()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -270,6 +271,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # model loading bars are noise in a CLI
+    logging.getLogger("pypdf").setLevel(logging.ERROR)  # each bad PDF is reported once, as a LoadError
     try:
         if args.command == "eval":
             from ragkit.eval.cli import cmd_eval

@@ -31,7 +31,7 @@ class EmbedderSettings(_Section):
 
 
 class ChunkingSettings(_Section):
-    strategy: Literal["auto", "tokens", "sentences", "markdown"] = "auto"
+    strategy: Literal["auto", "tokens", "sentences", "markdown", "none"] = "auto"
     max_tokens: int | None = Field(None, ge=8, description="None: the embedder's maximum sequence length")
     overlap: int = Field(32, ge=0)
 

@@ -26,7 +26,7 @@ from ragkit.connectors.vectors import open_vector_index
 from ragkit.errors import EmbedderMismatchError, IndexFormatError
 from ragkit.manifest import MANIFEST, Manifest
 from ragkit.protocols import Embedder, Generator, VectorIndex
-from ragkit.types import Answer, Hit
+from ragkit.types import Answer, Document, Hit
 
 Progress = Callable[[str, int, int], None]
 
@@ -214,6 +214,12 @@ class Index:
         from ragkit.pipelines.indexing import add_sources
 
         return add_sources(self, [str(s) for s in sources], tags=dict(meta or {}), sync=sync, progress=progress)
+
+    def add_documents(self, documents: Iterable[Document], *, meta: Mapping[str, Any] | None = None) -> Any:
+        """Index documents built in code (ids are kept: a known id with new text is an update)."""
+        from ragkit.pipelines.indexing import add_items
+
+        return add_items(self, documents, tags=dict(meta or {}))
 
     def delete(self, doc_id_or_source: str) -> list[str]:
         """Delete a document by id, or every document a source (file path) produced; returns the ids removed."""

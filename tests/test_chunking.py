@@ -64,7 +64,7 @@ def standalone_tokens(tokenizer, text: str) -> int:  # noqa: ANN001
 
 
 def check_invariants(doc: Document, chunks: list[Chunk]) -> None:
-    """Offsets map back, chunks are stripped and non-empty, ids follow chunk_id, ord counts, all text covered."""
+    """Offsets map back, chunks are stripped and non-empty, ids and ord are right, all text is covered."""
     covered = bytearray(len(doc.text))
     for position, chunk in enumerate(chunks):
         assert chunk.text == doc.text[chunk.start : chunk.end]
@@ -97,7 +97,7 @@ def test_invariants_and_token_limit_with_minilm(minilm, minilm_tokenizer, max_to
         chunks = chunker.split(doc)
         assert len(chunks) > 1
         check_invariants(doc, chunks)
-        counts = [standalone_tokens(minilm_tokenizer, c.text) for c in chunks]
+        counts = [standalone_tokens(minilm_tokenizer, c.embed_text) for c in chunks]  # title + text
         assert max(counts) <= max_tokens, type(chunker).__name__
 
 
@@ -106,6 +106,19 @@ def test_token_chunks_fill_their_windows(minilm, minilm_tokenizer) -> None:  # n
     chunks = TokenChunker(minilm, 100, overlap=0).split(doc)
     counts = [standalone_tokens(minilm_tokenizer, c.text) for c in chunks]
     assert sum(counts[:-1]) / (len(counts) - 1) > 90  # cuts snap back to word boundaries, not far
+
+
+def test_title_tokens_are_reserved_for_embed_text(minilm, minilm_tokenizer) -> None:  # noqa: ANN001
+    title = "Microstructural development of human newborn cerebral white matter"
+    title_tokens = standalone_tokens(minilm_tokenizer, title)
+    doc = Document("t", " ".join(["word"] * 500), "x.txt", title=title)
+    chunks = TokenChunker(minilm, 64, overlap=0).split(doc)
+    assert [standalone_tokens(minilm_tokenizer, c.text) for c in chunks[:-1]] == [64 - title_tokens] * (
+        len(chunks) - 1
+    )
+    assert all(standalone_tokens(minilm_tokenizer, c.embed_text) <= 64 for c in chunks)
+    huge_title = Document("h", doc.text, "x.txt", title=" ".join(["heading"] * 100))
+    assert standalone_tokens(minilm_tokenizer, TokenChunker(minilm, 64, 0).split(huge_title)[0].text) == 32
 
 
 def test_ids_are_stable_across_runs_and_local_to_edits(minilm) -> None:  # noqa: ANN001
@@ -258,7 +271,7 @@ def test_huge_document_is_chunked_in_one_pass(minilm) -> None:  # noqa: ANN001
 
 
 def test_piecewise_tokenization_matches_whole(minilm, minilm_tokenizer) -> None:  # noqa: ANN001
-    text = synthetic_text(9, paragraphs=8)
+    text = synthetic_text(9, paragraphs=5)  # no giant word: BERT reads a >100-char word as one [UNK]
     pieced = HFTokenOffsets(minilm_tokenizer, piece_chars=500).token_offsets(text)
     assert pieced == minilm.token_offsets(text)
 
@@ -282,6 +295,9 @@ def test_make_chunker_strategies_and_errors() -> None:
         make_chunker("paragraphs", tokens, 50, 5)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="overlap"):
         make_chunker("tokens", tokens, 16, 16)
+    with pytest.raises(ConfigError, match="overlap"):
+        make_chunker("auto", tokens, 16, 32)
+    assert isinstance(make_chunker("markdown", tokens, 16, 32), MarkdownChunker)  # overlap unused there
     with pytest.raises(ConfigError, match="max_tokens"):
         TokenChunker(tokens, 0, 0)
 

@@ -9,12 +9,12 @@ import time
 from collections.abc import Iterator, Sequence
 
 import pytest
+
+from ragkit.config import GeneratorSettings
 from ragkit.connectors.generators import GENERATOR_NAMES, from_settings, make_generator
 from ragkit.connectors.generators.extractive import NO_ANSWER, ExtractiveGenerator, split_sentences
 from ragkit.connectors.generators.fallback import FallbackGenerator
 from ragkit.connectors.generators.openai import OpenAIGenerator
-
-from ragkit.config import GeneratorSettings
 from ragkit.errors import ConfigError, GeneratorError
 from ragkit.protocols import Generator
 from ragkit.types import Answer, Chunk, Hit
@@ -191,7 +191,8 @@ def test_abandoned_stream_stops_its_pump() -> None:
 
 def test_make_generator_builds_by_name_and_lists_valid_choices() -> None:
     generator = make_generator("extractive", max_sentences=2)
-    assert isinstance(generator, Generator) and generator.max_sentences == 2
+    assert isinstance(generator, Generator)
+    assert isinstance(generator, ExtractiveGenerator) and generator.max_sentences == 2
     with pytest.raises(ConfigError, match="valid generators: extractive, local, openai, vllm"):
         make_generator("gpt")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match=r"unknown option\(s\) temprature.*max_sentences"):

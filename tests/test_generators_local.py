@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import re
+import threading
 import time
 from pathlib import Path
 
 import pytest
+from servers import shared_cache_root
+
 from ragkit.connectors.generators.local import (
     LocalGenerator,
     converted_model_dir,
@@ -14,13 +17,12 @@ from ragkit.connectors.generators.local import (
     pick_device_and_dtype,
 )
 from ragkit.connectors.generators.prompt import parse_citations
-from servers import shared_cache_root
-
 from ragkit.errors import ConfigError
 from ragkit.types import Answer, Chunk, Hit
 
 pytestmark = pytest.mark.slow
-MAX_NEW_TOKENS = 48
+MAX_NEW_TOKENS = 32
+FRANCE = "What is the capital of France?"
 
 
 def make_hit(index: int, text: str, source: str) -> Hit:
@@ -86,8 +88,13 @@ def test_device_and_dtype_follow_the_hardware(local: LocalGenerator) -> None:
     assert local.model.dtype == dtype and local.model.device.type == device
 
 
-def test_generate_answers_from_the_passages_with_citations(local: LocalGenerator) -> None:
-    answer = local.generate("What is the capital of France?", HITS)
+@pytest.fixture(scope="module")
+def france(local: LocalGenerator) -> Answer:
+    return local.generate(FRANCE, HITS)
+
+
+def test_generate_answers_from_the_passages_with_citations(france: Answer) -> None:
+    answer = france
     assert answer.generator == "local" and not answer.degraded
     assert answer.text.strip()
     assert "Paris" in answer.text  # the passage is in the prompt and the model reads it
@@ -96,26 +103,23 @@ def test_generate_answers_from_the_passages_with_citations(local: LocalGenerator
     assert 0 < answer.meta["new_tokens"] <= MAX_NEW_TOKENS
 
 
-def test_stream_yields_the_same_text_as_generate(local: LocalGenerator) -> None:
-    question = "When was the Eiffel Tower completed?"
-    pieces = list(local.stream(question, HITS))
+def test_stream_yields_the_same_text_as_generate(local: LocalGenerator, france: Answer) -> None:
+    pieces = list(local.stream(FRANCE, HITS))
     assert len(pieces) > 1  # really incremental
     text, _ = parse_citations("".join(pieces).strip(), HITS)
-    assert text == local.generate(question, HITS).text  # greedy decoding: same tokens either way
+    assert text == france.text  # greedy decoding: the same tokens either way
 
 
-def test_abandoned_stream_releases_the_model(local: LocalGenerator) -> None:
+def test_abandoned_stream_stops_generating(local: LocalGenerator) -> None:
     stream = local.stream("What is the capital of Germany?", HITS)
     assert next(stream)
-    stream.close()  # stops generation after the current step
-    started = time.perf_counter()
-    assert local.generate("What is the capital of Germany?", HITS[2:]).text
-    assert time.perf_counter() - started < 60
+    stream.close()  # stops generation after the current step and waits for the worker
+    assert not [t for t in threading.enumerate() if t.name == "ragkit-local-stream"]
 
 
 def test_generate_many_batches_with_left_padding(local: LocalGenerator) -> None:
     questions = [
-        "What is the capital of France?",
+        FRANCE,
         "When was the Eiffel Tower completed?",
         "Where is the Brandenburg Gate?",
     ]

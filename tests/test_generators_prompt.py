@@ -6,8 +6,8 @@ import re
 
 from hypothesis import given
 from hypothesis import strategies as st
-from ragkit.connectors.generators.prompt import SYSTEM_PROMPT, build_messages, format_passage, parse_citations
 
+from ragkit.connectors.generators.prompt import SYSTEM_PROMPT, build_messages, format_passage, parse_citations
 from ragkit.types import Chunk, Hit
 
 

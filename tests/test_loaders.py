@@ -175,7 +175,8 @@ def test_pdf_pages_offsets_and_title(tmp_path: Path) -> None:
     assert doc.text[offsets[0] :].startswith("Alpha page one text.")
     assert doc.text[offsets[2] :].startswith("Gamma page three (final).")
     assert doc.text[offsets[1] : offsets[2]].strip() == ""  # the blank page keeps its place
-    chunks = TokenChunker(WhitespaceTokenOffsets(), max_tokens=2, overlap=0).split(doc)
+    # 4 tokens per chunk, 2 of them taken by the title that embed_text prepends
+    chunks = TokenChunker(WhitespaceTokenOffsets(), max_tokens=4, overlap=0).split(doc)
     pages = {c.text: c.meta["page"] for c in chunks}
     assert pages == {"Alpha page": 1, "one text.": 1, "Gamma page": 3, "three (final).": 3}
 
@@ -241,7 +242,7 @@ def test_csv_with_custom_fields(tmp_path: Path) -> None:
         'q1,Returns,"You can return items\nwithin 30 days, with receipt.",en\n'
         "q2,Empty,,en\n"
         "q3,Shipping,Ships in two days.,de\n",
-        encoding="utf-8",
+        encoding="utf-8-sig",  # spreadsheet exports start with a BOM
     )
     fields = RowFields(id="doc_id", title="heading", text="body")
     docs, errors = split(load_one(path, fields))
@@ -255,6 +256,18 @@ def test_csv_with_custom_fields(tmp_path: Path) -> None:
     [error] = load_one(path)
     assert isinstance(error, LoadError)
     assert "no 'text' column" in error.reason and "body" in error.reason
+
+
+def test_utf16_jsonl_keeps_unicode_line_separators_inside_rows(tmp_path: Path) -> None:
+    path = tmp_path / "wide.jsonl"
+    rows = [{"_id": "a", "text": "first\u2028still first"}, {"_id": "b", "text": "second\u0085row"}]
+    path.write_bytes("\r\n".join(json.dumps(r, ensure_ascii=False) for r in rows).encode("utf-16"))
+    docs, errors = split(list(load_sources(str(path))))  # a single path, not a list, is accepted too
+    assert errors == []
+    assert [(d.id, d.text, d.meta["row"]) for d in docs] == [
+        ("a", "first\u2028still first", 1),
+        ("b", "second\u0085row", 2),
+    ]
 
 
 # --- errors in a folder: one LoadError each, the rest loads ----------------------------------------
@@ -280,6 +293,25 @@ def test_each_bad_file_gives_one_error_and_the_rest_loads(tmp_path: Path) -> Non
     assert by_file["d_latin1.txt"] == "not valid UTF-8 text (invalid byte 0xe9 at offset 3)"
     assert by_file["e_corrupt.pdf"].startswith("corrupt PDF (")
     assert by_file["g_zero.txt"] == "empty file"
+
+
+def test_error_sources_match_document_sources_for_relative_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pipeline matches failures to indexed documents by source, so both use the resolved path."""
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "good.txt").write_text("fine")
+    (tmp_path / "docs" / "bad.txt").write_bytes(b"\x00\x01binary")
+    (tmp_path / "docs" / "rows.jsonl").write_text('{"text": "ok"}\nnot json\n')
+    monkeypatch.chdir(tmp_path)
+    docs, errors = split(list(load_sources(["docs", "missing.md"])))
+    folder = (tmp_path / "docs").resolve()
+    assert sorted(d.source for d in docs) == [str(folder / "good.txt"), str(folder / "rows.jsonl")]
+    assert [e.source for e in errors] == [
+        str(folder / "bad.txt"),
+        f"{folder / 'rows.jsonl'}:2",
+        str(tmp_path.resolve() / "missing.md"),
+    ]
 
 
 def test_symlink_loops_are_reported_once_and_walking_continues(tmp_path: Path) -> None:
@@ -352,6 +384,28 @@ def test_permission_errors_are_reported_not_raised(tmp_path: Path, monkeypatch: 
     ]
 
 
+def test_an_unexpected_loader_failure_is_one_error_not_a_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ragkit.connectors.loaders.text as text_loader
+
+    real_decode = text_loader.decode_text
+
+    def flaky_decode(data: bytes) -> str:
+        if data.startswith(b"boom"):
+            raise ValueError("simulated bug")
+        return real_decode(data)
+
+    monkeypatch.setattr(text_loader, "decode_text", flaky_decode)
+    (tmp_path / "a.txt").write_text("boom goes the loader")
+    (tmp_path / "b.txt").write_text("still loads")
+    docs, errors = split(list(load_sources([tmp_path])))
+    assert [d.text for d in docs] == ["still loads"]
+    assert [(Path(e.source).name, e.reason) for e in errors] == [
+        ("a.txt", "could not read it (ValueError: simulated bug)")
+    ]
+
+
 def test_explicit_sources_nonexistent_unsupported_and_directories(tmp_path: Path) -> None:
     (tmp_path / "data.xyz").write_text("whatever")
     (tmp_path / "Makefile").write_text("all:")
@@ -366,6 +420,10 @@ def test_explicit_sources_nonexistent_unsupported_and_directories(tmp_path: Path
     assert errors[2].reason.startswith("unsupported file type (no suffix)")
     [error] = load_one(tmp_path)
     assert isinstance(error, LoadError)
+    os.symlink(tmp_path / "nowhere.txt", tmp_path / "dangling.txt")
+    assert list(load_sources([tmp_path / "dangling.txt"])) == [
+        LoadError(str(tmp_path / "dangling.txt"), "broken symbolic link (its target does not exist)")
+    ]
 
 
 # --- walking: order, dot-folders, include/exclude --------------------------------------------------

@@ -57,7 +57,8 @@ class SentenceTransformerEmbedder:
             ) from None
         if self.device.startswith("cuda"):
             self.model.half()
-        self.dim = int(self.model.get_sentence_embedding_dimension())
+        dimension = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        self.dim = int(dimension())
         self.max_tokens = int(self.model.max_seq_length)
 
     @functools.cached_property

@@ -7,6 +7,7 @@ instead of an exception in the middle of a question-answering session.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import queue
 import threading
@@ -89,7 +90,7 @@ class FallbackGenerator:
             if batch is not None:
                 return call_with_timeout(lambda: batch(questions, hits_per_question), self.timeout_s)
             return [
-                call_with_timeout(lambda q=q, h=h: self.primary.generate(q, h), self.timeout_s)
+                call_with_timeout(functools.partial(self.primary.generate, q, h), self.timeout_s)
                 for q, h in zip(questions, hits_per_question, strict=True)
             ]
         except Exception as exc:

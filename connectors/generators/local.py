@@ -241,7 +241,7 @@ class LocalGenerator:
                 f"generator.model {self.model_name!r}: cannot load it offline ({exc}); pass a local model "
                 "directory, a .gguf file, or a name already in the Hugging Face cache"
             ) from None
-        self.model.to(self.device).eval()
+        self.model.to(self.device).eval()  # type: ignore[arg-type]  # transformers' stub of .to is too narrow
         self.tokenizer.padding_side = "left"  # decoder-only batches must end where generation starts
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -259,7 +259,9 @@ class LocalGenerator:
 
     def _render(self, messages: Messages) -> str:
         if getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            return str(
+                self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            )
         return "\n\n".join(m["content"] for m in messages) + "\n\nAnswer:"
 
     def _prompt(self, question: str, hits: Sequence[Hit]) -> tuple[str, tuple[Hit, ...]]:
@@ -313,7 +315,7 @@ class LocalGenerator:
             new = output[:, inputs["input_ids"].shape[1] :].tolist()
             for row, (_, used) in zip(new, batch, strict=True):
                 length = next((i for i, token in enumerate(row) if token in self._stop_ids), len(row))
-                text = self.tokenizer.decode(row[:length], skip_special_tokens=True)
+                text = str(self.tokenizer.decode(row[:length], skip_special_tokens=True))
                 answers.append(self._answer(text, used, length))
         return answers
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -24,8 +25,11 @@ class Unreadable(Exception):
 
 
 def file_source(path: Path) -> str:
-    """The ``source`` of every document read from ``path``: its resolved absolute path."""
-    return str(path.resolve())
+    """The ``source`` of every document (and LoadError) from ``path``: its resolved absolute path."""
+    try:
+        return str(path.resolve())
+    except (OSError, RuntimeError):  # a symlink loop on Python < 3.13
+        return os.path.abspath(path)
 
 
 def file_doc_id(source: str) -> str:
@@ -107,8 +111,8 @@ def text_lines(handle: Iterable[bytes]) -> Iterator[tuple[int, str]]:
     lines = iter(handle)
     first = next(lines, b"")
     if first.startswith(_UTF16_BOMS):
-        rest = first + b"".join(lines)
-        yield from enumerate(decode_text(rest).splitlines(keepends=True), 1)
+        parts = decode_text(first + b"".join(lines)).split("\n")  # not splitlines(): keep U+2028 in rows
+        yield from enumerate([part + "\n" for part in parts[:-1]] + [parts[-1]], 1)
         return
     offset = 0
     if first.startswith(codecs.BOM_UTF8):

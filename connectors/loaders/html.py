@@ -67,7 +67,7 @@ def load_html(path: Path) -> Iterator[Document | LoadError]:
         if not text:
             raise Unreadable("no text content (only markup)")
     except Unreadable as exc:
-        yield LoadError(str(path), exc.reason)
+        yield LoadError(file_source(path), exc.reason)
         return
     source = file_source(path)
     yield Document(id=file_doc_id(source), text=text, source=source, title=title)

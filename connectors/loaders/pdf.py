@@ -74,7 +74,7 @@ def load_pdf(path: Path) -> Iterator[Document | LoadError]:
                 raise Unreadable(f"corrupt PDF ({_describe(first_error)})")
             raise Unreadable("no extractable text (scanned pages need OCR first)")
     except Unreadable as exc:
-        yield LoadError(str(path), exc.reason)
+        yield LoadError(file_source(path), exc.reason)
         return
     offsets, position = [], 0
     for text in texts:

@@ -49,7 +49,7 @@ class _RowReader:
         self.seen: dict[str, int] = {}
 
     def error(self, row: int, reason: str) -> LoadError:
-        return LoadError(f"{self.path}:{row}", reason)
+        return LoadError(f"{self.source}:{row}", reason)
 
     def document(self, row: int, record: Mapping[Any, Any]) -> Document | LoadError:
         fields = self.fields
@@ -104,13 +104,13 @@ def load_jsonl(path: Path, fields: RowFields = DEFAULT_FIELDS) -> Iterator[Docum
                     continue
                 yield reader.document(number, record)
     except OSError as exc:
-        yield LoadError(str(path), os_reason(exc))
+        yield LoadError(file_source(path), os_reason(exc))
         return
     except Unreadable as exc:
-        yield LoadError(str(path), exc.reason)
+        yield LoadError(file_source(path), exc.reason)
         return
     if rows == 0:
-        yield LoadError(str(path), "empty file")
+        yield LoadError(file_source(path), "empty file")
 
 
 def _csv_lines(lines: Iterable[tuple[int, str]]) -> Iterator[str]:
@@ -129,11 +129,11 @@ def load_csv(path: Path, fields: RowFields = DEFAULT_FIELDS) -> Iterator[Documen
             records = csv.DictReader(_csv_lines(text_lines(handle)))
             columns = records.fieldnames
             if not columns:
-                yield LoadError(str(path), "empty file")
+                yield LoadError(file_source(path), "empty file")
                 return
             if fields.text not in columns:
                 yield LoadError(
-                    str(path),
+                    file_source(path),
                     f"no '{fields.text}' column (columns: {', '.join(map(str, columns))}); "
                     f"name the text column in the loader's text field",
                 )
@@ -149,10 +149,10 @@ def load_csv(path: Path, fields: RowFields = DEFAULT_FIELDS) -> Iterator[Documen
                 row += 1
                 yield reader.document(row, record)
     except OSError as exc:
-        yield LoadError(str(path), os_reason(exc))
+        yield LoadError(file_source(path), os_reason(exc))
         return
     except Unreadable as exc:
-        yield LoadError(str(path), exc.reason)
+        yield LoadError(file_source(path), exc.reason)
         return
     if row == 0:
-        yield LoadError(str(path), "no data rows (only a header)")
+        yield LoadError(file_source(path), "no data rows (only a header)")

@@ -21,7 +21,7 @@ def load_text(path: Path) -> Iterator[Document | LoadError]:
     try:
         text = decode_text(read_bytes(path))
     except Unreadable as exc:
-        yield LoadError(str(path), exc.reason)
+        yield LoadError(file_source(path), exc.reason)
         return
     source = file_source(path)
     is_markdown = path.suffix.lower() in (".md", ".markdown")

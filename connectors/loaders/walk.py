@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import lru_cache
 from pathlib import Path
 
-from ragkit.connectors.loaders.common import os_reason
+from ragkit.connectors.loaders.common import file_source, os_reason
 from ragkit.connectors.loaders.html import load_html
 from ragkit.connectors.loaders.pdf import load_pdf
 from ragkit.connectors.loaders.rows import DEFAULT_FIELDS, RowFields, load_csv, load_jsonl
@@ -43,17 +43,20 @@ def load_file(path: Path, fields: RowFields = DEFAULT_FIELDS) -> Loaded:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in _LOADERS:
-        yield LoadError(str(path), _unsupported(path.suffix))
+        yield LoadError(file_source(path), _unsupported(path.suffix))
         return
     try:
         if not path.is_file():
             reason = "not a regular file" if path.exists() else "no such file or directory"
-            yield LoadError(str(path), "is a directory, not a file" if path.is_dir() else reason)
+            yield LoadError(file_source(path), "is a directory, not a file" if path.is_dir() else reason)
             return
     except OSError as exc:
-        yield LoadError(str(path), os_reason(exc))
+        yield LoadError(file_source(path), os_reason(exc))
         return
-    yield from _LOADERS[suffix](path, fields)
+    try:
+        yield from _LOADERS[suffix](path, fields)
+    except Exception as exc:  # noqa: BLE001 - a file no loader anticipated must not stop the run
+        yield LoadError(file_source(path), f"could not read it ({type(exc).__name__}: {exc})")
 
 
 @lru_cache(maxsize=256)
@@ -124,7 +127,7 @@ class _Walk:
             with os.scandir(folder) as scan:
                 entries = sorted(scan, key=lambda entry: entry.name)
         except OSError as exc:
-            yield LoadError(str(folder), os_reason(exc))
+            yield LoadError(os.path.abspath(folder), os_reason(exc))
             return
         for entry in entries:
             if entry.name.startswith("."):
@@ -137,14 +140,14 @@ class _Walk:
                 if entry.is_symlink() and not (is_dir or is_file):
                     os.stat(path)  # raises for a dangling link or a link loop
             except OSError as exc:
-                yield LoadError(str(path), _link_reason(exc))
+                yield LoadError(os.path.abspath(path), _link_reason(exc))
                 continue
             if is_dir:
                 if self.exclude and _matches(relative, self.exclude):
                     continue
                 target = os.path.realpath(path)
                 if target in ancestors:
-                    yield LoadError(str(path), f"symbolic link loop (points to its parent folder {target})")
+                    yield LoadError(os.path.abspath(path), f"symbolic link loop (leads back to {target})")
                 elif target not in self.visited_dirs:
                     yield from self.directory(root, path, ancestors)
             elif is_file and path.suffix.lower() in SUPPORTED_SUFFIXES:
@@ -183,17 +186,20 @@ def load_sources(
             print(item)
     """
     walk = _Walk(include, exclude, fields)
+    if isinstance(sources, (str, os.PathLike)):
+        sources = [sources]  # one path, not an iterable of its characters
     for source in sources:
-        path = Path(source)
+        path = Path(source).expanduser()
         try:
-            if path.is_dir():
-                yield from walk.directory(path, path, ())
-            elif path.exists():
-                yield from walk.file(path)
-            elif path.is_symlink():
-                os.stat(path)
-                yield LoadError(str(path), "broken symbolic link (its target does not exist)")
-            else:
-                yield LoadError(str(path), "no such file or directory")
+            is_dir, exists = path.is_dir(), path.exists()
+            if not exists and path.is_symlink():
+                os.stat(path)  # raises: the link dangles or loops
         except OSError as exc:
-            yield LoadError(str(path), _link_reason(exc))
+            yield LoadError(os.path.abspath(path), _link_reason(exc))
+            continue
+        if is_dir:
+            yield from walk.directory(path, path, ())
+        elif exists:
+            yield from walk.file(path)
+        else:
+            yield LoadError(os.path.abspath(path), "no such file or directory")

@@ -1,0 +1,44 @@
+"""Knowledge-graph extraction as a stage of the index pipeline.
+
+Extraction runs before a batch's catalog transaction (spaCy is slow; the transaction stays short), and the
+graph facts of the batch's documents are replaced inside the same transaction as their chunks, so the graph
+always matches the catalog.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from ragkit.graph.extract import SpacyExtractor
+from ragkit.graph.model import ChunkExtraction
+from ragkit.graph.settings import GraphSettings
+from ragkit.graph.store import GraphStore
+from ragkit.types import Chunk
+
+if TYPE_CHECKING:
+    from ragkit.index import Index
+
+
+def graph_settings(index: Index) -> GraphSettings:
+    return GraphSettings.from_options(index.settings.graph.options, origin="ragkit.toml [graph] options")
+
+
+class GraphWriter:
+    """Extracts entities and relations from chunks and writes them to the index's graph store."""
+
+    def __init__(self, index: Index) -> None:
+        self.store = GraphStore(index.catalog.connection)
+        self.extractor = SpacyExtractor(graph_settings(index))
+
+    def extract(self, chunks: Sequence[Chunk]) -> list[ChunkExtraction]:
+        return list(self.extractor.extract(chunks))
+
+    def replace(self, conn: sqlite3.Connection, doc_ids: Sequence[str], extractions: Sequence[ChunkExtraction]) -> None:
+        """Inside the caller's transaction: drop what these documents said, then store what they say now."""
+        self.store.delete_documents(doc_ids)
+        self.store.add(extractions)
+
+    def close(self) -> None:
+        self.extractor.close()
