@@ -103,30 +103,16 @@ def _to_hits(
     return results
 
 
-def resolve_generator(index: Index, generator: Generator | str | None = None, **options: Any) -> Generator:
-    """A generator instance from a name (or the configured one), wrapped to degrade to the extractive answer."""
-    from ragkit.connectors.generators import make_generator
-    from ragkit.connectors.generators.fallback import FallbackGenerator
+def resolve_generator(index: Index, generator: Generator | str | None = None) -> Generator:
+    """A generator instance from a name (or the configured one); model-backed ones degrade to extractive."""
+    from ragkit.connectors.generators import from_settings
 
     if generator is None or isinstance(generator, str):
         settings = index.settings.generator
-        name = generator or settings.name
-        if name != "extractive":
-            options = {**generator_options(index, name), **options}
-        generator = make_generator(name, **options)
-    if generator.name == "extractive":
-        return generator
-    return FallbackGenerator(generator, timeout_s=index.settings.generator.timeout_s)
-
-
-def generator_options(index: Index, name: str) -> dict[str, Any]:
-    settings = index.settings.generator
-    options: dict[str, Any] = {"max_new_tokens": settings.max_new_tokens, "context_tokens": settings.context_tokens}
-    if settings.model:
-        options["model"] = settings.model
-    if name == "openai":
-        options.update(base_url=settings.base_url, api_key=settings.api_key, timeout=settings.timeout_s)
-    return options
+        if generator is not None:
+            settings = index.settings.merged(generator={"name": generator}).generator
+        return from_settings(settings)
+    return generator
 
 
 def answer_many(

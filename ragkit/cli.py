@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -139,8 +140,8 @@ def _index_with_progress(index: Any, sources: list[str], tags: dict[str, str], s
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
+    from ragkit.connectors.generators import from_settings
     from ragkit.index import Index
-    from ragkit.pipelines.query import resolve_generator
 
     if (args.question is None) == (args.file is None):
         print("ragkit ask: give a QUESTION or --file, not both", file=sys.stderr)
@@ -153,7 +154,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
     where = _key_values(args.where, "--where") or None
     questions = [args.question] if args.question else _read_questions(args.file)
     with Index.open(_index_dir(args), settings) as index:
-        generator = resolve_generator(index)
+        generator = from_settings(settings.generator)
         started = time.perf_counter()
         hits = index.retrieve_many(questions, where=where)
         retrieved = time.perf_counter()
@@ -170,8 +171,8 @@ def cmd_ask(args: argparse.Namespace) -> int:
                     answer, question_hits, args.explain
                 )
             return EXIT_OK
-        answer = _stream_answer(generator, questions[0], hits[0])
-        _print_answer(answer, hits[0], args.explain, streamed=True)
+        answer, cited = _stream_answer(generator, questions[0], hits[0])
+        _print_answer(answer, hits[0], args.explain, numbered=cited)
     return EXIT_OK
 
 
@@ -183,18 +184,37 @@ def _read_questions(path: Path) -> list[str]:
     return [line.strip() for line in lines if line.strip()]
 
 
-def _stream_answer(generator: Any, question: str, hits: list[Any]) -> Any:
-    """Print tokens as they come; return the final Answer (with citations and degradation status)."""
-    stream_answer = getattr(generator, "stream_answer", None)
-    if stream_answer is None:
-        return generator.generate(question, hits)
-    for piece in stream_answer(question, hits):
-        if isinstance(piece, str):
-            print(piece, end="", flush=True)
-        else:
-            print()
-            return piece
-    raise RagkitError("generator stream ended without an answer")
+def _stream_answer(generator: Any, question: str, hits: list[Any]) -> tuple[Any, list[tuple[int, Any]]]:
+    """Print the answer as it is generated; return it with the (passage number, hit) pairs it cites.
+
+    Streamed text cites passages by their number in the prompt (the rank of the hit), so the sources printed
+    after it use those numbers too.
+    """
+    from ragkit.types import Answer
+
+    if generator.name == "extractive":  # no model: nothing to wait for
+        answer = generator.generate(question, hits)
+        print(answer.text)
+        return answer, list(enumerate(answer.citations, start=1))
+    pieces = []
+    for piece in generator.stream(question, hits):
+        print(piece, end="", flush=True)
+        pieces.append(piece)
+    print()
+    text = "".join(pieces)
+    reason = getattr(generator, "stream_degraded_reason", "")
+    if reason:  # the extractive fallback streamed; its numbering is its own
+        answer = generator.fallback.generate(question, hits)
+        return Answer(answer.text, answer.citations, answer.generator, True, reason), list(
+            enumerate(answer.citations, start=1)
+        )
+    numbers = sorted({int(n) for group in _CITED.findall(text) for n in re.findall(r"\d+", group)})
+    cited = [(n, hits[n - 1]) for n in numbers if 1 <= n <= len(hits)]
+    name = getattr(generator, "primary", generator).name
+    return Answer(text, tuple(hit for _, hit in cited), name), cited
+
+
+_CITED = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
 
 
 def _answer_json(question: str, answer: Any, hits: list[Any], timings: dict[str, float], batch: int) -> dict:
@@ -221,14 +241,21 @@ def _answer_json(question: str, answer: Any, hits: list[Any], timings: dict[str,
     }
 
 
-def _print_answer(answer: Any, hits: list[Any], explain: bool, streamed: bool = False) -> None:
+def _print_answer(
+    answer: Any, hits: list[Any], explain: bool, numbered: list[tuple[int, Any]] | None = None
+) -> None:
     out = _console()
-    if not streamed:
-        out.print(answer.text)
+    if numbered is None:
+        out.print(answer.text, markup=False)
+        numbered = list(enumerate(answer.citations, start=1))
     note = f" (degraded: {answer.reason})" if answer.degraded else ""
     out.print(f"\n[dim]answered by {answer.generator}{note}[/dim]")
-    out.print("[bold]Sources[/bold]")
-    for number, hit in enumerate(answer.citations or hits, start=1):
+    if not numbered:  # the answer cites nothing: show what was retrieved
+        out.print("[bold]Retrieved[/bold]")
+        numbered = list(enumerate(hits, start=1))
+    else:
+        out.print("[bold]Sources[/bold]")
+    for number, hit in numbered:
         where = f"{hit.source}:{hit.chunk.start}-{hit.chunk.end}"
         page = f" p.{hit.chunk.meta['page']}" if "page" in hit.chunk.meta else ""
         out.print(f"  [{number}] {where}{page}  (score {hit.score:.3f})", markup=False)

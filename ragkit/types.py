@@ -7,8 +7,9 @@ tests. Nothing in this module imports a model or a backend.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 RetrievalMode = Literal["dense", "bm25", "hybrid", "graph", "multihop", "graph_hybrid"]
 RETRIEVAL_MODES: tuple[str, ...] = ("dense", "bm25", "hybrid", "graph", "multihop", "graph_hybrid")

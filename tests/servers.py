@@ -53,6 +53,7 @@ class ServerProcess:
             return ""
 
     def stop(self) -> None:
+        """Terminate the server (kill it after 15 s) and delete its log."""
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -60,6 +61,7 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=15)
+        self.log_path.unlink(missing_ok=True)
 
     def __enter__(self) -> ServerProcess:
         return self
@@ -90,17 +92,18 @@ def start_server(
     deadline = time.monotonic() + ready_timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(
-                f"server exited with code {process.returncode} before it was ready:\n{server.log_tail()}"
-            )
+            tail = server.log_tail()
+            server.stop()  # nothing left to terminate: this removes the log, already read
+            raise RuntimeError(f"server exited with code {process.returncode} before it was ready:\n{tail}")
         try:
             if httpx.get(ready_url, timeout=2.0).status_code == 200:
                 return server
         except httpx.TransportError:
             pass
         time.sleep(0.25)
+    tail = server.log_tail()
     server.stop()
-    raise RuntimeError(f"server not ready at {ready_url} after {ready_timeout_s:g} s:\n{server.log_tail()}")
+    raise RuntimeError(f"server not ready at {ready_url} after {ready_timeout_s:g} s:\n{tail}")
 
 
 def start_transformers_serve(model_dir: Path, *, ready_timeout_s: float = 180.0) -> ServerProcess:

@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from ragkit.connectors.generators.extractive import ExtractiveGenerator
-
 from ragkit.errors import GeneratorError
 from ragkit.protocols import Generator
 from ragkit.types import Answer, Hit
@@ -106,6 +105,7 @@ class FallbackGenerator:
         """
         pieces: queue.Queue[Any] = queue.Queue(maxsize=64)
         stop = threading.Event()
+        self.stream_degraded_reason = ""  # set when the fallback took over, so a caller can say so
 
         def pump() -> None:
             stream = self.primary.stream(question, hits)
@@ -143,6 +143,7 @@ class FallbackGenerator:
                         _describe(item),
                         self.fallback.name,
                     )
+                    self.stream_degraded_reason = _describe(item)
                     yield from self.fallback.stream(question, hits)
                     return
                 started = True

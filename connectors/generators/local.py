@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from ragkit.connectors.generators.prompt import SYSTEM_PROMPT, Messages, build_messages, parse_citations
-
 from ragkit.errors import ConfigError, GeneratorError
 from ragkit.types import Answer, Hit
 

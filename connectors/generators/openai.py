@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
+
 from ragkit.connectors.generators.prompt import (
     SYSTEM_PROMPT,
     Messages,
@@ -28,7 +29,6 @@ from ragkit.connectors.generators.prompt import (
     build_messages,
     parse_citations,
 )
-
 from ragkit.errors import GeneratorError
 from ragkit.types import Answer, Hit
 

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from ragkit.connectors.loaders.common import Unreadable, decode_text, file_doc_id, file_source, read_bytes
-
 from ragkit.types import Document, LoadError
 
 _XML_DECLARATION = re.compile(r"^\s*<\?xml[^>]*\?>", re.IGNORECASE)

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 from ragkit.connectors.loaders.common import Unreadable, file_doc_id, file_source, os_reason
-
 from ragkit.types import Document, LoadError
 
 PAGE_SEPARATOR = "\n\n"

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from ragkit.connectors.loaders.common import Unreadable, file_doc_id, file_source, os_reason, text_lines
-
 from ragkit.types import Document, LoadError
 
 _SCALARS = (str, int, float, bool)

@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from ragkit.connectors.loaders.common import Unreadable, decode_text, file_doc_id, file_source, read_bytes
-
 from ragkit.chunking import iter_atx_headings
+from ragkit.connectors.loaders.common import Unreadable, decode_text, file_doc_id, file_source, read_bytes
 from ragkit.types import Document, LoadError
 
 

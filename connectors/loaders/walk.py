@@ -14,7 +14,6 @@ from ragkit.connectors.loaders.html import load_html
 from ragkit.connectors.loaders.pdf import load_pdf
 from ragkit.connectors.loaders.rows import DEFAULT_FIELDS, RowFields, load_csv, load_jsonl
 from ragkit.connectors.loaders.text import load_text
-
 from ragkit.types import Document, LoadError
 
 Loaded = Iterator[Document | LoadError]
