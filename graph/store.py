@@ -117,7 +117,10 @@ class GraphStore:
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
-        conn.executescript(SCHEMA) if conn.in_transaction is False else _create_in_transaction(conn)
+        if conn.in_transaction:
+            _create_in_transaction(conn)  # executescript() would commit the caller's open transaction
+        else:
+            conn.executescript(SCHEMA)
 
     @property
     def generation(self) -> int:
@@ -193,7 +196,7 @@ class GraphStore:
         if not touched and not edges:
             return
         conn.executemany(
-            "DELETE FROM graph_relations WHERE source = ? AND target = ? AND label = ? AND kind = ? AND NOT EXISTS "
+            "DELETE FROM graph_relations WHERE source = ?1 AND target = ?2 AND label = ?3 AND kind = ?4 AND NOT EXISTS "
             "(SELECT 1 FROM graph_relation_mentions r WHERE r.source = ?1 AND r.target = ?2 AND r.label = ?3 "
             "AND r.kind = ?4)",
             sorted(edges),
@@ -315,7 +318,7 @@ class GraphStore:
         """The graph as a ``networkx.MultiDiGraph``: one node per entity key, one edge per relation.
 
         Node attributes: ``name``, ``label``, ``aliases`` (other surface forms), ``chunks``, ``documents``.
-        Edge attributes (edge key = label): ``label``, ``kind`` (svo/prep/appos/cooccur), ``chunks``, ``weight``
+        Edge attributes (edge key = ``kind:label``): ``label``, ``kind`` (svo/prep/appos/cooccur), ``chunks``, ``weight``
         (number of chunks that state it).
         """
         import networkx as nx
@@ -326,31 +329,32 @@ class GraphStore:
         for eid, key, name, label in q("SELECT id, key, name, label FROM graph_entities ORDER BY key"):
             key_of[eid] = key
             graph.add_node(key, name=name, label=label, aliases=[], chunks=[], documents=[])
-        for eid, surfaces, chunks, docs in q(
-            "SELECT entity_id, GROUP_CONCAT(DISTINCT surface), GROUP_CONCAT(DISTINCT chunk_id), "
-            "GROUP_CONCAT(DISTINCT doc_id) FROM graph_mentions GROUP BY entity_id"
-        ):
+        for eid, chunk, doc in q("SELECT DISTINCT entity_id, chunk_id, doc_id FROM graph_mentions ORDER BY 2, 3"):
             node = graph.nodes[key_of[eid]]
-            node["chunks"] = sorted(chunks.split(","))
-            node["documents"] = sorted(docs.split(","))
+            if not node["chunks"] or node["chunks"][-1] != chunk:
+                node["chunks"].append(chunk)
+            if doc not in node["documents"][-1:]:
+                node["documents"].append(doc)
+        for node in graph.nodes.values():
+            node["documents"] = sorted(set(node["documents"]))
         for eid, surface in q("SELECT DISTINCT entity_id, surface FROM graph_mentions ORDER BY surface"):
             node = graph.nodes[key_of[eid]]
             if surface != node["name"]:
                 node["aliases"].append(surface)
-        for source, target, label, kind, chunks in q(
-            "SELECT source, target, label, kind, GROUP_CONCAT(DISTINCT chunk_id) FROM graph_relation_mentions "
-            "GROUP BY source, target, label, kind ORDER BY source, target, label, kind"
+        edges: dict[tuple[int, int, str, str], list[str]] = {}
+        for source, target, label, kind, chunk in q(
+            "SELECT DISTINCT source, target, label, kind, chunk_id FROM graph_relation_mentions ORDER BY 1, 2, 3, 4, 5"
         ):
-            chunk_list = sorted(chunks.split(","))
+            edges.setdefault((source, target, label, kind), []).append(chunk)
+        for (source, target, label, kind), chunks in edges.items():
             graph.add_edge(
-                key_of[source], key_of[target], key=label, label=label, kind=kind, chunks=chunk_list,
-                weight=len(chunk_list),
+                key_of[source], key_of[target], key=f"{kind}:{label}", label=label, kind=kind, chunks=chunks,
+                weight=len(chunks),
             )
         return graph
 
 
 def _create_in_transaction(conn: sqlite3.Connection) -> None:
-    # executescript() would COMMIT the caller's open transaction; run the statements one by one instead.
     for statement in SCHEMA.split(";"):
         if statement.strip():
             conn.execute(statement)

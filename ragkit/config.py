@@ -26,7 +26,7 @@ class _Section(BaseModel):
 
 class EmbedderSettings(_Section):
     model: str = DEFAULT_EMBEDDER
-    batch_size: int = Field(64, ge=1)
+    batch_size: int | None = Field(None, ge=1, description="None: 64 on CPU, 1024 on CUDA")
     device: str = "auto"
 
 

@@ -7,7 +7,7 @@ from ragkit.connectors.embedders.sentence_transformers import SentenceTransforme
 from ragkit.protocols import Embedder
 
 
-def make_embedder(name: str, *, device: str = "auto", batch_size: int = 64) -> Embedder:
+def make_embedder(name: str, *, device: str = "auto", batch_size: int | None = None) -> Embedder:
     """The embedder a manifest or setting names: ``hashing-<dim>`` (the test fake) or a sentence-transformers model."""
     if name.startswith("hashing-") and name.removeprefix("hashing-").isdigit():
         from ragkit.testing import HashingEmbedder

@@ -1,0 +1,172 @@
+"""GPU throughput: batched embedding (end to end vs the model's raw forward rate) and batched local generation.
+
+    python bench/gpu.py [--embed-model DIR] [--gen-model DIR | --gen-config DIR] [--chunks N] [--questions N]
+
+Embedding: N chunks of at most 128 tokens through ``SentenceTransformerEmbedder.embed_documents`` (texts in,
+normalized float32 vectors out: tokenization, transfer, forward, pooling, copy back), next to the forward pass
+alone on the same pre-tokenized batches. Target (issue "Generation backends"): >= 50,000 chunks/s on one H100.
+
+Generation: the same questions answered one at a time and with ``generate_many`` (batched), in generated tokens
+per second. Target: batched >= 10x one at a time. ``--gen-config DIR`` builds a model of that config and
+tokenizer with random weights (same architecture and cost; for machines the real weights cannot reach).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # ragkit parallelizes across batches itself
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from ragkit.connectors.embedders.sentence_transformers import SentenceTransformerEmbedder  # noqa: E402
+from ragkit.types import Chunk, Hit  # noqa: E402
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def corpus_sentences() -> list[str]:
+    words = " ".join(p.read_text() for p in sorted(DOCS.glob("*.md"))).split()
+    return [" ".join(words[i : i + 60]) for i in range(0, len(words) - 60, 7)]
+
+
+def make_chunks(embedder: SentenceTransformerEmbedder, n: int, max_tokens: int = 128) -> list[str]:
+    rng = random.Random(0)
+    sentences = corpus_sentences()
+    chunks = []
+    while len(chunks) < n:
+        text = " ".join(rng.sample(sentences, 3))
+        ids = embedder.tokenizer(text, add_special_tokens=False)["input_ids"][: rng.randint(32, max_tokens - 2)]
+        chunks.append(embedder.tokenizer.decode(ids))
+    return chunks
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def bench_embedding(model: str, n: int) -> dict:
+    embedder = SentenceTransformerEmbedder(model)
+    texts = make_chunks(embedder, n)
+    embedder.embed_documents(texts[:4096])  # warm up kernels and the allocator
+    sync()
+    started = time.perf_counter()
+    vectors = embedder.embed_documents(texts)
+    sync()
+    end_to_end = n / (time.perf_counter() - started)
+
+    transformer = embedder.model[0]
+    order = np.argsort([-len(t) for t in texts], kind="stable")
+    batches = [
+        {
+            k: v.to(embedder.device)
+            for k, v in transformer.tokenizer(
+                [texts[i] for i in order[s : s + embedder.batch_size]], padding=True, truncation=True,
+                max_length=transformer.max_seq_length, return_tensors="pt",
+            ).items()
+        }
+        for s in range(0, n, embedder.batch_size)
+    ]
+    sync()
+    started = time.perf_counter()
+    with torch.inference_mode():
+        for inputs in batches:
+            hidden = transformer.auto_model(**inputs).last_hidden_state
+            mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            (hidden * mask).sum(1) / mask.sum(1)
+    sync()
+    forward = n / (time.perf_counter() - started)
+    reference = embedder.model.encode(texts[:256], normalize_embeddings=True, convert_to_numpy=True)
+    agreement = float(np.min(np.sum(reference * vectors[:256], axis=1)))
+    return {
+        "chunks": n, "max_tokens": 128, "device": embedder.device, "batch_size": embedder.batch_size,
+        "end_to_end_chunks_per_s": round(end_to_end), "forward_chunks_per_s": round(forward),
+        "ratio": round(end_to_end / forward, 3), "target_chunks_per_s": 50_000,
+        "min_cosine_vs_sentence_transformers_encode": round(agreement, 5),
+    }
+
+
+def random_model(config_dir: str) -> str:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    target = Path(tempfile.mkdtemp(prefix="ragkit-random-model-"))
+    config = AutoConfig.from_pretrained(config_dir)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).to(torch.bfloat16).save_pretrained(target)
+    AutoTokenizer.from_pretrained(config_dir).save_pretrained(target)
+    return str(target)
+
+
+def bench_generation(model: str | None, questions: int, max_new_tokens: int, batch_size: int) -> dict:
+    from ragkit.connectors.generators.local import LocalGenerator
+
+    generator = LocalGenerator(model, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    passages = corpus_sentences()
+    asked = [f"What does ragkit do with {word}?" for word in ("chunks", "vectors", "shards", "graphs", "PDFs")]
+    qs = [asked[i % len(asked)] + f" (case {i})" for i in range(questions)]
+    hits = [
+        [Hit(Chunk(f"c{i}-{j}", f"d{i}", passages[(i * 3 + j) % len(passages)], 0, 1), 1.0, "dense", "docs")
+         for j in range(3)]
+        for i in range(questions)
+    ]
+    generator.generate_many(qs[:2], hits[:2])  # warm up
+    sync()
+    started = time.perf_counter()
+    single = [generator.generate(q, h) for q, h in zip(qs, hits, strict=True)]
+    single_s = time.perf_counter() - started
+    started = time.perf_counter()
+    batched = generator.generate_many(qs, hits)
+    batched_s = time.perf_counter() - started
+    single_tokens = sum(a.meta["new_tokens"] for a in single)
+    batched_tokens = sum(a.meta["new_tokens"] for a in batched)
+    same = sum(a.text == b.text for a, b in zip(single, batched, strict=True))
+    return {
+        "model": generator.model_name, "device": generator.device, "questions": questions,
+        "batch_size": batch_size, "max_new_tokens": max_new_tokens,
+        "one_at_a_time_tokens_per_s": round(single_tokens / single_s, 1),
+        "batched_tokens_per_s": round(batched_tokens / batched_s, 1),
+        "speedup": round((batched_tokens / batched_s) / (single_tokens / single_s), 2), "target_speedup": 10,
+        "identical_answers": f"{same}/{questions}",
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--embed-model", default="all-MiniLM-L6-v2", help="name or directory")
+    parser.add_argument("--gen-model", default=None, help="local model directory (default: packaged SmolLM2)")
+    parser.add_argument("--gen-config", help="build a random-weight model from this config/tokenizer directory")
+    parser.add_argument("--chunks", type=int, default=200_000)
+    parser.add_argument("--questions", type=int, default=64)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--skip-generation", action="store_true")
+    args = parser.parse_args()
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (CPU)"
+    figures: dict = {"gpu": gpu, "torch": torch.__version__}
+    figures["embedding"] = bench_embedding(args.embed_model, args.chunks)
+    e = figures["embedding"]
+    print(f"GPU: {gpu}")
+    print(f"embedding end to end {e['end_to_end_chunks_per_s']:>9,} chunks/s   (target >= 50,000)")
+    print(f"embedding forward    {e['forward_chunks_per_s']:>9,} chunks/s   ratio {e['ratio']}")
+    if not args.skip_generation:
+        model = random_model(args.gen_config) if args.gen_config else args.gen_model
+        figures["generation"] = g = bench_generation(model, args.questions, args.max_new_tokens, args.questions)
+        figures["generation"]["weights"] = "random (same config)" if args.gen_config else "real"
+        print(f"generation one at a time {g['one_at_a_time_tokens_per_s']:>9} tokens/s")
+        print(f"generation batched       {g['batched_tokens_per_s']:>9} tokens/s   "
+              f"speedup {g['speedup']}x (target >= 10x)")
+    print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""The real packaged MiniLM: shape, normalization, the on-disk cache, and the GPU encoding path (run on CPU)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ragkit.connectors.embedders import EmbeddingCache
+from ragkit.connectors.embedders.sentence_transformers import encode_pipelined, mean_pooling_model
+
+pytestmark = pytest.mark.slow
+
+TEXTS = ["A volcano erupts lava.", "Sourdough needs a starter.", "x " * 400, "Ünïcödé text — with dashes", ""]
+
+
+def test_embeddings_are_normalized_float32(minilm):
+    vectors = minilm.embed_documents(TEXTS)
+    assert vectors.shape == (5, 384) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert minilm.max_tokens == 256 and minilm.dim == 384
+
+
+def test_pipelined_encoding_matches_sentence_transformers(minilm):
+    assert mean_pooling_model(minilm.model)
+    reference = minilm.model.encode(TEXTS, normalize_embeddings=True, convert_to_numpy=True)
+    fast = encode_pipelined(minilm.model, TEXTS, batch_size=2, device="cpu")
+    np.testing.assert_allclose(np.sum(reference * fast, axis=1), 1.0, atol=1e-5)
+
+
+def test_cache_embeds_each_text_once(minilm, tmp_path):
+    cache = EmbeddingCache(tmp_path / "e.sqlite", minilm.name, minilm.dim)
+    calls = []
+
+    def embed(texts):
+        calls.append(list(texts))
+        return minilm.embed_documents(texts)
+
+    first, computed = cache.embed(["a", "b", "a"], embed)
+    assert computed == 2 and calls == [["a", "b"]]
+    again, computed = cache.embed(["b", "a", "c"], embed)
+    assert computed == 1 and calls[-1] == ["c"]
+    np.testing.assert_array_equal(first[0], again[1])
+    reopened = EmbeddingCache(tmp_path / "e.sqlite", minilm.name, minilm.dim)
+    assert set(reopened.get_many([__import__("ragkit.types").types.sha1_hex("c")])) != set()
