@@ -9,8 +9,7 @@ entity by how few chunks mention it (an IDF), so "United States" spreads less th
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
@@ -35,10 +34,14 @@ class GraphMatrices:
     alias_rows: dict[str, np.ndarray]
     mentions: sp.csr_matrix  # chunk x entity, mention weights
     about: sp.csr_matrix  # chunk x entity, 1 where the entity is the chunk's title or heading
+    named_mentions: sp.csr_matrix  # chunk x entity, 1 where a named-entity mention is
+    phrase_mentions: sp.csr_matrix  # chunk x entity, 1 where a noun-phrase mention is
     relations: sp.csr_matrix  # entity x entity, symmetric
+    typed_relations: sp.csr_matrix  # entity x entity, symmetric, 1 where a parsed (not co-occurrence) relation is
+    named: np.ndarray  # bool per entity: a named entity, title or heading (not only a common-noun phrase)
+    linkable: np.ndarray  # bool per entity: a title/heading, or a named entity of several chunks
     entity_chunks: np.ndarray  # number of chunks that mention each entity
     specificity: np.ndarray  # per entity, in [0, 1]
-    name_vectors: dict[str, np.ndarray] = field(default_factory=dict)  # embedder name -> E x dim
 
     @property
     def n_entities(self) -> int:
@@ -48,24 +51,6 @@ class GraphMatrices:
     def n_chunks(self) -> int:
         return len(self.chunk_ids)
 
-    def entity_vectors(self, model: str, store: GraphStore, embed: Callable[[list[str]], np.ndarray]) -> np.ndarray:
-        """Entity-name embeddings (rows as ``keys``), from the store's cache, embedding the missing ones."""
-        cached = self.name_vectors.get(model)
-        if cached is not None:
-            return cached
-        found = store.name_vectors(model, list(self.keys))
-        missing = [k for k in self.keys if k not in found]
-        if missing:
-            for i in range(0, len(missing), 1024):
-                part = missing[i : i + 1024]
-                found.update(zip(part, np.asarray(embed(part), dtype=np.float32)))
-        dim = len(next(iter(found.values()))) if found else 0
-        matrix = np.zeros((self.n_entities, dim), dtype=np.float32)
-        for row, key in enumerate(self.keys):
-            matrix[row] = found[key]
-        self.name_vectors[model] = matrix
-        return matrix
-
 
 def compile_matrices(snapshot: GraphSnapshot, settings: GraphSettings) -> GraphMatrices:
     """Builds the search matrices from a store snapshot (vectorized; ~1 s per million mentions)."""
@@ -74,18 +59,29 @@ def compile_matrices(snapshot: GraphSnapshot, settings: GraphSettings) -> GraphM
     n_chunks = len(chunk_ids)
     kind = snapshot.mention_kind.astype(str)
     is_about = (kind == "title") | (kind == "heading")
-    weight = np.where(is_about, settings.title_weight, np.where(kind == "noun_phrase", settings.noun_phrase_weight, 1.0))
     shape = (n_chunks, n_entities)
-    mentions = sp.csr_matrix((weight, (chunk_of_mention, snapshot.mention_entity)), shape=shape, dtype=np.float64)
-    mentions.sum_duplicates()
-    about = sp.csr_matrix(
-        (np.ones(int(is_about.sum())), (chunk_of_mention[is_about], snapshot.mention_entity[is_about])), shape=shape
+
+    def indicator(selected: np.ndarray) -> sp.csr_matrix:
+        rows, cols = chunk_of_mention[selected], snapshot.mention_entity[selected]
+        matrix = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=shape)
+        matrix.data[:] = 1.0  # duplicates were summed
+        return matrix
+
+    about = indicator(is_about)
+    named_mentions = indicator(kind == "entity")
+    phrase_mentions = indicator(kind == "noun_phrase")
+    mentions = sp.csr_matrix(
+        settings.title_weight * about + named_mentions + settings.noun_phrase_weight * phrase_mentions
     )
-    about.data[:] = 1.0
+    named = np.zeros(n_entities, dtype=bool)
+    named[snapshot.mention_entity[kind != "noun_phrase"]] = True
     binary = mentions.copy()
     binary.data[:] = 1.0
     entity_chunks = np.asarray(binary.sum(axis=0)).ravel()
     specificity = _specificity(entity_chunks, n_chunks, settings.specificity)
+    linkable = np.zeros(n_entities, dtype=bool)
+    linkable[snapshot.mention_entity[is_about]] = True
+    linkable |= named & (entity_chunks >= 2)
 
     kind_weight = np.array([_RELATION_KIND_WEIGHT.get(k, 1.0) for k in snapshot.relation_kind.astype(str)])
     rel_weight = kind_weight * np.log1p(snapshot.relation_support)
@@ -95,6 +91,12 @@ def compile_matrices(snapshot: GraphSnapshot, settings: GraphSettings) -> GraphM
         shape=(n_entities, n_entities),
     )
     relations.sum_duplicates()
+    typed = snapshot.relation_kind.astype(str) != "cooccur"
+    typed_relations = sp.csr_matrix(
+        (np.ones(2 * int(typed.sum())), (np.concatenate([src[typed], dst[typed]]), np.concatenate([dst[typed], src[typed]]))),
+        shape=(n_entities, n_entities),
+    )
+    typed_relations.data[:] = 1.0
 
     alias_rows: dict[str, list[int]] = {}
     for alias, row in zip(snapshot.alias_keys, snapshot.alias_entity):
@@ -110,7 +112,12 @@ def compile_matrices(snapshot: GraphSnapshot, settings: GraphSettings) -> GraphM
         alias_rows={k: np.asarray(v, dtype=np.int64) for k, v in alias_rows.items()},
         mentions=mentions,
         about=about,
+        named_mentions=named_mentions,
+        phrase_mentions=phrase_mentions,
         relations=relations,
+        typed_relations=typed_relations,
+        named=named,
+        linkable=linkable,
         entity_chunks=entity_chunks,
         specificity=specificity,
     )

@@ -11,41 +11,112 @@ import numpy as np
 import scipy.sparse as sp
 
 
-def column_stochastic(adjacency: sp.spmatrix) -> sp.csr_matrix:
+def column_stochastic(adjacency: sp.spmatrix) -> sp.csc_matrix:
     """``W[i, j] = A[i, j] / sum_i A[i, j]``: column ``j`` holds where a walker at node ``j`` goes next.
 
-    Returns CSR so ``W @ p`` is a fast sparse matrix-vector product.
+    Returns CSC, so that the columns of the nodes holding mass are cheap to take.
     """
     matrix = sp.csc_matrix(adjacency, dtype=np.float64)
     totals = np.asarray(matrix.sum(axis=0)).ravel()
     scale = np.divide(1.0, totals, out=np.zeros_like(totals), where=totals > 0)
-    return sp.csr_matrix(matrix @ sp.diags(scale))
+    return sp.csc_matrix(matrix @ sp.diags(scale))
 
 
 def personalized_pagerank(
-    transition: sp.csr_matrix,
+    transition: sp.csc_matrix,
     seeds: np.ndarray,
     damping: float = 0.5,
     iterations: int = 50,
     tolerance: float = 1e-8,
+    prune: float = 0.0,
+    dangling: np.ndarray | None = None,
+    absorbing: np.ndarray | None = None,
 ) -> np.ndarray:
     """Stationary scores of a walk that follows edges with probability ``damping`` and else restarts at a seed.
 
-    ``transition`` is column-stochastic (``column_stochastic``), ``seeds`` non-negative with a positive sum.
-    Stops when the L1 change falls below ``tolerance`` (the error then shrinks by ``damping`` per step).
+    ``transition`` is column-stochastic (``column_stochastic``, CSC), ``seeds`` non-negative with a positive sum.
+    Computed as the series ``p = (1 - d) sum_t (d W')^t s`` (``W'`` sends dangling mass back to the seeds): the
+    residual ``(d W')^t s`` lives on the few nodes near the seeds, so each step touches only their edges, not the
+    whole graph. It stops when the residual mass falls below ``tolerance`` or after ``iterations`` steps (what is
+    left is added as is). Two approximations, both off by default: ``prune > 0`` stops spreading residuals
+    smaller than that share of the seed mass, and nodes marked ``absorbing`` (hubs such as an entity half the
+    chunks mention) keep what reaches them instead of spreading it thinly over their neighbours.
+    ``dangling`` (nodes without out-edges) may be passed precomputed.
     """
     total = float(seeds.sum())
     if total <= 0:
         raise ValueError("personalized_pagerank needs seeds with a positive sum")
-    restart = seeds / total
-    outgoing = np.asarray(transition.sum(axis=0)).ravel()
-    dangling = outgoing <= 0
-    scores = restart.copy()
+    if not (sp.issparse(transition) and transition.format == "csc"):
+        transition = sp.csc_matrix(transition)
+    if dangling is None:
+        dangling = np.diff(transition.indptr) == 0
+    n = len(seeds)
+    scratch = (np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64))  # uninitialized: written before read
+    seed_nodes = np.flatnonzero(seeds)
+    seed_mass = seeds[seed_nodes] / total
+    scores = np.zeros(n)
+    nodes, mass = seed_nodes, seed_mass
+    indptr, indices, data = transition.indptr, transition.indices, transition.data
     for _ in range(iterations):
-        lost = float(scores[dangling].sum())
-        updated = (1.0 - damping) * restart + damping * (transition @ scores + lost * restart)
-        change = float(np.abs(updated - scores).sum())
-        scores = updated
-        if change < tolerance:
+        scores[nodes] += (1.0 - damping) * mass
+        lost = float(mass[dangling[nodes]].sum())
+        spread = mass > prune
+        if absorbing is not None:
+            held = spread & absorbing[nodes]
+            scores[nodes[held]] += damping * mass[held]
+            spread &= ~held
+        nodes, mass = _spread(indptr, indices, data, nodes[spread], damping * mass[spread], scratch)
+        if lost > 0:
+            nodes, mass = _sum_duplicates(
+                np.concatenate([nodes, seed_nodes]), np.concatenate([mass, damping * lost * seed_mass]), scratch
+            )
+        if float(mass.sum()) < tolerance:
             break
+    scores[nodes] += mass
     return scores
+
+
+def _spread(
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    data: np.ndarray,
+    nodes: np.ndarray,
+    mass: np.ndarray,
+    scratch: tuple[np.ndarray, np.ndarray],
+) -> tuple[np.ndarray, np.ndarray]:
+    """``W[:, nodes] @ mass`` as a sparse (nodes, values) pair, touching only those columns."""
+    starts = indptr[nodes]
+    counts = indptr[nodes + 1] - starts
+    total = int(counts.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0)
+    offsets = np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(total)
+    return _sum_duplicates(indices[offsets].astype(np.int64), data[offsets] * np.repeat(mass, counts), scratch)
+
+
+def _sum_duplicates(
+    targets: np.ndarray, values: np.ndarray, scratch: tuple[np.ndarray, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sums values of equal targets in O(len(targets)) with two node-indexed scratch arrays (no sort)."""
+    last, slot = scratch
+    positions = np.arange(len(targets))
+    last[targets] = positions  # the last position of each target wins
+    unique = targets[last[targets] == positions]
+    slot[unique] = np.arange(len(unique))
+    return unique, np.bincount(slot[targets], weights=values, minlength=len(unique))
+
+
+def max_product(matrix: sp.csc_matrix, vector: np.ndarray) -> np.ndarray:
+    """``y[i] = max_j matrix[i, j] * vector[j]`` over the non-zero entries of ``vector`` (best-path relaxation).
+
+    The (max, x) semiring counterpart of ``matrix @ vector``: the score of the best single edge into each node,
+    rather than the sum over all of them.
+    """
+    active = np.flatnonzero(vector)
+    out = np.zeros(matrix.shape[0])
+    if len(active) == 0:
+        return out
+    sub = sp.csr_matrix(matrix[:, active] @ sp.diags(vector[active]))
+    if sub.nnz:
+        out = np.asarray(sub.max(axis=1).todense()).ravel()
+    return out

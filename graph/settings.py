@@ -41,14 +41,21 @@ class GraphSettings:
     # --- query entity linking ---
     link_threshold: float = 0.8  # cosine of a question phrase to an entity name for a link by embedding
     link_top: int = 3  # entities linked per question phrase by embedding
+    alias_link_score: float = 0.9  # a question phrase equal to an alias rather than the name
+    common_noun_weight: float = 0.3  # a common-noun phrase ("country") links with this weight, a name with 1
 
     # --- graph search (Personalized PageRank over the entity-chunk graph) ---
-    damping: float = 0.5  # probability of following an edge rather than jumping back to a seed
-    iterations: int = 30
+    damping: float = 0.85  # probability of following an edge rather than jumping back to a seed
+    iterations: int = 10
     tolerance: float = 1e-6
     specificity: Specificity = "idf"  # weight of an entity by how few chunks mention it
-    max_entity_chunks: int = 0  # entities mentioned by more chunks are not expanded; 0: no limit
     dense_candidates: int = 100  # dense hits that seed the walk and score candidates
+    dense_temperature: float = 0.05  # seed weight exp((score - best) / T) of a dense hit
+    walk_specificity: bool = False  # a walker at a chunk prefers its more specific entities
+    specificity_power: float = 1.0
+    prune: float = 1e-4  # PageRank residual below which a node does not spread further (0: exact)
+    hub_fraction: float = 0.02  # entities in more than this share of the chunks absorb walk mass (0: none)
+    hub_min_chunks: int = 20
     dense_seed_weight: float = 1.0
     entity_seed_weight: float = 1.0
     relation_weight: float = 0.5
@@ -56,13 +63,21 @@ class GraphSettings:
     title_weight: float = 2.0  # mention weight of a title/heading (what a chunk is about) vs. a body mention
     noun_phrase_weight: float = 0.5
 
-    # --- multi-hop traversal ---
+    # --- multi-hop traversal (best path, max-product) ---
     max_hops: int = 2
-    beam: int = 30
-    hop_decay: float = 0.8
+    hop_decay: float = 0.8  # a path's score shrinks by this per extra hop
+    path_dense_seeds: int = 10  # top dense chunks that start paths (besides the linked entities)
+    body_mention_weight: float = 0.5  # landing on a chunk that mentions an entity vs. one about it (1)
+    path_weight: float = 1.0  # final score: exp((dense - best) / path_temperature) + path_weight * path
+    path_temperature: float = 0.1
 
     # --- fusion of graph and dense ---
     fusion_keep_dense: int = 2  # the top dense hits that graph results never displace
+    fusion_ppr_weight: float = 1.0  # weight of the normalized PageRank mass in the fused score
+
+    def extraction_key(self) -> tuple[Any, ...]:
+        """The settings that shape extraction: a graph built with other values must be rebuilt."""
+        return (self.model, self.excluded_labels, self.noun_phrases, self.max_phrase_words, self.max_cooccur_entities)
 
     def replace(self, **changes: Any) -> GraphSettings:
         return dataclasses.replace(self, **changes)

@@ -139,7 +139,7 @@ class GraphStore:
         batch = list(extractions)
         if not batch:
             return
-        self._remove("chunk_id", [ex.chunk_id for ex in batch])
+        old_entities, old_edges = self._remove_rows("chunk_id", [ex.chunk_id for ex in batch])
         conn = self.conn
         first_surface: dict[str, tuple[str, str]] = {}
         for ex in batch:
@@ -169,16 +169,19 @@ class GraphStore:
             "INSERT OR IGNORE INTO graph_relations(source, target, label, kind) VALUES (?, ?, ?, ?)",
             sorted({row[:4] for row in relation_rows}),
         )
-        self._refresh(list(ids.values()))
+        survivors = self._drop_orphans(old_entities - set(ids.values()), old_edges)
+        self._refresh(list(set(ids.values()) | survivors))
         self._bump()
 
     def delete_documents(self, doc_ids: Sequence[str]) -> None:
         """Removes the documents' mentions, then every entity and relation no remaining mention supports."""
         if doc_ids:
-            self._remove("doc_id", list(doc_ids))
+            entities, edges = self._remove_rows("doc_id", list(doc_ids))
+            self._refresh(list(self._drop_orphans(entities, edges)))
             self._bump()
 
-    def _remove(self, column: str, values: list[str]) -> None:
+    def _remove_rows(self, column: str, values: list[str]) -> tuple[set[int], set[tuple[Any, ...]]]:
+        """Deletes the mention rows of some chunks or documents; returns the entities and edges they touched."""
         conn = self.conn
         touched: set[int] = set()
         edges: set[tuple[Any, ...]] = set()
@@ -193,8 +196,11 @@ class GraphStore:
             )
             conn.execute(f"DELETE FROM graph_mentions WHERE {column} IN ({marks})", part)
             conn.execute(f"DELETE FROM graph_relation_mentions WHERE {column} IN ({marks})", part)
-        if not touched and not edges:
-            return
+        return touched, edges
+
+    def _drop_orphans(self, touched: set[int], edges: set[tuple[Any, ...]]) -> set[int]:
+        """Deletes the touched relations and entities that no mention supports; returns the surviving entities."""
+        conn = self.conn
         conn.executemany(
             "DELETE FROM graph_relations WHERE source = ?1 AND target = ?2 AND label = ?3 AND kind = ?4 AND NOT EXISTS "
             "(SELECT 1 FROM graph_relation_mentions r WHERE r.source = ?1 AND r.target = ?2 AND r.label = ?3 "
@@ -210,7 +216,7 @@ class GraphStore:
             "DELETE FROM graph_name_vectors WHERE key = (SELECT key FROM graph_entities WHERE id = ?)", orphans
         )
         conn.executemany("DELETE FROM graph_entities WHERE id = ?", orphans)
-        self._refresh(list(touched - {o[0] for o in orphans}))
+        return touched - {o[0] for o in orphans}
 
     def _entity_ids(self, keys: list[str]) -> dict[str, int]:
         ids: dict[str, int] = {}
@@ -293,7 +299,8 @@ class GraphStore:
         return out
 
     def embed_names(self, model: str, embed: Callable[[list[str]], np.ndarray], batch_size: int = 1024) -> int:
-        """Embeds and caches the names of entities that have no vector for ``model`` yet; returns how many.
+        """Embeds and caches the names of named entities, titles and headings that have no vector for ``model``
+        yet (common-noun phrases are linked by name only); returns how many were embedded.
 
         Call it while indexing (inside the write transaction) so that the first query does not pay for it.
         """
@@ -301,7 +308,8 @@ class GraphStore:
             r[0]
             for r in self.conn.execute(
                 "SELECT e.key FROM graph_entities e LEFT JOIN graph_name_vectors v ON v.key = e.key AND v.model = ? "
-                "WHERE v.key IS NULL",
+                "WHERE v.key IS NULL AND EXISTS (SELECT 1 FROM graph_mentions m WHERE m.entity_id = e.id "
+                "AND m.kind != 'noun_phrase')",
                 (model,),
             )
         ]
@@ -313,6 +321,25 @@ class GraphStore:
                 [(key, model, vec.tobytes()) for key, vec in zip(part, vectors)],
             )
         return len(missing)
+
+    def relation_label(self, key_a: str, key_b: str, chunk_id: str | None = None) -> str | None:
+        """The label of a relation between two entities (either direction), parsed ones before co-occurrence,
+        the most supported first; limited to one chunk when ``chunk_id`` is given."""
+        ids = self._entity_ids([key_a, key_b])
+        if key_a not in ids or key_b not in ids:
+            return None
+        a, b = ids[key_a], ids[key_b]
+        sql = (
+            "SELECT label, kind, COUNT(*) AS n FROM graph_relation_mentions "
+            "WHERE ((source = ?1 AND target = ?2) OR (source = ?2 AND target = ?1))"
+        )
+        params: list[Any] = [a, b]
+        if chunk_id is not None:
+            sql += " AND chunk_id = ?3"
+            params.append(chunk_id)
+        sql += " GROUP BY label, kind ORDER BY kind = 'cooccur', n DESC, label LIMIT 1"
+        row = self.conn.execute(sql, params).fetchone()
+        return row[0] if row else None
 
     def to_networkx(self) -> Any:
         """The graph as a ``networkx.MultiDiGraph``: one node per entity key, one edge per relation.

@@ -215,6 +215,8 @@ def _write_batch(
             conn.execute("UPDATE documents SET content_hash = ? WHERE id = ?", (digest, doc.id))
         if graph is not None:
             graph.replace(conn, [doc.id for doc, _, _ in batch], extractions)
+            # entity names are embedded now, once, so that a question's first graph search does not pay for it
+            graph.store.embed_names(index.manifest.embedder, lambda names: index.embed(names)[0])
     ids = np.array([vector_id(c.id) for c in chunks], dtype=np.int64)
     stale = np.setdiff1d(np.array(removed, dtype=np.int64), ids)
     vectors.delete(stale)

@@ -23,7 +23,7 @@ from ragkit.catalog import Catalog
 from ragkit.config import Settings
 from ragkit.connectors.embedders import EmbeddingCache, make_embedder
 from ragkit.connectors.vectors import open_vector_index
-from ragkit.errors import EmbedderMismatchError, IndexFormatError
+from ragkit.errors import ConfigError, EmbedderMismatchError, IndexFormatError
 from ragkit.manifest import MANIFEST, Manifest
 from ragkit.protocols import Embedder, Generator, VectorIndex
 from ragkit.types import Answer, Document, Hit
@@ -293,6 +293,19 @@ class Index:
         if graph is not None:
             stats["graph"] = graph
         return stats
+
+    @property
+    def graph(self) -> Any:
+        """The knowledge graph as a ``networkx.MultiDiGraph`` (a fresh copy; entity keys are the nodes).
+
+        Nodes carry ``name``, ``label``, ``aliases``, ``chunks`` and ``documents``; edges ``label``, ``kind``,
+        ``chunks`` and ``weight``. Raises ConfigError for an index built with ``--no-graph``.
+        """
+        if not self.manifest.graph:
+            raise ConfigError(f"{self.path}: this index was built without a knowledge graph (--no-graph)")
+        from ragkit.graph.store import GraphStore
+
+        return GraphStore(self.catalog.connection).to_networkx()
 
     def graph_stats(self) -> dict[str, int] | None:
         if not self.manifest.graph:

@@ -41,7 +41,8 @@ def where_clause(where: Mapping[str, Any] | None) -> dict[str, Any] | None:
             raise ValueError(f"where keys must be strings (got {key!r})")
         if not isinstance(value, (str, int, float, bool)):
             raise ValueError(
-                f"where[{key!r}]: only str, int, float and bool values can be matched (got {type(value).__name__})"
+                f"where[{key!r}]: only str, int, float and bool values can be matched "
+                f"(got {type(value).__name__})"
             )
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"where[{key!r}]: {value} cannot be matched (only finite numbers)")
@@ -100,7 +101,8 @@ class ChromaIndex:
             raise ValueError(f"shards must be at least 1 (got {shards})")
         if (path is None) == (host is None):
             raise ConfigError(
-                "ChromaIndex needs exactly one of path (a local Chroma directory) or host/port (a Chroma server)"
+                "ChromaIndex needs exactly one of path (a local Chroma directory) or host/port "
+                "(a Chroma server)"
             )
         self.dim, self.num_shards, self.collection = dim, shards, collection
         settings = Settings(anonymized_telemetry=False)
@@ -123,17 +125,17 @@ class ChromaIndex:
                 }
             }
             layout = {"ragkit_dim": dim, "ragkit_shards": shards}
-            self._collections = []
+            self._collections: list[Any] = []
             for number in range(shards):
                 name = self._shard_name(number)
                 try:
-                    collection = self._client.get_collection(name, embedding_function=None)
-                    self._check_layout(collection.metadata or {})
+                    shard = self._client.get_collection(name, embedding_function=None)
+                    self._check_layout(shard.metadata or {})
                 except NotFoundError:
-                    collection = self._client.create_collection(
+                    shard = self._client.create_collection(
                         name, embedding_function=None, configuration=configuration, metadata=layout
                     )
-                self._collections.append(collection)
+                self._collections.append(shard)
         except BaseException:
             self.close()
             raise
@@ -151,14 +153,16 @@ class ChromaIndex:
             )
         if stored.get("ragkit_shards") != self.num_shards:
             raise IndexFormatError(
-                f"{where}: built with shards={stored.get('ragkit_shards')}, opened with shards={self.num_shards}; "
-                "open it with the same number of shards"
+                f"{where}: built with shards={stored.get('ragkit_shards')}, opened with "
+                f"shards={self.num_shards}; open it with the same number of shards"
             )
 
     def _check_dim(self, vectors: np.ndarray, what: str) -> np.ndarray:
         vectors = np.ascontiguousarray(np.atleast_2d(vectors), dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:
-            raise DimensionMismatchError(f"{what} have dimension {vectors.shape[-1]}, the Chroma index has {self.dim}")
+            raise DimensionMismatchError(
+                f"{what} have dimension {vectors.shape[-1]}, the Chroma index has {self.dim}"
+            )
         return vectors
 
     @property
@@ -172,7 +176,7 @@ class ChromaIndex:
         return sum(collection.count() for collection in self.collections)
 
     def add(self, ids: np.ndarray, vectors: np.ndarray, meta: Sequence[Mapping[str, Any]]) -> None:
-        """Upsert: an id already stored is replaced (vector and metadata); within one call the last row wins."""
+        """Upsert: a stored id is replaced (vector and metadata); within one call the last row wins."""
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         vectors = self._check_dim(vectors, "vectors")
         if not (len(ids) == len(vectors) == len(meta)):
@@ -181,9 +185,13 @@ class ChromaIndex:
             return
         if (ids < 0).any():
             raise ValueError(f"add: ids must be non-negative (got {int(ids.min())})")
-        last = np.array(sorted({int(vid): row for row, vid in enumerate(ids.tolist())}.values()), dtype=np.int64)
+        last = np.array(
+            sorted({int(vid): row for row, vid in enumerate(ids.tolist())}.values()), dtype=np.int64
+        )
         ids, vectors = ids[last], vectors[last]
-        metadatas = [_clean_meta(meta[row], int(vid)) for row, vid in zip(last.tolist(), ids.tolist())]
+        metadatas = [
+            _clean_meta(meta[row], int(vid)) for row, vid in zip(last.tolist(), ids.tolist(), strict=True)
+        ]
         with self._lock:
             batch = self._client.get_max_batch_size() if self._client is not None else _PAGE
             for number, collection in enumerate(self.collections):
@@ -212,9 +220,11 @@ class ChromaIndex:
     ) -> tuple[np.ndarray, np.ndarray]:
         scores, ids = empty_result(len(queries), k)
         result = collection.query(query_embeddings=queries, n_results=k, where=where, include=["distances"])
-        for row, (found, distances) in enumerate(zip(result["ids"], result["distances"])):
+        for row, (found, distances) in enumerate(zip(result["ids"], result["distances"], strict=True)):
             ids[row, : len(found)] = [int(vid) for vid in found]
-            scores[row, : len(found)] = 1.0 - np.asarray(distances, dtype=np.float32)  # "ip" distance = 1 - dot
+            scores[row, : len(found)] = 1.0 - np.asarray(
+                distances, dtype=np.float32
+            )  # "ip" distance = 1 - dot
         return scores, ids
 
     def search(
@@ -227,7 +237,9 @@ class ChromaIndex:
         collections = self.collections
         if self._pool is None:
             return self._search_one(collections[0], queries, k, clause)
-        parts = list(self._pool.map(lambda collection: self._search_one(collection, queries, k, clause), collections))
+        parts = list(
+            self._pool.map(lambda collection: self._search_one(collection, queries, k, clause), collections)
+        )
         return merge_topk(parts, k)
 
     def ids(self) -> np.ndarray:

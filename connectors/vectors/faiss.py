@@ -39,15 +39,31 @@ class _Shard:
     def __init__(self, path: Path, dim: int, kind: str, options: Mapping[str, int]) -> None:
         self.path, self.dim, self.kind, self.options = path, dim, kind, options
         self.dirty = False
+        # IVF-PQ answers from compressed codes; its candidates are re-scored exactly against fp16 copies of the
+        # vectors (half the memory of float32), which lifts recall@10 from ~0.7 to ~0.99.
+        self.refine_path = path.with_suffix(".refine.faiss")
+        self.refine: faiss.Index | None = None
+        if kind == "ivfpq":
+            self.refine = (
+                self._read(self.refine_path)
+                if self.refine_path.exists()
+                else faiss.IndexIDMap2(
+                    faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+                )
+            )
         if path.exists():
-            try:
-                self.index = faiss.read_index(str(path))
-            except RuntimeError as exc:
-                raise IndexFormatError(f"{path}: unreadable FAISS shard ({str(exc).splitlines()[0]})") from None
+            self.index = self._read(path)
             if self.index.d != dim:
                 raise IndexFormatError(f"{path}: shard has dimension {self.index.d}, index expects {dim}")
         else:
             self.index = self._new_index(trained=False)
+
+    @staticmethod
+    def _read(path: Path) -> faiss.Index:
+        try:
+            return faiss.read_index(str(path))
+        except RuntimeError as exc:
+            raise IndexFormatError(f"{path}: unreadable FAISS shard ({str(exc).splitlines()[0]})") from None
 
     def _new_index(self, trained: bool) -> faiss.Index:
         if self.kind == "hnsw":
@@ -55,9 +71,13 @@ class _Shard:
             hnsw.hnsw.efConstruction = self.options["ef_construction"]
             return faiss.IndexIDMap2(hnsw)
         if self.kind == "ivfpq" and trained:
-            return faiss.index_factory(
+            index = faiss.index_factory(
                 self.dim, f"IVF{self.options['nlist']},PQ{self.options['pq_m']}x8", faiss.METRIC_INNER_PRODUCT
             )
+            # Polysemous training reorders PQ codes for Hamming pre-filtering, which ragkit never uses; it is
+            # most of the training time (tens of seconds instead of under one).
+            faiss.downcast_index(index).do_polysemous_training = False
+            return index
         return faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
 
     @property
@@ -81,6 +101,8 @@ class _Shard:
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         self.index.add_with_ids(vectors, ids)
+        if self.refine is not None:
+            self.refine.add_with_ids(vectors, ids)
         self.dirty = True
         if self.kind == "ivfpq" and not self.is_ivf and self.index.ntotal >= self.options["train_size"]:
             self._train_ivfpq()
@@ -105,28 +127,87 @@ class _Shard:
                 self.index.add_with_ids(vectors[keep], stored[keep])
         else:
             self.index.remove_ids(faiss.IDSelectorBatch(np.asarray(ids, dtype=np.int64)))
+            if self.refine is not None:
+                self.refine.remove_ids(faiss.IDSelectorBatch(np.asarray(ids, dtype=np.int64)))
         self.dirty = True
 
-    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries: np.ndarray, k: int, allowed: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``k`` of this shard, restricted to the ``allowed`` ids (this shard's only) when given.
+
+        Approximate kinds answer a filter that leaves few vectors by exact search over those vectors (graph and
+        inverted-list walks lose recall when most of what they visit is filtered out) and widen ``efSearch`` or
+        ``nprobe`` by the filter's selectivity otherwise.
+        """
         total = self.index.ntotal
         if total == 0 or (allowed is not None and not len(allowed)):
             return empty_result(len(queries), k)
-        kwargs: dict[str, Any] = {}
-        if allowed is not None:
-            kwargs["sel"] = faiss.IDSelectorBatch(allowed)
+        if allowed is not None and self.kind != "flat" and len(allowed) <= self.options["exact_filter_limit"]:
+            return self._exact_search(queries, k, allowed)
+        widen = total / len(allowed) if allowed is not None else 1.0
+        kwargs: dict[str, Any] = {"sel": faiss.IDSelectorBatch(allowed)} if allowed is not None else {}
         if self.kind == "hnsw":
-            params = faiss.SearchParametersHNSW(efSearch=max(self.options["ef_search"], k), **kwargs)
+            ef = int(min(total, max(self.options["ef_search"], k) * widen))
+            params = faiss.SearchParametersHNSW(efSearch=max(ef, k), **kwargs)
         elif self.is_ivf:
-            params = faiss.SearchParametersIVF(nprobe=self.options["nprobe"], **kwargs)
+            nprobe = int(min(self.index.nlist, np.ceil(self.options["nprobe"] * widen)))
+            params = faiss.SearchParametersIVF(nprobe=nprobe, **kwargs)
         else:
             params = faiss.SearchParameters(**kwargs) if kwargs else None
-        scores, ids = self.index.search(queries, min(k, total), params=params)
+        if self.is_ivf and self.refine is not None:
+            scores, ids = self._refined_search(queries, k, total, params)
+        else:
+            scores, ids = self.index.search(queries, min(k, total), params=params)
         if scores.shape[1] < k:
             pad_s, pad_i = empty_result(len(queries), k - scores.shape[1])
             scores, ids = np.hstack([scores, pad_s]), np.hstack([ids, pad_i])
         return np.where(ids < 0, -np.inf, scores).astype(np.float32), ids
 
+    def _exact_search(
+        self, queries: np.ndarray, k: int, allowed: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        store = self.refine if self.refine is not None else self.index  # HNSW keeps full vectors; IVF-PQ fp16
+        vectors = store.reconstruct_batch(np.ascontiguousarray(allowed, dtype=np.int64))
+        sims = queries @ vectors.T
+        take = min(k, len(allowed))
+        top = (
+            np.argpartition(-sims, take - 1, axis=1)[:, :take]
+            if take < len(allowed)
+            else np.tile(np.arange(len(allowed)), (len(queries), 1))
+        )
+        top_scores = np.take_along_axis(sims, top, axis=1)
+        top_ids = allowed[top]
+        order = np.argsort(-top_scores, axis=1, kind="stable")  # merge_topk breaks ties by id afterwards
+        scores, ids = empty_result(len(queries), k)
+        scores[:, :take] = np.take_along_axis(top_scores, order, axis=1)
+        ids[:, :take] = np.take_along_axis(top_ids, order, axis=1)
+        return scores, ids
+
+    def _refined_search(
+        self, queries: np.ndarray, k: int, total: int, params: faiss.SearchParameters
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """IVF-PQ candidates (``refine_factor`` x k), re-scored with the exact inner product."""
+        _, candidates = self.index.search(
+            queries, min(k * self.options["refine_factor"], total), params=params
+        )
+        scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        ids = np.full((len(queries), k), -1, dtype=np.int64)
+        assert self.refine is not None
+        for row, found in enumerate(candidates):
+            found = found[found >= 0]
+            if not len(found):
+                continue
+            exact = np.stack([self.refine.reconstruct(int(i)) for i in found]) @ queries[row]
+            best = np.lexsort((found, -exact))[:k]
+            scores[row, : len(best)], ids[row, : len(best)] = exact[best], found[best]
+        return scores, ids
+
     def save(self) -> None:
+        if self.refine is not None and self.dirty:
+            tmp = self.refine_path.with_suffix(".tmp")
+            faiss.write_index(self.refine, str(tmp))
+            os.replace(tmp, self.refine_path)
         if self.dirty:
             tmp = self.path.with_suffix(".tmp")
             faiss.write_index(self.index, str(tmp))
@@ -158,6 +239,8 @@ class FaissShardedIndex:
         pq_m: int | None = None,
         nprobe: int = 32,
         train_size: int | None = None,
+        refine_factor: int = 4,
+        exact_filter_limit: int = 20_000,
     ) -> None:
         if kind not in FAISS_KINDS:
             raise ValueError(f"unknown FAISS kind {kind!r} (valid: {', '.join(FAISS_KINDS)})")
@@ -168,14 +251,27 @@ class FaissShardedIndex:
         self._check_layout(dim, shards, kind)
         self.dim, self.kind, self.num_shards = dim, kind, shards
         options = {
-            "hnsw_m": hnsw_m, "ef_construction": ef_construction, "ef_search": ef_search, "nlist": nlist,
-            "pq_m": pq_m or max(1, dim // 4), "nprobe": nprobe, "train_size": train_size or max(10_000, 39 * nlist),
+            "hnsw_m": hnsw_m,
+            "ef_construction": ef_construction,
+            "ef_search": ef_search,
+            "nlist": nlist,
+            "pq_m": pq_m or max(1, dim // 4),
+            "nprobe": nprobe,
+            "train_size": train_size or max(10_000, 39 * nlist),
+            "refine_factor": refine_factor,
+            "exact_filter_limit": exact_filter_limit,
         }
-        self._shards = [_Shard(self.directory / f"shard-{i:03d}.faiss", dim, kind, options) for i in range(shards)]
+        self._shards = [
+            _Shard(self.directory / f"shard-{i:03d}.faiss", dim, kind, options) for i in range(shards)
+        ]
         self._lock = threading.RLock()
-        self._meta = sqlite3.connect(self.directory / "meta.sqlite", check_same_thread=False, isolation_level=None)
+        self._meta = sqlite3.connect(
+            self.directory / "meta.sqlite", check_same_thread=False, isolation_level=None
+        )
         self._meta.execute("PRAGMA journal_mode=WAL")
-        self._meta.execute("CREATE TABLE IF NOT EXISTS meta (id INTEGER PRIMARY KEY, shard INTEGER, meta TEXT)")
+        self._meta.execute(
+            "CREATE TABLE IF NOT EXISTS meta (id INTEGER PRIMARY KEY, shard INTEGER, meta TEXT)"
+        )
         self._pool = ThreadPoolExecutor(max_workers=min(shards, os.cpu_count() or 1)) if shards > 1 else None
 
     def _check_layout(self, dim: int, shards: int, kind: str) -> None:
@@ -202,7 +298,9 @@ class FaissShardedIndex:
     def _check_dim(self, vectors: np.ndarray, what: str) -> np.ndarray:
         vectors = np.ascontiguousarray(np.atleast_2d(vectors), dtype=np.float32)
         if vectors.shape[1] != self.dim:
-            raise DimensionMismatchError(f"{what} have dimension {vectors.shape[1]}, the index has {self.dim}")
+            raise DimensionMismatchError(
+                f"{what} have dimension {vectors.shape[1]}, the index has {self.dim}"
+            )
         return vectors
 
     def add(self, ids: np.ndarray, vectors: np.ndarray, meta: Sequence[Mapping[str, Any]]) -> None:
@@ -212,6 +310,12 @@ class FaissShardedIndex:
             raise ValueError(f"add: {len(ids)} ids, {len(vectors)} vectors and {len(meta)} metadata rows")
         if not len(ids):
             return
+        _, last = np.unique(ids[::-1], return_index=True)
+        if len(last) < len(
+            ids
+        ):  # an id given twice in one call: the last row wins, as in a sequence of upserts
+            keep = np.sort(len(ids) - 1 - last)
+            ids, vectors, meta = ids[keep], vectors[keep], [meta[i] for i in keep.tolist()]
         with self._lock:
             self.delete(ids)
             targets = np.array(
@@ -224,7 +328,10 @@ class FaissShardedIndex:
             self._meta.execute("BEGIN")
             self._meta.executemany(
                 "INSERT OR REPLACE INTO meta VALUES (?, ?, ?)",
-                [(int(i), int(t), json.dumps(dict(m), sort_keys=True)) for i, t, m in zip(ids, targets, meta)],
+                [
+                    (int(i), int(t), json.dumps(dict(m), sort_keys=True))
+                    for i, t, m in zip(ids, targets, meta)
+                ],
             )
             self._meta.execute("COMMIT")
 
@@ -237,7 +344,9 @@ class FaissShardedIndex:
             for start in range(0, len(ids), 900):
                 batch = ids[start : start + 900].tolist()
                 marks = ",".join("?" * len(batch))
-                for vid, shard in self._meta.execute(f"SELECT id, shard FROM meta WHERE id IN ({marks})", batch):
+                for vid, shard in self._meta.execute(
+                    f"SELECT id, shard FROM meta WHERE id IN ({marks})", batch
+                ):
                     located.setdefault(shard, []).append(vid)
             for shard, vids in located.items():
                 self._shards[shard].remove(np.array(vids, dtype=np.int64))
@@ -245,15 +354,17 @@ class FaissShardedIndex:
             self._meta.executemany("DELETE FROM meta WHERE id = ?", [(int(i),) for i in ids])
             self._meta.execute("COMMIT")
 
-    def _allowed(self, where: Mapping[str, Any]) -> np.ndarray:
+    def _allowed(self, where: Mapping[str, Any]) -> list[np.ndarray]:
+        """The ids matching ``where``, one array per shard."""
         clauses, params = [], []
         for key, value in where.items():
             if not isinstance(value, (str, int, float, bool)):
                 raise ValueError(f"where[{key!r}]: only str, int, float and bool values can be matched")
             clauses.append("json_extract(meta, ?) = ?")
             params += [f'$."{key}"', value]
-        sql = "SELECT id FROM meta WHERE " + " AND ".join(clauses)
-        return np.array([r[0] for r in self._meta.execute(sql, params)], dtype=np.int64)
+        sql = "SELECT id, shard FROM meta WHERE " + " AND ".join(clauses)
+        rows = np.array(self._meta.execute(sql, params).fetchall(), dtype=np.int64).reshape(-1, 2)
+        return [np.ascontiguousarray(rows[rows[:, 1] == n, 0]) for n in range(self.num_shards)]
 
     def search(
         self, queries: np.ndarray, k: int, where: Mapping[str, Any] | None = None
@@ -262,11 +373,17 @@ class FaissShardedIndex:
         if k < 1:
             raise ValueError(f"k must be at least 1 (got {k})")
         with self._lock:
-            allowed = self._allowed(where) if where else None
+            allowed: list[np.ndarray] | list[None] = (
+                self._allowed(where) if where else [None] * self.num_shards
+            )
             if self._pool is None:
-                parts = [self._shards[0].search(queries, k, allowed)]
+                parts = [self._shards[0].search(queries, k, allowed[0])]
             else:
-                parts = list(self._pool.map(lambda shard: shard.search(queries, k, allowed), self._shards))
+                parts = list(
+                    self._pool.map(
+                        lambda n: self._shards[n].search(queries, k, allowed[n]), range(self.num_shards)
+                    )
+                )
         return merge_topk(parts, k)  # also for one shard: ties ordered by id, as in any sharding
 
     def ids(self) -> np.ndarray:

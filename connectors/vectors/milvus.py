@@ -1,10 +1,10 @@
-"""Milvus vector backend: milvus-lite in a local ``.db`` path by default, or any Milvus server or cluster by URI.
+"""Milvus vector backend: milvus-lite in a local ``.db`` path by default, or any Milvus server by URI.
 
 One collection holds int64 primary keys ``id``, a float vector ``vector`` searched by inner product, the
-vector's metadata as JSON ``meta``, and ``doc_id`` / ``source`` copied into scalar VARCHAR fields so a server can
-index them. A ``where`` filter becomes a Milvus boolean expression (every value escaped, never pasted raw), so it
-is applied inside the search, before the top-k. Milvus spreads a collection over ``shards_num`` shards itself;
-milvus-lite keeps one.
+vector's metadata as JSON ``meta``, and ``doc_id`` / ``source`` copied into scalar VARCHAR fields so a server
+can index them. A ``where`` filter becomes a Milvus boolean expression (every value escaped, never pasted
+raw), so it is applied inside the search, before the top-k. Milvus spreads a collection over ``shards_num``
+shards itself; milvus-lite keeps one.
 """
 
 from __future__ import annotations
@@ -38,7 +38,11 @@ _lite_lock = threading.Lock()
 def escape_string(value: str) -> str:
     """``value`` as a double-quoted Milvus expression string literal (backslash escapes, no raw newlines)."""
     escaped = (
-        value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
+        value.replace("\\", "\\\\")
+        .replace('"', '\\"')
+        .replace("\n", "\\n")
+        .replace("\r", "\\r")
+        .replace("\t", "\\t")
     )
     return f'"{escaped}"'
 
@@ -57,7 +61,9 @@ def literal(value: Any, key: str) -> str:
         return repr(value)
     if isinstance(value, str):
         return escape_string(value)
-    raise ValueError(f"where[{key!r}]: only str, int, float and bool values can be matched (got {type(value).__name__})")
+    raise ValueError(
+        f"where[{key!r}]: only str, int, float and bool values can be matched (got {type(value).__name__})"
+    )
 
 
 def filter_expression(where: Mapping[str, Any] | None) -> str:
@@ -130,14 +136,16 @@ class MilvusIndex:
         except ImportError:
             raise missing_extra("pymilvus", "milvus") from None
         if index_type not in MILVUS_INDEX_TYPES:
-            raise ValueError(f"unknown Milvus index_type {index_type!r} (valid: {', '.join(MILVUS_INDEX_TYPES)})")
+            raise ValueError(
+                f"unknown Milvus index_type {index_type!r} (valid: {', '.join(MILVUS_INDEX_TYPES)})"
+            )
         if dim < 1:
             raise ValueError(f"dim must be at least 1 (got {dim})")
         if shards_num < 1:
             raise ValueError(f"shards_num must be at least 1 (got {shards_num})")
         uri = str(uri)
         self.dim, self.collection, self.index_type = dim, collection, index_type
-        self._ef_search, self._nprobe = ef_search, nprobe
+        self._ef_search, self._nprobe, self._nlist = ef_search, nprobe, nlist
         self._lite_path: str | None = None
         if uri.endswith(".db"):
             try:
@@ -218,11 +226,10 @@ class MilvusIndex:
         return vectors
 
     def __len__(self) -> int:
-        rows = self.client.query(self.collection, filter="", output_fields=["count(*)"], consistency_level="Strong")
-        return int(rows[0]["count(*)"])
+        return self._count()
 
     def add(self, ids: np.ndarray, vectors: np.ndarray, meta: Sequence[Mapping[str, Any]]) -> None:
-        """Upsert: an id already stored is replaced (vector and metadata); within one call the last row wins."""
+        """Upsert: a stored id is replaced (vector and metadata); within one call the last row wins."""
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         vectors = self._check_dim(vectors, "vectors")
         if not (len(ids) == len(vectors) == len(meta)):
@@ -265,12 +272,16 @@ class MilvusIndex:
         limit = min(k, MAX_TOPK)
         if k > MAX_TOPK and len(self) > MAX_TOPK:
             raise ValueError(f"k={k} is above Milvus's largest top-k ({MAX_TOPK}); ask for fewer results")
-        params: dict[str, Any] = {"metric_type": "IP"}
-        if self.index_type == "HNSW":
-            params["params"] = {"ef": max(self._ef_search, limit)}
-        elif self.index_type == "IVF_FLAT":
-            params["params"] = {"nprobe": self._nprobe}
         scores, ids = empty_result(len(queries), k)
+        widen = 1.0
+        if expression and self._lite_path is not None and self.index_type != "FLAT":
+            # milvus-lite filters HNSW / IVF candidates during the walk, so a selective filter starves the
+            # top-k; widen the walk by the inverse selectivity (a Milvus server falls back to brute force).
+            matching = self._count(expression)
+            if matching == 0:
+                return scores, ids
+            widen = len(self) / matching
+        params = self._search_params(limit, widen)
         step = max(1, min(_QUERY_BATCH, 100_000 // limit))
         for start in range(0, len(queries), step):
             batch = queries[start : start + step]
@@ -291,6 +302,20 @@ class MilvusIndex:
                     scores[row, rank] = float(hit["distance"])
         return scores, ids
 
+    def _count(self, expression: str = "") -> int:
+        rows = self.client.query(
+            self.collection, filter=expression, output_fields=["count(*)"], consistency_level="Strong"
+        )
+        return int(rows[0]["count(*)"])
+
+    def _search_params(self, limit: int, widen: float) -> dict[str, Any]:
+        params: dict[str, Any] = {"metric_type": "IP"}
+        if self.index_type == "HNSW" or (self.index_type == "AUTOINDEX" and self._lite_path is not None):
+            params["params"] = {"ef": math.ceil(min(max(self._ef_search, limit) * widen, 2**31 - 1))}
+        elif self.index_type == "IVF_FLAT":
+            params["params"] = {"nprobe": math.ceil(min(self._nprobe * widen, self._nlist))}
+        return params
+
     def ids(self) -> np.ndarray:
         """Every stored id (in no particular order)."""
         count = len(self)
@@ -302,7 +327,9 @@ class MilvusIndex:
             )
             return np.array([row["id"] for row in rows], dtype=np.int64)
         found: list[int] = []
-        iterator = self.client.query_iterator(self.collection, batch_size=MAX_TOPK // 2, filter="", output_fields=["id"])
+        iterator = self.client.query_iterator(
+            self.collection, batch_size=MAX_TOPK // 2, filter="", output_fields=["id"]
+        )
         try:
             while batch := iterator.next():
                 found.extend(row["id"] for row in batch)

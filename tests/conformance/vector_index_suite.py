@@ -1,9 +1,13 @@
 """The behaviour every ``ragkit.protocols.VectorIndex`` backend must show, as one reusable test class.
 
-A backend's test module subclasses ``VectorIndexSuite`` and provides one fixture, ``make_index``: a callable
-``(directory: Path, dim: int) -> VectorIndex`` that opens (or reopens) the backend's index stored under
-``directory``. Approximate backends also override ``exact_search`` to return ``False``; their results are then
-held to recall@10 >= 0.95 against exact search instead of equality.
+A backend's test module defines a test class that subclasses ``VectorIndexSuite`` and provides one
+module-scoped fixture, ``make_index``: a callable ``(directory: Path, dim: int) -> VectorIndex`` that opens
+(or reopens) the backend's index stored under ``directory``. Approximate backends also provide a module-scoped
+``exact_search`` fixture returning ``False``; their results are then held to recall@10 >= 0.95 against exact
+search instead of equality. The module-level fixtures below (``conformance_corpus``, ``shared_index``,
+``exact_search``) are registered by ``tests/conformance/conftest.py``; a suite user elsewhere imports them
+into its own conftest. Read-only tests share one filled index per backend configuration (``shared_index``),
+so ``make_index`` and any parametrized fixture it uses must be module-scoped.
 
 Every check compares the index with ``ReferenceIndex``, a brute-force model of the contract kept alongside it
 (float64 inner products over a dict of id -> vector and metadata), on clustered synthetic data from a seeded
@@ -12,6 +16,7 @@ generator.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -42,7 +47,7 @@ def normalize(vectors: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Corpus:
-    """Clustered unit vectors with unique ids up to 2**60, filterable metadata and queries near the clusters."""
+    """Clustered unit vectors, unique ids up to 2**60, filterable metadata and queries near the clusters."""
 
     ids: np.ndarray
     vectors: np.ndarray
@@ -55,7 +60,9 @@ def make_corpus(n: int = N_VECTORS, dim: int = DIM, n_queries: int = N_QUERIES, 
     centers = normalize(rng.normal(size=(max(4, n // 50), dim)))
     spread = 0.6 / np.sqrt(dim)
     vectors = normalize(centers[rng.integers(0, len(centers), n)] + spread * rng.normal(size=(n, dim)))
-    queries = normalize(centers[rng.integers(0, len(centers), n_queries)] + spread * rng.normal(size=(n_queries, dim)))
+    queries = normalize(
+        centers[rng.integers(0, len(centers), n_queries)] + spread * rng.normal(size=(n_queries, dim))
+    )
     ids = np.unique(rng.integers(0, MAX_ID, size=2 * n, dtype=np.int64))
     ids = rng.permutation(ids)[:n]
     meta: list[dict[str, Any]] = []
@@ -92,7 +99,7 @@ class ReferenceIndex:
         self.rows: dict[int, tuple[np.ndarray, dict[str, Any]]] = {}
 
     def add(self, ids: np.ndarray, vectors: np.ndarray, meta: Sequence[Mapping[str, Any]]) -> None:
-        for vid, vector, row in zip(ids.tolist(), vectors, meta):
+        for vid, vector, row in zip(ids.tolist(), vectors, meta, strict=True):
             self.rows[int(vid)] = (np.asarray(vector, dtype=np.float64), dict(row))
 
     def delete(self, ids: np.ndarray) -> None:
@@ -102,7 +109,9 @@ class ReferenceIndex:
     def vector(self, vid: int) -> np.ndarray:
         return self.rows[vid][0]
 
-    def search(self, queries: np.ndarray, k: int, where: Mapping[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries: np.ndarray, k: int, where: Mapping[str, Any] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         chosen = [vid for vid, (_, row) in self.rows.items() if matches(row, where)]
         scores = np.full((len(queries), k), -np.inf)
         ids = np.full((len(queries), k), -1, dtype=np.int64)
@@ -143,18 +152,19 @@ def check_search(
     if exact:
         assert np.array_equal(real, want_ids >= 0), "exact search must return min(k, matching) results"
         np.testing.assert_allclose(scores[real], want_scores[real], atol=SCORE_ATOL)
-        for row, col in zip(*np.nonzero(real)):
+        for row, col in zip(*np.nonzero(real), strict=True):
             true_score = float(queries[row].astype(np.float64) @ reference.vector(int(ids[row, col])))
             assert abs(true_score - scores[row, col]) <= SCORE_ATOL, "a score is not the inner product"
     else:
-        assert recall(ids, want_ids) >= MIN_RECALL
+        found_recall = recall(ids, want_ids)
+        assert found_recall >= MIN_RECALL, f"recall@{k} {found_recall:.3f} < {MIN_RECALL} with where={where}"
     return scores, ids
 
 
 def recall(found: np.ndarray, wanted: np.ndarray) -> float:
     """Mean over queries of |found ∩ wanted| / |wanted| (padding ignored; queries wanting nothing skipped)."""
     per_query = []
-    for got, want in zip(found, wanted):
+    for got, want in zip(found, wanted, strict=True):
         want_set = set(want[want >= 0].tolist())
         if want_set:
             per_query.append(len(want_set & set(got[got >= 0].tolist())) / len(want_set))
@@ -167,13 +177,38 @@ def close_index(index: VectorIndex) -> None:
         close()
 
 
-class VectorIndexSuite:
-    """Subclass in ``test_<backend>.py`` and provide the ``make_index`` fixture (and ``exact_search``)."""
+@functools.lru_cache(maxsize=1)
+def _default_corpus() -> Corpus:
+    return make_corpus()
 
-    @pytest.fixture
-    def exact_search(self) -> bool:
-        """Override to return False for approximate backends (HNSW, IVF-PQ)."""
-        return True
+
+@pytest.fixture(scope="session")
+def conformance_corpus() -> Corpus:
+    """The suite's data, built once (tests copy before changing it)."""
+    return _default_corpus()
+
+
+@pytest.fixture(scope="module")
+def exact_search() -> bool:
+    """Overridden (module-scoped) by approximate backends (HNSW, IVF-PQ) to return False."""
+    return True
+
+
+@pytest.fixture(scope="module")
+def shared_index(
+    make_index: IndexFactory, conformance_corpus: Corpus, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[VectorIndex, ReferenceIndex]]:
+    """One index holding the whole corpus, shared by the read-only tests (one per backend configuration)."""
+    index = make_index(tmp_path_factory.mktemp("shared-index"), DIM)
+    reference = ReferenceIndex(DIM)
+    index.add(conformance_corpus.ids, conformance_corpus.vectors, conformance_corpus.meta)
+    reference.add(conformance_corpus.ids, conformance_corpus.vectors, conformance_corpus.meta)
+    yield index, reference
+    close_index(index)
+
+
+class VectorIndexSuite:
+    """Subclass in ``test_<backend>.py`` and provide the module-scoped ``make_index`` fixture (see above)."""
 
     @pytest.fixture
     def open_index(self, make_index: IndexFactory, tmp_path: Path) -> Iterator[Callable[..., VectorIndex]]:
@@ -189,13 +224,15 @@ class VectorIndexSuite:
         for index in reversed(opened):
             close_index(index)
 
-    @pytest.fixture(scope="class")
-    def corpus(self) -> Corpus:
-        return make_corpus()
+    @pytest.fixture
+    def corpus(self, conformance_corpus: Corpus) -> Corpus:
+        return conformance_corpus
 
     @pytest.fixture
-    def filled(self, open_index: Callable[..., VectorIndex], corpus: Corpus) -> tuple[VectorIndex, ReferenceIndex]:
-        """An index and its reference model holding the whole corpus."""
+    def filled(
+        self, open_index: Callable[..., VectorIndex], corpus: Corpus
+    ) -> tuple[VectorIndex, ReferenceIndex]:
+        """A fresh index and its reference model holding the whole corpus, for tests that change it."""
         index, reference = open_index(), ReferenceIndex(DIM)
         index.add(corpus.ids, corpus.vectors, corpus.meta)
         reference.add(corpus.ids, corpus.vectors, corpus.meta)
@@ -208,7 +245,9 @@ class VectorIndexSuite:
         assert isinstance(index, VectorIndex)
         assert index.dim == DIM
 
-    def test_empty_index_answers_with_padding(self, open_index: Callable[..., VectorIndex], corpus: Corpus) -> None:
+    def test_empty_index_answers_with_padding(
+        self, open_index: Callable[..., VectorIndex], corpus: Corpus
+    ) -> None:
         index = open_index()
         assert len(index) == 0
         assert len(index.ids()) == 0
@@ -218,8 +257,10 @@ class VectorIndexSuite:
         scores, ids = index.search(corpus.queries[:3], 5, where={"tenant": "acme"})
         assert np.all(ids == -1) and np.all(np.isneginf(scores))
 
-    def test_add_then_len_and_ids(self, filled: tuple[VectorIndex, ReferenceIndex], corpus: Corpus) -> None:
-        index, _ = filled
+    def test_add_then_len_and_ids(
+        self, shared_index: tuple[VectorIndex, ReferenceIndex], corpus: Corpus
+    ) -> None:
+        index, _ = shared_index
         assert len(index) == N_VECTORS
         stored = index.ids()
         assert stored.dtype == np.int64
@@ -235,13 +276,15 @@ class VectorIndexSuite:
     # -- search quality --------------------------------------------------------------------------------------
 
     def test_search_matches_exact_search(
-        self, filled: tuple[VectorIndex, ReferenceIndex], corpus: Corpus, exact_search: bool
+        self, shared_index: tuple[VectorIndex, ReferenceIndex], corpus: Corpus, exact_search: bool
     ) -> None:
-        index, reference = filled
+        index, reference = shared_index
         check_search(index, reference, corpus.queries, 10, None, exact_search)
 
-    def test_a_stored_vector_finds_itself_first(self, filled: tuple[VectorIndex, ReferenceIndex], corpus: Corpus) -> None:
-        index, _ = filled
+    def test_a_stored_vector_finds_itself_first(
+        self, shared_index: tuple[VectorIndex, ReferenceIndex], corpus: Corpus
+    ) -> None:
+        index, _ = shared_index
         picks = np.arange(0, N_VECTORS, N_VECTORS // 20)
         _, ids = index.search(corpus.vectors[picks], 1)
         assert np.mean(ids[:, 0] == corpus.ids[picks]) >= MIN_RECALL
@@ -261,15 +304,17 @@ class VectorIndexSuite:
     )
     def test_filtered_search_matches_exact_search(
         self,
-        filled: tuple[VectorIndex, ReferenceIndex],
+        shared_index: tuple[VectorIndex, ReferenceIndex],
         corpus: Corpus,
         exact_search: bool,
         where: dict[str, Any],
     ) -> None:
-        index, reference = filled
+        index, reference = shared_index
         check_search(index, reference, corpus.queries, 10, where, exact_search)
 
-    def test_filter_applies_before_top_k(self, open_index: Callable[..., VectorIndex], corpus: Corpus) -> None:
+    def test_filter_applies_before_top_k(
+        self, open_index: Callable[..., VectorIndex], corpus: Corpus
+    ) -> None:
         """Five far-away matches are all found: filtering the top-k afterwards would find none."""
         index = open_index()
         meta = [dict(row) for row in corpus.meta]
@@ -278,16 +323,20 @@ class VectorIndexSuite:
             meta[row]["tenant"] = "rare"
         index.add(corpus.ids, corpus.vectors, meta)
         scores, ids = index.search(corpus.queries[:1], 10, where={"tenant": "rare"})
-        assert sorted(ids[0, :5].tolist()) == sorted(corpus.ids[far].tolist())
+        assert sorted(ids[0, :5].tolist()) == sorted(corpus.ids[far].tolist()), f"found {ids[0]}"
         assert np.all(ids[0, 5:] == -1) and np.all(np.isneginf(scores[0, 5:]))
 
-    def test_filters_that_match_nothing(self, filled: tuple[VectorIndex, ReferenceIndex], corpus: Corpus) -> None:
-        index, _ = filled
+    def test_filters_that_match_nothing(
+        self, shared_index: tuple[VectorIndex, ReferenceIndex], corpus: Corpus
+    ) -> None:
+        index, _ = shared_index
         for where in ({"tenant": "nobody"}, {"no_such_key": "acme"}, {"tenant": "acme", "user": "nobody"}):
             scores, ids = index.search(corpus.queries[:2], 5, where=where)
             assert np.all(ids == -1) and np.all(np.isneginf(scores)), where
 
-    def test_filter_values_are_matched_literally(self, open_index: Callable[..., VectorIndex], corpus: Corpus) -> None:
+    def test_filter_values_are_matched_literally(
+        self, open_index: Callable[..., VectorIndex], corpus: Corpus
+    ) -> None:
         """Quotes, backslashes, newlines and non-ASCII match exactly and cannot widen a filter."""
         index, reference = open_index(), ReferenceIndex(DIM)
         tricky = ['a"b', "c'd", "back\\slash", "two\nlines", "naïve 東京", 'x" or meta["tenant"] == "acme']
@@ -334,10 +383,14 @@ class VectorIndexSuite:
         _, ids = index.search(corpus.queries[:1], 10, where={"doc_id": "doc-0"})  # rows 0-3, all replaced
         assert np.all(ids == -1), "old metadata still matches after an upsert"
 
-    def test_delete(self, filled: tuple[VectorIndex, ReferenceIndex], corpus: Corpus, exact_search: bool) -> None:
+    def test_delete(
+        self, filled: tuple[VectorIndex, ReferenceIndex], corpus: Corpus, exact_search: bool
+    ) -> None:
         index, reference = filled
         gone = corpus.ids[::4]
-        index.delete(np.concatenate([gone, np.array([7, MAX_ID - 3], dtype=np.int64)]))  # unknown ids: ignored
+        index.delete(
+            np.concatenate([gone, np.array([7, MAX_ID - 3], dtype=np.int64)])
+        )  # unknown ids: ignored
         reference.delete(gone)
         assert len(index) == N_VECTORS - len(gone)
         assert not set(index.ids().tolist()) & set(gone.tolist())
@@ -376,13 +429,17 @@ class VectorIndexSuite:
         assert len(reopened) == len(reference.rows) + 5
 
     def test_dimension_mismatch_is_a_clear_error(
-        self, filled: tuple[VectorIndex, ReferenceIndex], corpus: Corpus
+        self, shared_index: tuple[VectorIndex, ReferenceIndex], corpus: Corpus
     ) -> None:
-        index, _ = filled
+        index, _ = shared_index
         wrong = np.ones((2, DIM + 3), dtype=np.float32) / np.sqrt(DIM + 3)
-        with pytest.raises(DimensionMismatchError, match=rf"(?s)(\b{DIM + 3}\b.*\b{DIM}\b|\b{DIM}\b.*\b{DIM + 3}\b)"):
+        with pytest.raises(
+            DimensionMismatchError, match=rf"(?s)(\b{DIM + 3}\b.*\b{DIM}\b|\b{DIM}\b.*\b{DIM + 3}\b)"
+        ):
             index.add(np.array([1, 2], dtype=np.int64), wrong, [{}, {}])
-        with pytest.raises(DimensionMismatchError, match=rf"(?s)(\b{DIM + 3}\b.*\b{DIM}\b|\b{DIM}\b.*\b{DIM + 3}\b)"):
+        with pytest.raises(
+            DimensionMismatchError, match=rf"(?s)(\b{DIM + 3}\b.*\b{DIM}\b|\b{DIM}\b.*\b{DIM + 3}\b)"
+        ):
             index.search(wrong, 5)
         assert len(index) == N_VECTORS
 
@@ -394,13 +451,15 @@ class VectorIndexSuite:
         index.add(corpus.ids[:10], corpus.vectors[:10], corpus.meta[:10])
         index.save()
         close_index(index)
-        with pytest.raises(DimensionMismatchError, match=rf"(?s)(\b{DIM}\b.*\b{2 * DIM}\b|\b{2 * DIM}\b.*\b{DIM}\b)"):
+        with pytest.raises(
+            DimensionMismatchError, match=rf"(?s)(\b{DIM}\b.*\b{2 * DIM}\b|\b{2 * DIM}\b.*\b{DIM}\b)"
+        ):
             open_index(directory, 2 * DIM)
 
     def test_concurrent_searches_agree_with_serial_ones(
-        self, filled: tuple[VectorIndex, ReferenceIndex], corpus: Corpus
+        self, shared_index: tuple[VectorIndex, ReferenceIndex], corpus: Corpus
     ) -> None:
-        index, _ = filled
+        index, _ = shared_index
         wheres: list[dict[str, Any] | None] = [None, {"tenant": "acme"}, {"user": "u2"}, {"public": True}]
         jobs = [(start, wheres[start % len(wheres)]) for start in range(0, N_QUERIES, 4)] * 2
         serial = [index.search(corpus.queries[start : start + 4], 10, where=where) for start, where in jobs]
@@ -414,6 +473,6 @@ class VectorIndexSuite:
 
         with ThreadPoolExecutor(max_workers=4) as pool:
             parallel = list(pool.map(run, range(len(jobs))))
-        for (want_scores, want_ids), (got_scores, got_ids) in zip(serial, parallel):
+        for (want_scores, want_ids), (got_scores, got_ids) in zip(serial, parallel, strict=True):
             np.testing.assert_array_equal(got_ids, want_ids)
             np.testing.assert_allclose(got_scores, want_scores, atol=SCORE_ATOL)

@@ -1,0 +1,444 @@
+"""Graph retrieval: Personalized PageRank ("graph"), best-path traversal ("multihop") and their fusion with
+dense search ("graph_hybrid").
+
+Every mode starts from the same two kinds of evidence: the question's linked entities (``link.py``) and the
+dense retriever's top chunks. Dense scores become seed weights ``exp((s - s_max) / dense_temperature)``, so a
+chunk far below the best one hardly seeds anything. The graph then reaches chunks that share no words with the
+question but share an entity with the chunks that do: the second passage of a two-hop question.
+
+Example::
+
+    retriever = GraphRetriever(store, embedder, dense=lambda q, k: index.search(q, k), settings=GraphSettings())
+    for chunk_id, score, explain in retriever.retrieve_chunks("When did Lothair II's mother die?", k=5):
+        ...
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import scipy.sparse as sp
+
+from ragkit.graph.link import EntityLink, link_entities, query_phrases
+from ragkit.graph.matrices import GraphMatrices, MatrixCache
+from ragkit.graph.pagerank import column_stochastic, max_product, personalized_pagerank
+from ragkit.graph.settings import GraphSettings
+from ragkit.graph.store import GraphStore
+
+DenseSearch = Callable[[str, int], Sequence[tuple[str, float]]]
+ChunkResult = tuple[str, float, dict[str, Any]]
+
+
+class NameEmbedder(Protocol):
+    """What graph search needs of an embedder (ragkit's Embedder protocol fits)."""
+
+    def embed_documents(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class QueryEvidence:
+    """Dense hits and entity links of one question, mapped onto the compiled graph."""
+
+    matrices: GraphMatrices
+    dense_ids: list[str]  # dense candidates, best first
+    dense_scores: np.ndarray  # their scores
+    dense_weight: np.ndarray  # per graph chunk row: exp((s - s_max) / T), 0 outside the dense candidates
+    links: list[EntityLink]
+    entity_seed: np.ndarray  # per entity: link score x specificity
+
+
+class _GraphSearchBase:
+    """Shared plumbing: compiled-matrix cache, the spaCy pipeline for questions, name vectors, evidence."""
+
+    mode = "graph"
+
+    def __init__(
+        self,
+        store: GraphStore,
+        embedder: NameEmbedder | None,
+        dense: DenseSearch | None,
+        settings: GraphSettings | None = None,
+        nlp: Any = None,
+        embedder_name: str = "",
+    ) -> None:
+        self.store = store
+        self.embedder = embedder
+        self.dense = dense
+        self.settings = settings or GraphSettings()
+        self._cache = MatrixCache(store, self.settings)
+        self._nlp = nlp
+        self._embedder_name = embedder_name or getattr(embedder, "name", "") or type(embedder).__name__
+        self._lock = threading.Lock()
+        self._derived: dict[str, Any] = {}
+
+    @property
+    def nlp(self) -> Any:
+        if self._nlp is None:
+            from ragkit.graph.extract import load_pipeline
+
+            # questions are a few tokens: thinc's own blis multiplies those faster than a threaded BLAS
+            self._nlp = load_pipeline(self.settings.model, fast_gemm=False)
+        return self._nlp
+
+    def matrices(self) -> GraphMatrices:
+        """The compiled graph, recompiled when the store changed; derived per-generation data is reset too."""
+        with self._lock:
+            matrices = self._cache.get()
+            if self._derived.get("generation") != matrices.generation:
+                self._derived.clear()  # in place: the retrievers of one index share this dict
+                self._derived["generation"] = matrices.generation
+            return matrices
+
+    def _linkable_vectors(self, matrices: GraphMatrices) -> tuple[np.ndarray, np.ndarray] | None:
+        """Name vectors of the entities a question may link to by embedding (``GraphMatrices.linkable``): cached
+        in the store by ``GraphStore.embed_names``; names missing there are embedded now (not stored)."""
+        if self.embedder is None or self.settings.link_threshold >= 1.0:
+            return None
+        if "linkable_vectors" not in self._derived:
+            rows = np.flatnonzero(matrices.linkable)
+            keys = [str(k) for k in matrices.keys[rows]]
+            found = self.store.name_vectors(self._embedder_name, keys)
+            missing = [k for k in keys if k not in found]
+            for i in range(0, len(missing), 1024):
+                part = missing[i : i + 1024]
+                found.update(zip(part, np.asarray(self.embedder.embed_documents(part), dtype=np.float32)))
+            vectors = np.stack([found[k] for k in keys]) if keys else np.zeros((0, 0), dtype=np.float32)
+            self._derived["linkable_vectors"] = (np.ascontiguousarray(vectors, dtype=np.float32), rows)
+        return self._derived["linkable_vectors"]
+
+    def evidence(self, query: str) -> QueryEvidence:
+        """Dense candidates and linked entities of ``query``."""
+        s = self.settings
+        matrices = self.matrices()
+        hits = list(self.dense(query, s.dense_candidates)) if self.dense is not None and s.dense_candidates else []
+        dense_ids = [cid for cid, _ in hits]
+        dense_scores = np.asarray([score for _, score in hits], dtype=np.float64)
+        weight = np.zeros(matrices.n_chunks)
+        if hits:
+            relative = np.exp((dense_scores - dense_scores.max()) / s.dense_temperature)
+            for cid, w in zip(dense_ids, relative):
+                row = matrices.chunk_row.get(cid)
+                if row is not None:
+                    weight[row] = max(weight[row], w)
+        phrases = query_phrases(self.nlp, query, s)
+        named = self._linkable_vectors(matrices)
+        embed = self.embedder.embed_documents if self.embedder is not None else None
+        links = link_entities(
+            phrases, query, matrices, s,
+            entity_vectors=named[0] if named else None,
+            embed=(lambda texts: embed(texts)) if embed is not None else None,
+            vector_rows=named[1] if named else None,
+        )
+        entity_seed = np.zeros(matrices.n_entities)
+        for link in links:
+            entity_seed[link.row] = max(entity_seed[link.row], link.score * matrices.specificity[link.row])
+        return QueryEvidence(matrices, dense_ids, dense_scores, weight, links, entity_seed)
+
+    def _walk_matrix(self, matrices: GraphMatrices) -> tuple[sp.csc_matrix, np.ndarray]:
+        """Column-stochastic matrix of the entity-chunk graph: nodes are entities, then chunks."""
+        if "walk" not in self._derived:
+            s = self.settings
+            mentions = matrices.mentions
+            if s.walk_specificity:
+                mentions = sp.csr_matrix(mentions @ sp.diags(matrices.specificity ** s.specificity_power))
+            blocks = [[s.relation_weight * matrices.relations, mentions.T], [mentions, None]]
+            adjacency = sp.bmat(blocks, format="csc")
+            walk = column_stochastic(adjacency)
+            self._derived["walk"] = (walk, np.diff(walk.indptr) == 0)
+        return self._derived["walk"]
+
+    def ppr_scores(self, ev: QueryEvidence) -> np.ndarray | None:
+        """PageRank mass of every node (entities, then chunks), or None without any seed."""
+        s = self.settings
+        m = ev.matrices
+        seeds = np.zeros(m.n_entities + m.n_chunks)
+        if ev.entity_seed.sum() > 0:
+            seeds[: m.n_entities] = s.entity_seed_weight * ev.entity_seed / ev.entity_seed.sum()
+        if ev.dense_weight.sum() > 0:
+            seeds[m.n_entities :] = s.dense_seed_weight * ev.dense_weight / ev.dense_weight.sum()
+        if seeds.sum() <= 0:
+            return None
+        walk, dangling = self._walk_matrix(m)
+        return personalized_pagerank(
+            walk, seeds, s.damping, s.iterations, s.tolerance, s.prune, dangling, self._hubs(m)
+        )
+
+    def _hubs(self, m: GraphMatrices) -> np.ndarray | None:
+        """Entity nodes that absorb rather than spread walk mass: those in more than ``hub_fraction`` of the
+        chunks (and at least ``hub_min_chunks``)."""
+        s = self.settings
+        if s.hub_fraction <= 0:
+            return None
+        if "hubs" not in self._derived:
+            limit = max(s.hub_fraction * m.n_chunks, s.hub_min_chunks)
+            self._derived["hubs"] = np.concatenate([m.entity_chunks > limit, np.zeros(m.n_chunks, dtype=bool)])
+        return self._derived["hubs"]
+
+    def _dense_only(self, ev: QueryEvidence, k: int, taken: set[str]) -> list[ChunkResult]:
+        """Dense candidates outside the graph (chunks without any entity), to fill a ranking."""
+        return [
+            (cid, float(score), {"mode": self.mode, "dense_rank": rank})
+            for rank, (cid, score) in enumerate(zip(ev.dense_ids, ev.dense_scores))
+            if cid not in taken and cid not in ev.matrices.chunk_row
+        ][:k]
+
+
+class GraphRetriever(_GraphSearchBase):
+    """Mode "graph": Personalized PageRank over the entity-chunk graph, seeded by linked entities and by the
+    dense retriever's top chunks; chunks are ranked by their PageRank mass."""
+
+    mode = "graph"
+
+    def retrieve_chunks(self, query: str, k: int) -> list[ChunkResult]:
+        ev = self.evidence(query)
+        m = ev.matrices
+        scores = self.ppr_scores(ev)
+        if scores is None:
+            return self._dense_only(ev, k, set())
+        chunk_scores = scores[m.n_entities :]
+        top = _top(chunk_scores, k)
+        seeds = [m.names[link.row] for link in ev.links[:10]]
+        out: list[ChunkResult] = []
+        for row in top:
+            entity_rows = m.mentions[row].indices
+            via = entity_rows[np.argsort(-scores[entity_rows])[:3]]
+            explain = {"mode": self.mode, "seed_entities": seeds, "via_entities": [m.names[e] for e in via]}
+            out.append((m.chunk_ids[row], float(chunk_scores[row]), explain))
+        return out + self._dense_only(ev, k - len(out), {c for c, _, _ in out})
+
+
+@dataclass(frozen=True)
+class PathState:
+    """Best-path activations per hop: ``entities[h]`` (E) and ``chunks[h]`` (C, ``chunks[0]`` = dense seeds)."""
+
+    entities: list[np.ndarray]
+    chunks: list[np.ndarray]
+    best: np.ndarray  # per chunk, best path score over hops
+    best_hop: np.ndarray  # per chunk, the hop count of that path (0: not reached)
+
+
+class MultiHopRetriever(_GraphSearchBase):
+    """Mode "multihop": best paths from the question's entities and the top dense chunks, along mentions and
+    relations, up to ``max_hops`` entity-to-chunk hops. A chunk scores
+    ``exp((dense - best_dense) / path_temperature) + path_weight * best_path``; each hit explains its path."""
+
+    mode = "multihop"
+
+    def _path_matrices(self, m: GraphMatrices) -> tuple[sp.csc_matrix, sp.csc_matrix, sp.csc_matrix]:
+        if "paths" not in self._derived:
+            s = self.settings
+            spec = sp.diags(m.specificity**s.specificity_power)
+            body = s.body_mention_weight
+            land = m.about + body * m.named_mentions + body * s.noun_phrase_weight * m.phrase_mentions
+            land = sp.csc_matrix(land.minimum(1.0))  # chunk x entity: entity -> chunk
+            leave = (m.about + m.named_mentions + s.noun_phrase_weight * m.phrase_mentions).minimum(1.0)
+            leave = sp.csc_matrix((leave @ spec).T)  # entity x chunk: chunk -> entity
+            relate = sp.csc_matrix(spec @ m.typed_relations)  # entity x entity
+            self._derived["paths"] = (land, leave, relate)
+        return self._derived["paths"]
+
+    def _path_rows(self, m: GraphMatrices) -> tuple[sp.csr_matrix, sp.csr_matrix, sp.csr_matrix]:
+        """The path matrices in CSR, for reading single rows when explaining a hit."""
+        if "path_rows" not in self._derived:
+            self._derived["path_rows"] = tuple(sp.csr_matrix(x) for x in self._path_matrices(m))
+        return self._derived["path_rows"]
+
+    def paths(self, ev: QueryEvidence) -> PathState:
+        """Forward best-path relaxation (max-product) for ``max_hops`` hops."""
+        s = self.settings
+        m = ev.matrices
+        land, leave, relate = self._path_matrices(m)
+        seeds = np.zeros(m.n_chunks)
+        if s.path_dense_seeds and ev.dense_weight.any():
+            top = _top(ev.dense_weight, s.path_dense_seeds)
+            seeds[top] = ev.dense_weight[top]
+        entities = [np.maximum(s.entity_seed_weight * ev.entity_seed, max_product(leave, seeds))]
+        chunks = [seeds]
+        best = np.zeros(m.n_chunks)
+        best_hop = np.zeros(m.n_chunks, dtype=np.int64)
+        for hop in range(1, s.max_hops + 1):
+            reached = max_product(land, entities[-1]) * s.hop_decay ** (hop - 1)
+            chunks.append(reached)
+            better = reached > best
+            best[better] = reached[better]
+            best_hop[better] = hop
+            if hop < s.max_hops:
+                onward = max_product(leave, reached)
+                if s.relation_weight > 0:
+                    onward = np.maximum(onward, s.relation_weight * max_product(relate, entities[-1]))
+                entities.append(onward)
+        return PathState(entities, chunks, best, best_hop)
+
+    def combined(self, ev: QueryEvidence, state: PathState) -> np.ndarray:
+        """Final per-chunk score: dense prior plus weighted best path."""
+        s = self.settings
+        m = ev.matrices
+        prior = np.zeros(m.n_chunks)
+        if len(ev.dense_scores):
+            best = ev.dense_scores.max()
+            floor = np.exp((ev.dense_scores.min() - best) / s.path_temperature)
+            prior[:] = floor
+            for cid, score in zip(ev.dense_ids, ev.dense_scores):
+                row = m.chunk_row.get(cid)
+                if row is not None:
+                    prior[row] = max(prior[row], np.exp((score - best) / s.path_temperature))
+        return prior + s.path_weight * state.best
+
+    def retrieve_chunks(self, query: str, k: int) -> list[ChunkResult]:
+        ev = self.evidence(query)
+        state = self.paths(ev)
+        scores = self.combined(ev, state)
+        out = [
+            (ev.matrices.chunk_ids[row], float(scores[row]), self.explain(ev, state, int(row)))
+            for row in _top(scores, k)
+        ]
+        return _merge_dense_only(out, self._dense_only(ev, k, {c for c, _, _ in out}), ev, k, self.settings)
+
+    def explain(self, ev: QueryEvidence, state: PathState, row: int) -> dict[str, Any]:
+        """The best path to chunk ``row`` as steps ``{"entity", "relation", "chunk"}``, start first.
+
+        The first step says where the path started: ``relation`` "linked from question" (with the question's
+        ``phrase``) or "dense hit" (a top dense chunk, ``dense_rank``). Then each hop: the entity the path went
+        through, the chunk it reached, and how ("about", "mentioned in", or the parsed relation label between
+        the previous entity and this one in that chunk).
+        """
+        s = self.settings
+        m = ev.matrices
+        land, leave, relate = self._path_rows(m)
+        hop = int(state.best_hop[row])
+        explain: dict[str, Any] = {"mode": self.mode, "hops": hop, "path_score": float(state.best[row]), "path": []}
+        if hop == 0:
+            return explain
+        nodes: list[tuple[str, Any]] = [("chunk", row)]
+        level = hop - 1
+        entity = _row_best(land, row, state.entities[level])[1]
+        while entity >= 0:
+            nodes.append(("entity", entity))
+            value = state.entities[level][entity]
+            chunk_score, chunk = _row_best(leave, entity, state.chunks[level])
+            relation_score, previous = 0.0, -1
+            if level > 0 and s.relation_weight > 0:
+                relation_score, previous = _row_best(relate, entity, state.entities[level - 1])
+                relation_score *= s.relation_weight
+            link = next((lk for lk in ev.links if lk.row == entity), None)
+            if level == 0 and link is not None and s.entity_seed_weight * ev.entity_seed[entity] >= value * (1 - 1e-9):
+                nodes.append(("question", link.phrase))
+                break
+            if chunk >= 0 and chunk_score >= relation_score:
+                nodes.append(("chunk", chunk))
+                if level == 0:
+                    nodes.append(("dense", chunk))
+                    break
+                level -= 1
+                entity = _row_best(land, chunk, state.entities[level])[1]
+            elif previous >= 0:
+                nodes.append(("relation", None))
+                level -= 1
+                entity = previous
+            else:
+                break
+        explain["path"] = self._steps(ev, nodes[::-1])
+        return explain
+
+    def _steps(self, ev: QueryEvidence, nodes: list[tuple[str, Any]]) -> list[dict[str, Any]]:
+        m = ev.matrices
+        steps: list[dict[str, Any]] = []
+        previous_entity: int | None = None
+        for i, (kind, value) in enumerate(nodes):
+            if kind == "question":
+                entity = nodes[i + 1][1]
+                steps.append({"entity": str(m.names[entity]), "relation": "linked from question", "chunk": None,
+                              "phrase": value})
+                previous_entity = entity
+            elif kind == "dense":
+                rank = ev.dense_ids.index(str(m.chunk_ids[value])) if str(m.chunk_ids[value]) in ev.dense_ids else -1
+                steps.append({"entity": None, "relation": "dense hit", "chunk": str(m.chunk_ids[value]),
+                              "dense_rank": rank})
+            elif kind == "chunk" and previous_entity is not None and (not steps or steps[-1]["chunk"] != str(m.chunk_ids[value])):
+                relation = "about" if _row_has(m.about, value, previous_entity) else "mentioned in"
+                steps.append({"entity": str(m.names[previous_entity]), "relation": relation,
+                              "chunk": str(m.chunk_ids[value])})
+            elif kind == "entity" and (previous_entity is None or previous_entity != value):
+                chunk = steps[-1]["chunk"] if steps else None
+                label = None
+                if previous_entity is not None:
+                    label = self.store.relation_label(str(m.keys[previous_entity]), str(m.keys[value]), chunk)
+                relation = label or ("mentions" if nodes[i - 1][0] == "chunk" else "related to")
+                steps.append({"entity": str(m.names[value]), "relation": relation,
+                              "chunk": chunk if nodes[i - 1][0] == "chunk" else None})
+                previous_entity = value
+        return steps
+
+
+def _row_best(matrix: sp.csr_matrix, row: int, vector: np.ndarray) -> tuple[float, int]:
+    """``max_j matrix[row, j] * vector[j]`` and its ``j`` (-1 when the row is empty or all zero)."""
+    start, end = matrix.indptr[row], matrix.indptr[row + 1]
+    if start == end:
+        return 0.0, -1
+    columns = matrix.indices[start:end]
+    values = matrix.data[start:end] * vector[columns]
+    best = int(np.argmax(values))
+    return (float(values[best]), int(columns[best])) if values[best] > 0 else (0.0, -1)
+
+
+def _row_has(matrix: sp.csr_matrix, row: int, column: int) -> bool:
+    return bool(np.any(matrix.indices[matrix.indptr[row] : matrix.indptr[row + 1]] == column))
+
+
+def _merge_dense_only(
+    results: list[ChunkResult], extra: list[ChunkResult], ev: QueryEvidence, k: int, settings: GraphSettings
+) -> list[ChunkResult]:
+    """Places dense hits outside the graph by their dense prior, so a chunk without entities still ranks."""
+    if not extra:
+        return results[:k]
+    best = ev.dense_scores.max()
+    rescored = [(cid, float(np.exp((score - best) / settings.path_temperature)), ex) for cid, score, ex in extra]
+    return sorted(results + rescored, key=lambda r: -r[1])[:k]
+
+
+def _top(scores: np.ndarray, k: int) -> np.ndarray:
+    positive = np.flatnonzero(scores > 0)
+    if len(positive) > k:
+        positive = positive[np.argpartition(-scores[positive], k - 1)[:k]]
+    return positive[np.lexsort((positive, -scores[positive]))]
+
+
+class HybridGraphRetriever(MultiHopRetriever):
+    """Mode "graph_hybrid": fusion of dense and graph results. The top ``fusion_keep_dense`` dense hits stay on
+    top (graph evidence never displaces a strong dense hit); below them chunks are ranked by the multi-hop score
+    (dense prior + best path) plus ``fusion_ppr_weight`` times the normalized PageRank mass."""
+
+    mode = "graph_hybrid"
+
+    def retrieve_chunks(self, query: str, k: int) -> list[ChunkResult]:
+        s = self.settings
+        ev = self.evidence(query)
+        m = ev.matrices
+        state = self.paths(ev)
+        scores = self.combined(ev, state)
+        ppr = self.ppr_scores(ev) if s.fusion_ppr_weight > 0 else None
+        if ppr is not None:
+            chunk_mass = ppr[m.n_entities :]
+            if chunk_mass.max() > 0:
+                scores = scores + s.fusion_ppr_weight * chunk_mass / chunk_mass.max()
+        kept = [cid for cid in ev.dense_ids[: s.fusion_keep_dense]]
+        out: list[ChunkResult] = []
+        for rank, cid in enumerate(kept):
+            row = m.chunk_row.get(cid)
+            explain = self.explain(ev, state, row) if row is not None else {"mode": self.mode, "path": []}
+            explain.update({"mode": self.mode, "dense_rank": rank, "kept_dense": True})
+            out.append((cid, float("inf") if False else float(ev.dense_scores[rank]), explain))
+        taken = set(kept)
+        rest = [
+            (m.chunk_ids[row], float(scores[row]), self.explain(ev, state, int(row)))
+            for row in _top(scores, k + len(kept))
+            if m.chunk_ids[row] not in taken
+        ]
+        rest = _merge_dense_only(rest, self._dense_only(ev, k, taken | {c for c, _, _ in rest}), ev, k, s)
+        for _, _, explain in rest:
+            explain["mode"] = self.mode
+        return (out + rest)[:k]
