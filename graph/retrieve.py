@@ -208,7 +208,10 @@ class GraphRetriever(_GraphSearchBase):
             via = entity_rows[np.argsort(-scores[entity_rows])[:3]]
             explain = {"mode": self.mode, "seed_entities": seeds, "via_entities": [m.names[e] for e in via]}
             out.append((m.chunk_ids[row], float(chunk_scores[row]), explain))
-        return out + self._dense_only(ev, k - len(out), {c for c, _, _ in out})
+        # chunks outside the graph fill the ranking below every PageRank hit, in dense order
+        floor = out[-1][1] if out else 1.0
+        fill = self._dense_only(ev, k - len(out), {c for c, _, _ in out})
+        return out + [(cid, floor * 0.5 ** (i + 1), explain) for i, (cid, _, explain) in enumerate(fill)]
 
 
 @dataclass(frozen=True)
@@ -425,13 +428,7 @@ class HybridGraphRetriever(MultiHopRetriever):
             chunk_mass = ppr[m.n_entities :]
             if chunk_mass.max() > 0:
                 scores = scores + s.fusion_ppr_weight * chunk_mass / chunk_mass.max()
-        kept = [cid for cid in ev.dense_ids[: s.fusion_keep_dense]]
-        out: list[ChunkResult] = []
-        for rank, cid in enumerate(kept):
-            row = m.chunk_row.get(cid)
-            explain = self.explain(ev, state, row) if row is not None else {"mode": self.mode, "path": []}
-            explain.update({"mode": self.mode, "dense_rank": rank, "kept_dense": True})
-            out.append((cid, float("inf") if False else float(ev.dense_scores[rank]), explain))
+        kept = list(ev.dense_ids[: s.fusion_keep_dense])
         taken = set(kept)
         rest = [
             (m.chunk_ids[row], float(scores[row]), self.explain(ev, state, int(row)))
@@ -441,4 +438,12 @@ class HybridGraphRetriever(MultiHopRetriever):
         rest = _merge_dense_only(rest, self._dense_only(ev, k, taken | {c for c, _, _ in rest}), ev, k, s)
         for _, _, explain in rest:
             explain["mode"] = self.mode
+        # the kept dense hits score above every fused one (dense scores are cosines, in [-1, 1]), in dense order
+        lift = max((score for _, score, _ in rest), default=0.0) + 2.0
+        out: list[ChunkResult] = []
+        for rank, cid in enumerate(kept):
+            row = m.chunk_row.get(cid)
+            explain = self.explain(ev, state, row) if row is not None else {"mode": self.mode, "path": []}
+            explain.update({"mode": self.mode, "dense_rank": rank, "kept_dense": True})
+            out.append((cid, lift + float(ev.dense_scores[rank]), explain))
         return (out + rest)[:k]

@@ -73,11 +73,10 @@ class GraphSearch:
                 if len(found) < k:  # pad with the filtered dense hits the graph did not reach
                     taken = {cid for cid, _, _ in found}
                     floor = min((score for _, score, _ in found), default=0.0)
+                    pad = [cid for cid, _ in dense[query] if cid not in taken][: k - len(found)]
                     found += [
-                        (cid, floor, {"mode": mode, "dense_only": True})
-                        for cid, _ in dense[query]
-                        if cid not in taken
-                    ][: k - len(found)]
+                        (cid, floor - 1e-6 * (i + 1), {"mode": mode, "dense_only": True}) for i, cid in enumerate(pad)
+                    ]
             ranked.append([(cid, score) for cid, score, _ in found[:k]])
             explains.append([explain for _, _, explain in found[:k]])
         self._local.dense = {}
@@ -104,3 +103,41 @@ def graph_ranked(
 ) -> tuple[list[Ranked], list[list[Mapping[str, Any] | None]]]:
     """Rankings and per-hit explanations (path, seed entities) of ``queries`` in graph ``mode``."""
     return graph_search(index).ranked(queries, k, mode, where)
+
+
+def describe(explain: Mapping[str, Any]) -> str:
+    """One line saying why a graph hit was retrieved: its path, or the entities that seeded the walk.
+
+    >>> describe({"mode": "multihop", "path": [
+    ...     {"entity": "Lothair II", "relation": "linked from question", "chunk": None, "phrase": "Lothair II"},
+    ...     {"entity": "Ermengarde of Tours", "relation": "mentions", "chunk": "lothair-ii#0"},
+    ...     {"entity": "Ermengarde of Tours", "relation": "about", "chunk": "ermengarde#0"}]})
+    'question "Lothair II" -> Lothair II -> [lothair-ii#0] -mentions-> Ermengarde of Tours -> [ermengarde#0]'
+    """
+    path = explain.get("path")
+    if path:
+        parts: list[str] = []
+        shown: str | None = None  # the chunk the line has just named
+        for step in path:
+            relation, entity, chunk = step.get("relation"), step.get("entity"), step.get("chunk")
+            if relation == "linked from question":
+                phrase = step.get("phrase", entity)
+                parts += [f'question "{phrase}"', str(entity)]
+            elif relation == "dense hit":
+                parts.append(f"dense hit #{int(step.get('dense_rank', -1)) + 1} [{chunk}]")
+            elif relation in ("about", "mentioned in"):
+                if chunk is not None and chunk != shown:
+                    parts.append(f"[{chunk}]")
+            else:  # a hop from the previous entity: through the chunk that mentions both, or a relation
+                hop = f"-{relation}-> {entity}" if entity else f"-{relation}->"
+                parts.append(f"[{chunk}] {hop}" if chunk is not None and chunk != shown else hop)
+            shown = chunk if chunk is not None else shown
+        return " -> ".join(parts).replace(" -> -", " -")
+    if explain.get("kept_dense"):
+        return f"dense hit #{int(explain.get('dense_rank', 0)) + 1}"
+    if explain.get("dense_only"):
+        return "dense hit outside the graph"
+    seeds = explain.get("seed_entities") or []
+    via = explain.get("via_entities") or []
+    text = f"PageRank from {', '.join(map(str, seeds)) or 'the top dense hits'}"
+    return text + (f" via {', '.join(map(str, via))}" if via else "")

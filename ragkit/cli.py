@@ -260,7 +260,9 @@ def _print_answer(
         page = f" p.{hit.chunk.meta['page']}" if "page" in hit.chunk.meta else ""
         out.print(f"  [{number}] {where}{page}  (score {hit.score:.3f})", markup=False)
         if explain and hit.explain:
-            out.print(f"      why: {json.dumps(hit.explain, ensure_ascii=False)}", markup=False)
+            from ragkit.pipelines.graph_query import describe
+
+            out.print(f"      why: {describe(hit.explain)}", markup=False)
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
