@@ -88,7 +88,7 @@ def _index_dir(args: argparse.Namespace) -> Path:
 def _console(stderr: bool = False) -> Any:
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False)
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)  # never split a path across lines
 
 
 def cmd_index(args: argparse.Namespace) -> int:

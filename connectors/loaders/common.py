@@ -1,11 +1,21 @@
-"""Helpers shared by the format loaders: ids, sources, byte decoding and short reasons for OS errors."""
+"""Helpers shared by the format loaders: ids, sources, byte decoding, size limits and short reasons for OS
+errors.
+
+Memory stays bounded whatever the input: a file that becomes one Document (text, Markdown, HTML, PDF) is
+refused with a LoadError when it is larger than the file size limit, before anything is read; JSON Lines and
+CSV files are streamed row by row, and only a single row (line) over the limit is refused. The limit is
+``max_file_bytes`` argument of the loaders, else the environment variable ``RAGKIT_MAX_FILE_MB`` (in MiB),
+else ``DEFAULT_MAX_FILE_BYTES`` (64 MiB); see ``size_limit``.
+"""
 
 from __future__ import annotations
 
 import codecs
 import os
-from collections.abc import Iterable, Iterator
+import re
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from ragkit.types import sha1_hex
 
@@ -14,6 +24,41 @@ _SNIFF_BYTES = 8192
 _BINARY_BYTES = bytes(b for b in range(32) if b not in b"\t\n\r\f\v\x1b\x08")
 _UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 _UTF32_BOMS = (codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)
+_LONE_CR = re.compile(rb"(?<=\r)(?!\n)")  # a line end after a bare CR (classic Mac line endings)
+_READ_BLOCK = 1 << 20
+_LINE_END = re.compile(r"\r\n|\n|\r")
+
+DEFAULT_MAX_FILE_BYTES = 64 * 2**20
+MAX_FILE_ENV = "RAGKIT_MAX_FILE_MB"
+
+
+def size_limit(limit: int | None = None) -> int:
+    """The size limit in bytes: ``limit`` when given, else ``$RAGKIT_MAX_FILE_MB`` (MiB), else 64 MiB."""
+    if limit is not None:
+        return int(limit)
+    setting = os.environ.get(MAX_FILE_ENV, "").strip()
+    if setting:
+        try:
+            megabytes = float(setting)
+        except ValueError:
+            megabytes = -1.0
+        if megabytes > 0:
+            return int(megabytes * 2**20)
+    return DEFAULT_MAX_FILE_BYTES
+
+
+def _megabytes(size: int) -> str:
+    value = size / 2**20
+    return f"{value:.0f} MB" if value >= 10 and value == int(value) else f"{value:.1f} MB"
+
+
+def too_large(size: int | None, limit: int, what: str = "file") -> str:
+    """The reason for a file (or row) over the size limit, naming both sizes and how to raise the limit."""
+    actual = f"{_megabytes(size)}, " if size is not None else ""
+    return (
+        f"{what} too large ({actual}over the {_megabytes(limit)} limit); split it, or raise the limit "
+        f"with {MAX_FILE_ENV}"
+    )
 
 
 class Unreadable(Exception):
@@ -48,13 +93,24 @@ def os_reason(exc: OSError) -> str:
     return (exc.strerror or str(exc) or type(exc).__name__).lower()
 
 
-def read_bytes(path: Path) -> bytes:
-    """The bytes of ``path``; OS errors become ``Unreadable`` with a short reason."""
+def read_bytes(path: Path, limit: int | None = None) -> bytes:
+    """The bytes of ``path``, at most the size limit; OS errors and bigger files become ``Unreadable``.
+
+    The size is checked on the open file before reading, and the read stops one byte past the limit, so a
+    file that grows while it is read cannot make it unbounded either.
+    """
+    limit = size_limit(limit)
     try:
         with path.open("rb") as handle:
-            return handle.read()
+            size = os.fstat(handle.fileno()).st_size
+            if size > limit:
+                raise Unreadable(too_large(size, limit))
+            data = handle.read(limit + 1)
     except OSError as exc:
         raise Unreadable(os_reason(exc)) from None
+    if len(data) > limit:
+        raise Unreadable(too_large(None, limit) + " (it grew while it was read)")
+    return data
 
 
 def looks_binary(sample: bytes) -> bool:
@@ -102,34 +158,103 @@ def decode_text(data: bytes) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
-def text_lines(handle: Iterable[bytes]) -> Iterator[tuple[int, str]]:
-    """``(line_number, line)`` of a binary file handle, decoded one line at a time (streaming).
+Line = tuple[int, str, str | None]
 
-    The first line decides the encoding: a UTF-16 BOM switches the rest to UTF-16, otherwise UTF-8 (BOM
-    stripped). Invalid bytes raise ``Unreadable`` naming the byte and its offset in the file.
+
+def text_lines(handle: BinaryIO, limit: int | None = None) -> Iterator[Line]:
+    """``(line_number, line, problem)`` of a binary file handle, decoded one line at a time (streaming).
+
+    Lines end at LF, CRLF or a bare CR and keep their line end. The first bytes decide the encoding: a
+    UTF-16/32 BOM switches to that codec, otherwise UTF-8 (BOM stripped). A binary file raises
+    ``Unreadable``. A line that is not valid UTF-8, holds a NUL byte or is longer than the size limit is still
+    yielded (decoded with replacement characters, or empty when too long) with ``problem`` naming what is
+    wrong, so a row loader can report that row and go on with the next.
     """
-    lines = iter(handle)
-    first = next(lines, b"")
-    if first.startswith(_UTF16_BOMS):
-        parts = decode_text(first + b"".join(lines)).split("\n")  # not splitlines(): keep U+2028 in rows
-        yield from enumerate([part + "\n" for part in parts[:-1]] + [parts[-1]], 1)
+    limit = size_limit(limit)
+    head = handle.read(_SNIFF_BYTES)
+    handle.seek(0)
+    if head.startswith(_UTF32_BOMS) or head.startswith(_UTF16_BOMS):
+        yield from _wide_lines(handle, "utf-32" if head.startswith(_UTF32_BOMS) else "utf-16", limit)
         return
     offset = 0
-    if first.startswith(codecs.BOM_UTF8):
-        first, offset = first[len(codecs.BOM_UTF8) :], len(codecs.BOM_UTF8)
-    if looks_binary(first[:_SNIFF_BYTES]):
+    if head.startswith(codecs.BOM_UTF8):
+        handle.read(len(codecs.BOM_UTF8))
+        head, offset = head[len(codecs.BOM_UTF8) :], len(codecs.BOM_UTF8)
+    if looks_binary(head):
         raise Unreadable("binary file, not text")
     number = 0
-    for raw in _chain_first(first, lines):
-        number += 1
+    while True:
+        raw = handle.readline(limit + 1)
+        if not raw:
+            return
+        if len(raw) > limit and not raw.endswith(b"\n"):
+            skipped = len(raw) + _skip_line(handle)
+            number += 1
+            yield number, "", too_large(skipped, limit, "row")
+            offset += skipped
+            continue
+        for piece in _LONE_CR.split(raw) if b"\r" in raw else (raw,):
+            if not piece:
+                continue
+            number += 1
+            yield (number, *_decode_line(piece, offset))
+            offset += len(piece)
+
+
+def _skip_line(handle: BinaryIO) -> int:
+    """Read past the rest of an over-long line without keeping it; the number of bytes skipped."""
+    skipped = 0
+    while True:
+        block = handle.readline(_READ_BLOCK)
+        skipped += len(block)
+        if not block or block.endswith(b"\n"):
+            return skipped
+
+
+def _decode_line(raw: bytes, offset: int) -> tuple[str, str | None]:
+    problem = None
+    nul = raw.find(b"\x00")
+    if nul != -1:
+        problem = f"binary data in the row (NUL byte at offset {offset + nul})"
+    try:
+        return raw.decode("utf-8"), problem
+    except UnicodeDecodeError as exc:
+        return raw.decode("utf-8", "replace"), problem or utf8_error(exc, raw, offset).reason
+
+
+def _wide_lines(handle: BinaryIO, codec: str, limit: int) -> Iterator[Line]:
+    """Lines of a UTF-16/32 file, decoded incrementally in blocks (the BOM picks the byte order).
+
+    Only LF, CRLF and CR end a line: U+2028 and the other Unicode line breaks may sit inside a JSON string.
+    """
+    decoder = codecs.getincrementaldecoder(codec)()
+    number, buffer, consumed, skipping = 0, "", 0, False
+    while True:
+        block = handle.read(_READ_BLOCK)
         try:
-            yield number, raw.decode("utf-8")
+            buffer += decoder.decode(block, final=not block)
         except UnicodeDecodeError as exc:
-            raise utf8_error(exc, raw, offset) from None
-        offset += len(raw)
-
-
-def _chain_first(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
-    if first:
-        yield first
-    yield from rest
+            raise Unreadable(
+                f"not valid {codec.upper()} text (bad bytes near offset {consumed + exc.start}, "
+                f"after line {number})"
+            ) from None
+        consumed += len(block)
+        position = 0
+        for end in _LINE_END.finditer(buffer):
+            if block and end.end() == len(buffer) and end.group() == "\r":
+                break  # a CR at the end of a block may be the first half of a CRLF
+            line, position = buffer[position : end.end()], end.end()
+            number += 1
+            if skipping:
+                skipping = False
+                yield number, "", too_large(None, limit, "row")
+            else:
+                yield number, line, "binary data in the row (NUL character)" if "\x00" in line else None
+        buffer = buffer[position:]
+        if len(buffer) * 2 > limit:  # an over-long row: drop its text, report it where it ends
+            buffer, skipping = "", True
+        if not block:
+            if buffer or skipping:
+                number += 1
+                yield number, buffer, too_large(None, limit, "row") if skipping else None
+            return

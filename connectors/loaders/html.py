@@ -10,6 +10,7 @@ from typing import Any
 from ragkit.connectors.loaders.common import Unreadable, decode_text, file_doc_id, file_source, read_bytes
 from ragkit.types import Document, LoadError
 
+_DEPTH_LIMIT = re.compile(r"Excessive depth in document: (\d+)")
 _XML_DECLARATION = re.compile(r"^\s*<\?xml[^>]*\?>", re.IGNORECASE)
 _DROPPED_TAGS = ("script", "style", "noscript", "template", "head")
 _BLOCK_TAGS = frozenset(
@@ -19,13 +20,25 @@ _BLOCK_TAGS = frozenset(
 
 
 def _parse(markup: str) -> Any:
+    """The lxml tree of a page. ``huge_tree``: without it libxml2 silently drops text nodes and attributes
+    over 10 MB (a big inline script or ``data:`` image), and with them the rest of the page."""
     import lxml.html
     from lxml.etree import ParserError
 
+    parser = lxml.html.HTMLParser(huge_tree=True)
     try:
-        return lxml.html.document_fromstring(markup)
+        tree = lxml.html.document_fromstring(markup, parser=parser)
     except (ParserError, ValueError) as exc:
         raise Unreadable(f"not parseable as HTML ({exc})") from None
+    # A resource limit stops the parser part way (elements nested thousands deep): the rest of the page would
+    # be silently lost, so the file is an error instead.
+    limits = [e for e in parser.error_log if e.type_name == "ERR_RESOURCE_LIMIT"]
+    if limits:
+        depth = _DEPTH_LIMIT.search(limits[0].message)
+        if depth:
+            raise Unreadable(f"HTML nested too deeply (the parser stops at {depth.group(1)} levels)")
+        raise Unreadable(f"not parseable as HTML ({limits[0].message.strip()})")
+    return tree
 
 
 def _title(tree: Any) -> str:
@@ -44,25 +57,32 @@ def _body_text(tree: Any) -> str:
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
 
 
-def _main_text(markup: str) -> str:
+def _main_text(tree: Any) -> str:
+    """The main text by trafilatura, given the parsed tree (a copy: trafilatura prunes what it is given)."""
+    import copy
+
     import trafilatura
 
     try:
         text = trafilatura.extract(
-            markup, include_comments=False, include_tables=True, include_images=False, deduplicate=False
+            copy.deepcopy(tree), include_comments=False, include_tables=True, include_images=False,
+            deduplicate=False,
         )
     except Exception:  # noqa: BLE001 - a page trafilatura chokes on falls back to the plain body text
         text = None
     return (text or "").strip()
 
 
-def load_html(path: Path) -> Iterator[Document | LoadError]:
-    """An ``.html``/``.htm`` file as one Document; pages with no visible text are a LoadError."""
+def load_html(path: Path, max_file_bytes: int | None = None) -> Iterator[Document | LoadError]:
+    """An ``.html``/``.htm`` file as one Document; pages with no visible text are a LoadError.
+
+    Files over the size limit (see ``common.size_limit``) are a LoadError, so memory stays bounded.
+    """
     try:
-        markup = _XML_DECLARATION.sub("", decode_text(read_bytes(path)), count=1)
+        markup = _XML_DECLARATION.sub("", decode_text(read_bytes(path, max_file_bytes)), count=1)
         tree = _parse(markup)
         title = _title(tree)
-        text = _main_text(markup) or _body_text(tree)
+        text = _main_text(tree) or _body_text(tree)
         if not text:
             raise Unreadable("no text content (only markup)")
     except Unreadable as exc:

@@ -2,29 +2,26 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ragkit.connectors.loaders.common import Unreadable, file_doc_id, file_source, os_reason
+from ragkit.connectors.loaders.common import Unreadable, file_doc_id, file_source, read_bytes
 from ragkit.types import Document, LoadError
 
 PAGE_SEPARATOR = "\n\n"
 
 
-def _open(path: Path) -> Any:
+def _open(path: Path, max_file_bytes: int | None) -> Any:
     from pypdf import PdfReader
     from pypdf.errors import DependencyError
 
+    data = read_bytes(path, max_file_bytes)  # a whole PDF in memory at most: the size limit bounds it
+    if b"%PDF-" not in data[:1024]:
+        raise Unreadable("not a PDF file (no %PDF- header)" if data else "empty file")
     try:
-        with path.open("rb") as handle:
-            if b"%PDF-" not in handle.read(1024):
-                raise Unreadable("not a PDF file (no %PDF- header)")
-        reader = PdfReader(path, strict=False)
-    except Unreadable:
-        raise
-    except OSError as exc:
-        raise Unreadable(os_reason(exc)) from None
+        reader = PdfReader(io.BytesIO(data), strict=False)
     except Exception as exc:  # noqa: BLE001 - pypdf raises many types for damaged files
         raise Unreadable(f"corrupt PDF ({_describe(exc)})") from None
     if reader.is_encrypted:
@@ -52,10 +49,13 @@ def _title(reader: Any) -> str:
     return " ".join(str(title).split()) if title else ""
 
 
-def load_pdf(path: Path) -> Iterator[Document | LoadError]:
-    """A ``.pdf`` file as one Document with ``meta["page_offsets"]`` (each page's start in ``text``)."""
+def load_pdf(path: Path, max_file_bytes: int | None = None) -> Iterator[Document | LoadError]:
+    """A ``.pdf`` file as one Document with ``meta["page_offsets"]`` (each page's start in ``text``).
+
+    Files over the size limit (see ``common.size_limit``) are a LoadError, so memory stays bounded.
+    """
     try:
-        reader = _open(path)
+        reader = _open(path, max_file_bytes)
         try:
             pages = list(reader.pages)
         except Exception as exc:  # noqa: BLE001

@@ -8,12 +8,21 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterable, Iterator, Mapping
+import re
+from collections import deque
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ragkit.connectors.loaders.common import Unreadable, file_doc_id, file_source, os_reason, text_lines
+from ragkit.connectors.loaders.common import (
+    Line,
+    Unreadable,
+    file_doc_id,
+    file_source,
+    os_reason,
+    text_lines,
+)
 from ragkit.types import Document, LoadError
 
 _SCALARS = (str, int, float, bool)
@@ -83,13 +92,40 @@ def _scalar(value: Any) -> bool:
     return isinstance(value, _SCALARS)
 
 
-def load_jsonl(path: Path, fields: RowFields = DEFAULT_FIELDS) -> Iterator[Document | LoadError]:
-    """Each JSON object line of a ``.jsonl`` file as a Document; ``meta["row"]`` is its line number."""
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _clean(value: Any) -> Any:
+    """A string with lone surrogates (JSON ``"\\ud83d"`` escapes of half an emoji) replaced by U+FFFD.
+
+    Such strings are not valid Unicode: they cannot be encoded as UTF-8, so the catalog could not store them.
+    """
+    if isinstance(value, str) and _SURROGATE.search(value):
+        return _SURROGATE.sub("\ufffd", value)
+    return value
+
+
+def _clean_record(record: Mapping[Any, Any]) -> dict[Any, Any]:
+    return {_clean(k): _clean(v) for k, v in record.items()}
+
+
+def load_jsonl(
+    path: Path, fields: RowFields = DEFAULT_FIELDS, max_file_bytes: int | None = None
+) -> Iterator[Document | LoadError]:
+    """Each JSON object line of a ``.jsonl`` file as a Document; ``meta["row"]`` is its line number.
+
+    The file is streamed line by line; a line that is not a JSON object (bad JSON, invalid UTF-8, NUL bytes,
+    over the size limit) is a LoadError for that row and the next lines still load.
+    """
     reader = _RowReader(path, fields)
     rows = 0
     try:
         with path.open("rb") as handle:
-            for number, line in text_lines(handle):
+            for number, line, problem in text_lines(handle, max_file_bytes):
+                if problem is not None:
+                    rows += 1
+                    yield reader.error(number, problem)
+                    continue
                 if not line.strip():
                     continue
                 rows += 1
@@ -98,10 +134,16 @@ def load_jsonl(path: Path, fields: RowFields = DEFAULT_FIELDS) -> Iterator[Docum
                 except json.JSONDecodeError as exc:
                     yield reader.error(number, f"bad JSON: {exc.msg} (column {exc.colno})")
                     continue
+                except RecursionError:
+                    yield reader.error(number, "bad JSON: nested too deeply")
+                    continue
+                except ValueError as exc:  # e.g. an integer with more digits than Python converts
+                    yield reader.error(number, f"bad JSON: {exc}")
+                    continue
                 if not isinstance(record, dict):
                     yield reader.error(number, f"row is a JSON {type(record).__name__}, not an object")
                     continue
-                yield reader.document(number, record)
+                yield reader.document(number, _clean_record(record))
     except OSError as exc:
         yield LoadError(file_source(path), os_reason(exc))
         return
@@ -112,40 +154,128 @@ def load_jsonl(path: Path, fields: RowFields = DEFAULT_FIELDS) -> Iterator[Docum
         yield LoadError(file_source(path), "empty file")
 
 
-def _csv_lines(lines: Iterable[tuple[int, str]]) -> Iterator[str]:
-    for _, line in lines:
-        yield line
+class _CsvLines:
+    """The lines fed to ``csv.reader``, remembering those of the record being parsed.
+
+    Lines put back in ``pending`` are read again first: after an unterminated quoted field swallowed the rest
+    of the file, parsing restarts on the line after the one where that field began.
+    """
+
+    def __init__(self, lines: Iterator[Line]) -> None:
+        self.lines = lines
+        self.pending: deque[Line] = deque()
+        self.record: list[Line] = []
+        self.exhausted = False
+
+    def __iter__(self) -> _CsvLines:
+        return self
+
+    def __next__(self) -> str:
+        if self.pending:
+            item = self.pending.popleft()
+        else:
+            try:
+                item = next(self.lines)
+            except StopIteration:
+                self.exhausted = True
+                raise
+        self.record.append(item)
+        return item[1]
+
+    def start(self) -> None:
+        self.record = []
+
+    def unterminated(self) -> bool:
+        """Whether the record just parsed ran to the end of the file inside a quoted field."""
+        if not self.exhausted or not self.record:
+            return False
+        try:
+            for _ in csv.reader((line for _, line, _ in self.record), strict=True):
+                pass
+        except csv.Error as exc:
+            return "unexpected end of data" in str(exc)
+        return False
+
+    def restart_after_first_line(self) -> None:
+        self.pending.extendleft(reversed(self.record[1:]))
+        self.exhausted = False
 
 
-def load_csv(path: Path, fields: RowFields = DEFAULT_FIELDS) -> Iterator[Document | LoadError]:
-    """Each data row of a ``.csv`` file (header first) as a Document; ``meta["row"]`` counts data rows."""
+def _columns_text(columns: list[str]) -> str:
+    shown = [c if len(c) <= 40 else c[:37] + "..." for c in columns[:12]]
+    return ", ".join(shown) + (f", ... ({len(columns)} columns)" if len(columns) > 12 else "")
+
+
+def load_csv(
+    path: Path, fields: RowFields = DEFAULT_FIELDS, max_file_bytes: int | None = None
+) -> Iterator[Document | LoadError]:
+    """Each data row of a ``.csv`` file (header first) as a Document; ``meta["row"]`` counts data rows.
+
+    The file is streamed. A malformed row (invalid UTF-8, NUL bytes, a line over the size limit, a quoted
+    field left open to the end of the file) is a LoadError for that row, and the rows after it still load:
+    after an unterminated quote, parsing starts again on the next line.
+    """
     reader = _RowReader(path, fields)
     # Documents can be long: lift the csv module's 128 KiB field limit (a process-wide setting, only raised).
     csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
     row = 0
     try:
         with path.open("rb") as handle:
-            records = csv.DictReader(_csv_lines(text_lines(handle)))
-            columns = records.fieldnames
-            if not columns:
+            lines = _CsvLines(text_lines(handle, max_file_bytes))
+            try:
+                columns = next(csv.reader(lines))
+            except StopIteration:
+                columns = []
+            except csv.Error as exc:
+                yield LoadError(file_source(path), f"malformed CSV header ({exc})")
+                return
+            problems = [problem for _, _, problem in lines.record if problem]
+            if problems or lines.unterminated():
+                reason = problems[0] if problems else "a quoted field is never closed"
+                yield LoadError(file_source(path), f"unreadable header row: {reason}")
+                return
+            if not any(c.strip() for c in columns):
                 yield LoadError(file_source(path), "empty file")
                 return
             if fields.text not in columns:
                 yield LoadError(
                     file_source(path),
-                    f"no '{fields.text}' column (columns: {', '.join(map(str, columns))}); "
+                    f"no '{fields.text}' column (columns: {_columns_text(columns)}); "
                     f"name the text column in the loader's text field",
                 )
                 return
+            records = csv.reader(lines)
             while True:
+                lines.start()
                 try:
-                    record = next(records)
+                    values = next(records)
                 except StopIteration:
                     break
                 except csv.Error as exc:
-                    yield reader.error(row + 1, f"malformed CSV ({exc})")
-                    return
+                    row += 1
+                    yield reader.error(row, f"malformed CSV ({exc})")
+                    records = csv.reader(lines)
+                    continue
+                if not values:
+                    continue  # a blank line
                 row += 1
+                if lines.unterminated():
+                    first = lines.record[0][0]
+                    yield reader.error(
+                        row, f"malformed CSV (a quoted field opened on line {first} is never closed)"
+                    )
+                    lines.restart_after_first_line()
+                    records = csv.reader(lines)
+                    continue
+                problems = [problem for _, _, problem in lines.record if problem]
+                if problems:
+                    yield reader.error(row, problems[0])
+                    continue
+                record: dict[Any, Any] = dict(zip(columns, values, strict=False))
+                if len(values) > len(columns):
+                    record[None] = values[len(columns) :]
+                for column in columns[len(values) :]:
+                    record.setdefault(column, None)
                 yield reader.document(row, record)
     except OSError as exc:
         yield LoadError(file_source(path), os_reason(exc))

@@ -15,10 +15,13 @@ def markdown_title(text: str) -> str:
     return next((title for _, level, title in iter_atx_headings(text) if level == 1 and title), "")
 
 
-def load_text(path: Path) -> Iterator[Document | LoadError]:
-    """A ``.txt`` or ``.md`` file as one Document; Markdown files take their first ``# `` heading as title."""
+def load_text(path: Path, max_file_bytes: int | None = None) -> Iterator[Document | LoadError]:
+    """A ``.txt`` or ``.md`` file as one Document; Markdown files take their first ``# `` heading as title.
+
+    Files over the size limit (see ``common.size_limit``) are a LoadError, so memory stays bounded.
+    """
     try:
-        text = decode_text(read_bytes(path))
+        text = decode_text(read_bytes(path, max_file_bytes))
     except Unreadable as exc:
         yield LoadError(file_source(path), exc.reason)
         return
