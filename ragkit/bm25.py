@@ -7,8 +7,10 @@ atomically, so a reader always loads a complete index.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -109,15 +111,116 @@ class BM25Index:
 
     @classmethod
     def load(cls, directory: Path) -> BM25Index | None:
-        """The saved index, or None when there is none yet."""
+        """The saved index, or None when there is none; IndexFormatError (naming the file) when damaged."""
         pointer = directory / POINTER
-        if not pointer.exists():
-            return None
+        for attempt in range(10):
+            raw = _read_or_none(pointer)
+            if raw is None:
+                return None
+            try:
+                info = json.loads(raw)
+                if not isinstance(info, dict) or not _FOLDER.fullmatch(str(info.get("dir"))):
+                    raise ValueError(f"expected {{'dir': 'bm25-N', 'generation': N}}, got {info!r:.80}")
+                generation = int(info["generation"])
+            except (ValueError, KeyError, TypeError) as exc:
+                message = f"{pointer}: not a valid BM25 pointer ({exc}); delete it to rebuild"
+                raise IndexFormatError(message) from None
+            try:
+                return cls._load_folder(directory / info["dir"], generation)
+            except _Damaged as damaged:
+                # a writer may have saved a newer copy and removed this folder: follow the new pointer
+                if attempt < 9 and _read_or_none(pointer) != raw:
+                    continue
+                raise IndexFormatError(
+                    f"{damaged.path}: BM25 index is unreadable ({damaged.reason}); "
+                    f"delete {pointer} to rebuild it"
+                ) from None
+        raise AssertionError("unreachable")
+
+    @classmethod
+    def _load_folder(cls, folder: Path, generation: int) -> BM25Index:
+        ids_path = folder / "chunk_ids.json"
         try:
-            info = json.loads(pointer.read_text())
-            folder = directory / info["dir"]
-            chunk_ids = json.loads((folder / "chunk_ids.json").read_text())
-            retriever = bm25s.BM25.load(str(folder), allow_pickle=False) if chunk_ids else None
-        except (OSError, ValueError, KeyError) as exc:
-            raise IndexFormatError(f"{pointer}: BM25 index is unreadable ({exc}); delete it to rebuild") from None
-        return cls(retriever, chunk_ids, int(info["generation"]))
+            chunk_ids = json.loads(ids_path.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise _Damaged(ids_path, exc) from None
+        if not isinstance(chunk_ids, list) or not all(isinstance(c, str) for c in chunk_ids):
+            raise _Damaged(ids_path, "not a list of chunk ids")
+        if not chunk_ids:
+            return cls(None, [], generation)
+        try:  # numpy arrays and JSON only (allow_pickle=False): nothing in the folder can run code
+            retriever = bm25s.BM25.load(str(folder), allow_pickle=False, show_progress=False)
+        except Exception as exc:  # whatever a damaged file makes bm25s raise
+            raise _Damaged(_unreadable_file(folder) or folder, exc) from None
+        problem = _inconsistency(retriever, len(chunk_ids))
+        if problem is not None:
+            raise _Damaged(folder / problem[0], problem[1])
+        return cls(retriever, chunk_ids, generation)
+
+
+_FOLDER = re.compile(r"bm25-\d+")
+_JSON_FILES = ("params.index.json", "vocab.index.json")
+_ARRAY_FILES = ("data.csc.index.npy", "indices.csc.index.npy", "indptr.csc.index.npy")
+
+
+class _Damaged(Exception):
+    def __init__(self, path: Path, reason: object) -> None:
+        super().__init__(path, reason)
+        self.path, self.reason = path, reason
+
+
+def _read_or_none(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
+def _unreadable_file(folder: Path) -> Path | None:
+    """The first file of a saved bm25s index that does not parse (only looked for after a failed load)."""
+    for name in _JSON_FILES:
+        try:
+            value = json.loads((folder / name).read_bytes())
+        except (OSError, ValueError):
+            return folder / name
+        if not isinstance(value, dict):
+            return folder / name
+        if name == "params.index.json":
+            known = set(inspect.signature(bm25s.BM25).parameters) | {"version", "num_docs"}
+            if set(value) - known:
+                return folder / name
+    for name in _ARRAY_FILES:
+        try:
+            np.load(folder / name, allow_pickle=False)
+        except Exception:
+            return folder / name
+    return None
+
+
+def _inconsistency(retriever: bm25s.BM25, count: int) -> tuple[str, str] | None:
+    """(file, what is wrong) when the loaded arrays are not a BM25 index of ``count`` chunks, else None."""
+    scores = retriever.scores
+    data, indices, indptr = (np.asarray(scores.get(k)) for k in ("data", "indices", "indptr"))
+    if scores.get("num_docs") != count:
+        return "params.index.json", f"num_docs {scores.get('num_docs')!r}, chunk_ids.json has {count} chunks"
+    try:
+        if np.dtype(retriever.dtype).kind != "f" or np.dtype(retriever.int_dtype).kind not in "iu":
+            return "params.index.json", f"dtype {retriever.dtype!r} / int_dtype {retriever.int_dtype!r}"
+    except TypeError as exc:
+        return "params.index.json", str(exc)
+    if indptr.ndim != 1 or indptr.dtype.kind not in "iu" or not len(indptr) or indptr[0] != 0:
+        return "indptr.csc.index.npy", "not an index pointer array"
+    if (np.diff(indptr) < 0).any() or indptr[-1] != len(data):
+        return "indptr.csc.index.npy", f"does not match the {len(data)} scores of data.csc.index.npy"
+    if data.ndim != 1 or data.dtype.kind != "f":
+        return "data.csc.index.npy", "not a float array"
+    if indices.shape != data.shape or indices.dtype.kind not in "iu" or (
+        len(indices) and (indices.min() < 0 or indices.max() >= count)
+    ):
+        return "indices.csc.index.npy", f"not {len(data)} chunk numbers below {count}"
+    vocab = retriever.vocab_dict
+    if not isinstance(vocab, dict) or not all(
+        isinstance(k, str) and isinstance(v, int) and 0 <= v < len(indptr) for k, v in vocab.items()
+    ):
+        return "vocab.index.json", f"not a map of tokens to ids below {len(indptr)}"
+    return None

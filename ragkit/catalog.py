@@ -48,13 +48,6 @@ CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 _CHUNK_COLUMNS = "c.id, c.doc_id, c.text, c.start, c.end, c.meta, d.title"
 
 
-def _row_to_chunk(row: Sequence[Any]) -> Chunk:
-    meta = json.loads(row[5])
-    if row[6]:
-        meta["title"] = row[6]
-    return Chunk(id=row[0], doc_id=row[1], text=row[2], start=row[3], end=row[4], meta=meta)
-
-
 class Catalog:
     """Documents and chunks of one index, in ``catalog.sqlite`` (WAL mode, one writer, many readers)."""
 
@@ -88,7 +81,7 @@ class Catalog:
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """One atomic write: everything inside commits together and bumps the generation, or nothing does."""
-        with self._lock:
+        with self._lock, self._damaged():
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self._conn
@@ -98,8 +91,38 @@ class Catalog:
                 )
                 self._conn.execute("COMMIT")
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
                 raise
+
+    @contextmanager
+    def _damaged(self) -> Iterator[None]:
+        """SQLite errors of a damaged or tampered catalog become an IndexFormatError naming it (a busy
+        database, a constraint violation or a misused API stay what they are)."""
+        try:
+            yield
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.IntegrityError | sqlite3.ProgrammingError) or (
+                isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
+            ):
+                raise
+            raise IndexFormatError(f"{self.path}: catalog is damaged or was modified ({exc})") from None
+
+    def _json(self, text: Any, what: str) -> dict[str, Any]:
+        """A JSON object stored in the catalog; anything else is an IndexFormatError naming the catalog."""
+        try:
+            value = json.loads(text)
+        except (ValueError, TypeError) as exc:
+            raise IndexFormatError(f"{self.path}: {what} is not valid JSON ({exc})") from None
+        if not isinstance(value, dict):
+            raise IndexFormatError(f"{self.path}: {what} is not a JSON object")
+        return value
+
+    def _chunk(self, row: Sequence[Any]) -> Chunk:
+        meta = self._json(row[5], f"metadata of chunk {row[0]!r}")
+        if row[6]:
+            meta["title"] = row[6]
+        return Chunk(id=row[0], doc_id=row[1], text=row[2], start=row[3], end=row[4], meta=meta)
 
     def close(self) -> None:
         with self._lock:
@@ -108,13 +131,16 @@ class Catalog:
     # -- reads -------------------------------------------------------------------------------------------
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        with self._lock:
+        with self._lock, self._damaged():
             return self._conn.execute(sql, params).fetchall()
 
     @property
     def generation(self) -> int:
         rows = self._query("SELECT value FROM state WHERE key = 'generation'")
-        return int(rows[0][0]) if rows else 0
+        try:
+            return int(rows[0][0]) if rows else 0
+        except (ValueError, TypeError):
+            raise IndexFormatError(f"{self.path}: generation {rows[0][0]!r} is not a number") from None
 
     def content_hashes(self, doc_ids: Iterable[str]) -> dict[str, str]:
         result: dict[str, str] = {}
@@ -163,7 +189,7 @@ class Catalog:
                 f"WHERE c.vector_id IN ({marks})",
                 batch,
             )
-            result.update((row[7], _row_to_chunk(row)) for row in rows)
+            result.update((row[7], self._chunk(row)) for row in rows)
         return result
 
     def chunks_by_ids(self, chunk_ids: Sequence[str]) -> dict[str, Chunk]:
@@ -175,7 +201,7 @@ class Catalog:
                 f"WHERE c.id IN ({marks})",
                 batch,
             )
-            result.update((row[0], _row_to_chunk(row)) for row in rows)
+            result.update((row[0], self._chunk(row)) for row in rows)
         return result
 
     def iter_chunks(self, batch_size: int = 5000) -> Iterator[list[Chunk]]:
@@ -190,7 +216,7 @@ class Catalog:
             if not rows:
                 return
             last = rows[-1][7]
-            yield [_row_to_chunk(row) for row in rows]
+            yield [self._chunk(row) for row in rows]
 
     def chunk_ids_of_vectors(self, vector_ids: Sequence[int]) -> dict[int, str]:
         result: dict[int, str] = {}
@@ -226,7 +252,8 @@ class Catalog:
                 batch,
             )
             for vid, doc_id, source, tags in rows:
-                result[vid] = {**json.loads(tags), "doc_id": doc_id, "source": source}
+                tag_map = self._json(tags, f"tags of document {doc_id!r}")
+                result[vid] = {**tag_map, "doc_id": doc_id, "source": source}
         return result
 
     def counts(self) -> dict[str, int]:

@@ -12,6 +12,7 @@ import fcntl
 import functools
 import json
 import os
+import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -32,6 +33,7 @@ Progress = Callable[[str, int, int], None]
 
 CATALOG = "catalog.sqlite"
 VECTOR_STATE = "vectors.json"
+EMBEDDINGS = "embeddings.sqlite"
 
 
 class Index:
@@ -45,6 +47,9 @@ class Index:
         self.catalog = Catalog(path / CATALOG)
         self._lock = threading.RLock()
         self._vectors: VectorIndex | None = None
+        self._vectors_stamp: int | None = None  # vectors.json's generation when the vectors were read
+        self._vectors_generation: int | None = None  # the catalog generation they are known to match
+        self._lock_owner: int | None = None  # the thread holding writer_lock through this object
         self._bm25: BM25Index | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------------
@@ -118,11 +123,17 @@ class Index:
     def embedder(self) -> Embedder:
         with self._lock:
             if self._embedder is None:
-                self._embedder = make_embedder(
-                    self.manifest.embedder,
-                    device=self.settings.embedder.device,
-                    batch_size=self.settings.embedder.batch_size,
-                )
+                try:
+                    self._embedder = make_embedder(
+                        self.manifest.embedder,
+                        device=self.settings.embedder.device,
+                        batch_size=self.settings.embedder.batch_size,
+                    )
+                except OSError as exc:
+                    raise IndexFormatError(
+                        f"{self.path / MANIFEST}: the index's embedder {self.manifest.embedder!r} cannot be "
+                        f"loaded ({exc})"
+                    ) from None
                 if self._embedder.dim != self.manifest.dimension:
                     raise EmbedderMismatchError(
                         f"{self.path / MANIFEST}: embedder {self.manifest.embedder!r} now has dimension "
@@ -132,23 +143,56 @@ class Index:
 
     @functools.cached_property
     def embedding_cache(self) -> EmbeddingCache:
-        return EmbeddingCache(self.path / "embeddings.sqlite", self.manifest.embedder, self.manifest.dimension)
+        with self._damaged_cache():
+            return EmbeddingCache(self.path / EMBEDDINGS, self.manifest.embedder, self.manifest.dimension)
 
     def embed(self, texts: Sequence[str]) -> tuple[Any, int]:
         """Embed through the on-disk cache; returns the vectors and how many texts were actually embedded."""
-        return self.embedding_cache.embed(texts, self.embedder.embed_documents)
+        cache = self.embedding_cache
+        with self._damaged_cache():
+            return cache.embed(texts, self.embedder.embed_documents)
+
+    @contextmanager
+    def _damaged_cache(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc)):
+                raise
+            raise IndexFormatError(
+                f"{self.path / EMBEDDINGS}: embedding cache is damaged ({exc}); "
+                "delete it (it is only a cache)"
+            ) from None
 
     @property
     def vectors(self) -> VectorIndex:
-        """The vector backend, brought up to date with the catalog first if an earlier run was interrupted."""
+        """The vector backend, in step with the catalog: reloaded when another process saved a newer state, and
+        brought up to date (and saved) after an interrupted run, unless a writer is at work (it does that)."""
         with self._lock:
+            generation = self.catalog.generation
+            if self._vectors is not None and self._vectors_generation == generation:
+                return self._vectors
+            stamp = self.vector_generation  # read before the shards are: they can only be newer than it
+            if self._vectors is not None and stamp != self._vectors_stamp and stamp == generation:
+                if self.manifest.vectors.get("backend", "faiss") == "faiss":  # Milvus and Chroma are read live
+                    self._vectors = None  # searches in flight keep the old copy until they finish
+                else:
+                    self._vectors_stamp = self._vectors_generation = stamp
             if self._vectors is None:
                 self._vectors = open_vector_index(self.path, self.manifest.dimension, self.manifest.vectors)
-                if self.vector_generation != self.catalog.generation:
-                    from ragkit.pipelines.indexing import reconcile_vectors
+                verify = getattr(self._vectors, "verify", None)
+                if stamp == generation and verify is not None:
+                    verify()  # saved in step with the catalog: its files must agree with one another
+                self._vectors_stamp = stamp
+                self._vectors_generation = stamp if stamp == generation else None
+            if self._vectors_generation != generation and stamp != generation:
+                # An interrupted run left the vectors behind the catalog, or a writer is committing right now:
+                # only a writer may change the shared vector store, so repair it only when no writer runs.
+                from ragkit.pipelines.indexing import reconcile_vectors
 
-                    with self.writer_lock(blocking=False) as locked:
-                        reconcile_vectors(self, save=locked)
+                with self.writer_lock(blocking=False) as locked:
+                    if locked:
+                        reconcile_vectors(self, save=True)
             return self._vectors
 
     @property
@@ -164,6 +208,7 @@ class Index:
         tmp = state.with_suffix(".tmp")
         tmp.write_text(json.dumps({"generation": generation}))
         os.replace(tmp, state)
+        self._vectors_stamp = self._vectors_generation = generation  # what was saved is the in-memory copy
 
     @property
     def bm25(self) -> BM25Index:
@@ -177,23 +222,40 @@ class Index:
                         (c for batch in self.catalog.iter_chunks() for c in batch), generation
                     )
                     with self.writer_lock(blocking=False) as locked:
-                        if locked:
+                        # only when no writer runs, and never over a copy readers may be loading (another
+                        # reader saved this generation already) nor for a generation already outdated
+                        if (
+                            locked
+                            and self.catalog.generation == generation
+                            and BM25Index.saved_generation(self.path) != generation
+                        ):
                             loaded.save(self.path)
                 self._bm25 = loaded
             return self._bm25
 
     @contextmanager
     def writer_lock(self, blocking: bool = True) -> Iterator[bool]:
-        """An exclusive lock between processes that write this index; yields whether it was acquired."""
+        """An exclusive lock between processes that write this index; yields whether it was acquired.
+
+        Re-entrant for the thread that holds it through this object (a writer reconciling its own vectors)."""
+        if self._lock_owner == threading.get_ident():
+            yield True
+            return
         with open(self.path / "index.lock", "a") as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
             except BlockingIOError:
+                acquired = False
+            else:
+                acquired = True
+            if not acquired:
                 yield False
                 return
+            self._lock_owner = threading.get_ident()
             try:
                 yield True
             finally:
+                self._lock_owner = None
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     # -- writing -----------------------------------------------------------------------------------------

@@ -42,13 +42,48 @@ class Manifest:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (ValueError, UnicodeDecodeError) as exc:
             raise IndexFormatError(f"{path}: manifest is not valid JSON ({exc})") from None
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
+        if not isinstance(data, dict):
+            kind = type(data).__name__
+            raise IndexFormatError(f"{path}: not a ragkit manifest (a JSON {kind}, not an object)")
+        if data.get("format") != FORMAT:
             raise IndexFormatError(f"{path}: not a ragkit manifest (format field is {data.get('format')!r})")
         if data.get("version") != FORMAT_VERSION:
             raise IndexFormatError(
                 f"{path}: index format version {data.get('version')!r}; this ragkit reads version {FORMAT_VERSION}"
             )
         try:
-            return cls(**data)
+            manifest = cls(**data)
         except TypeError as exc:
             raise IndexFormatError(f"{path}: manifest has unexpected fields ({exc})") from None
+        problem = manifest._problem()
+        if problem:
+            raise IndexFormatError(f"{path}: manifest field {problem}")
+        return manifest
+
+    def _problem(self) -> str | None:
+        """What is wrong with a loaded manifest's values (a tampered or hand-edited file), or None."""
+
+        def positive(value: Any) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+        checks = (
+            ("embedder", isinstance(self.embedder, str) and bool(self.embedder), "a model name"),
+            ("dimension", positive(self.dimension), "a positive integer"),
+            ("max_tokens", positive(self.max_tokens), "a positive integer"),
+            ("chunking", isinstance(self.chunking, dict), "an object"),
+            ("vectors", isinstance(self.vectors, dict), "an object"),
+            ("graph", isinstance(self.graph, bool), "true or false"),
+            ("extra", isinstance(self.extra, dict), "an object"),
+        )
+        for name, ok, expected in checks:
+            if not ok:
+                return f"{name!r} must be {expected} (got {getattr(self, name)!r})"
+        vectors = self.vectors
+        if vectors.get("backend", "faiss") not in ("faiss", "milvus", "chroma"):
+            return f"'vectors.backend' must be faiss, milvus or chroma (got {vectors.get('backend')!r})"
+        if not positive(vectors.get("shards", 1)):
+            return f"'vectors.shards' must be a positive integer (got {vectors.get('shards')!r})"
+        for key in ("kind", "uri", "token"):
+            if vectors.get(key) is not None and not isinstance(vectors[key], str):
+                return f"'vectors.{key}' must be a string (got {vectors[key]!r})"
+        return None

@@ -13,8 +13,9 @@ import os
 import sqlite3
 import threading
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -191,17 +192,21 @@ class _Shard:
         _, candidates = self.index.search(
             queries, min(k * self.options["refine_factor"], total), params=params
         )
-        scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
-        ids = np.full((len(queries), k), -1, dtype=np.int64)
         assert self.refine is not None
-        for row, found in enumerate(candidates):
-            found = found[found >= 0]
-            if not len(found):
-                continue
-            exact = np.stack([self.refine.reconstruct(int(i)) for i in found]) @ queries[row]
-            best = np.lexsort((found, -exact))[:k]
-            scores[row, : len(best)], ids[row, : len(best)] = exact[best], found[best]
-        return scores, ids
+        # one reconstruct_batch call for all candidates of all queries (not one Python call per candidate)
+        valid = candidates >= 0
+        exact = np.full(candidates.shape, -np.inf, dtype=np.float32)
+        if valid.any():
+            vectors = self.refine.reconstruct_batch(np.ascontiguousarray(candidates[valid]))
+            exact[valid] = np.einsum("nd,nd->n", vectors, queries[np.nonzero(valid)[0]])
+        keys = np.where(valid, candidates, np.iinfo(np.int64).max)
+        order = np.lexsort((keys, -exact), axis=-1)[:, :k]  # best score first, ties by id
+        scores, ids = np.take_along_axis(exact, order, 1), np.take_along_axis(candidates, order, 1)
+        ids = np.where(np.isneginf(scores), -1, ids)
+        if scores.shape[1] < k:
+            pad_s, pad_i = empty_result(len(queries), k - scores.shape[1])
+            scores, ids = np.hstack([scores, pad_s]), np.hstack([ids, pad_i])
+        return scores.astype(np.float32), ids.astype(np.int64)
 
     def save(self) -> None:
         if self.refine is not None and self.dirty:
@@ -265,13 +270,13 @@ class FaissShardedIndex:
             _Shard(self.directory / f"shard-{i:03d}.faiss", dim, kind, options) for i in range(shards)
         ]
         self._lock = threading.RLock()
-        self._meta = sqlite3.connect(
-            self.directory / "meta.sqlite", check_same_thread=False, isolation_level=None
-        )
-        self._meta.execute("PRAGMA journal_mode=WAL")
-        self._meta.execute(
-            "CREATE TABLE IF NOT EXISTS meta (id INTEGER PRIMARY KEY, shard INTEGER, meta TEXT)"
-        )
+        self._meta_path = self.directory / "meta.sqlite"
+        with self._damaged_meta():
+            self._meta = sqlite3.connect(self._meta_path, check_same_thread=False, isolation_level=None)
+            self._meta.execute("PRAGMA journal_mode=WAL")
+            self._meta.execute(
+                "CREATE TABLE IF NOT EXISTS meta (id INTEGER PRIMARY KEY, shard INTEGER, meta TEXT)"
+            )
         self._pool = ThreadPoolExecutor(max_workers=min(shards, os.cpu_count() or 1)) if shards > 1 else None
 
     def _check_layout(self, dim: int, shards: int, kind: str) -> None:
@@ -282,6 +287,8 @@ class FaissShardedIndex:
                 stored = json.loads(layout_path.read_text())
             except ValueError as exc:
                 raise IndexFormatError(f"{layout_path}: not valid JSON ({exc})") from None
+            if not isinstance(stored, dict):
+                raise IndexFormatError(f"{layout_path}: expected an object with dim, shards and kind")
             if stored.get("dim") != dim:
                 raise DimensionMismatchError(
                     f"{layout_path}: vectors have dimension {stored.get('dim')}, but {dim} was asked for"
@@ -290,6 +297,28 @@ class FaissShardedIndex:
                 raise IndexFormatError(f"{layout_path}: built as {stored}, opened as {layout}")
         else:
             layout_path.write_text(json.dumps(layout))
+
+    @contextmanager
+    def _damaged_meta(self) -> Iterator[None]:
+        """SQLite errors of a damaged or replaced sidecar become an IndexFormatError naming it."""
+        try:
+            yield
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc)):
+                raise
+            raise IndexFormatError(f"{self._meta_path}: metadata sidecar is damaged ({exc})") from None
+
+    def verify(self) -> None:
+        """Check that the sidecar describes exactly the stored vectors (call on a cleanly saved store: an
+        interrupted run may leave them apart until it is reconciled); IndexFormatError naming the file if not."""
+        with self._lock, self._damaged_meta():
+            rows = self._meta.execute("SELECT COUNT(*) FROM meta").fetchone()[0]
+        stored = len(self)
+        if rows != stored:
+            raise IndexFormatError(
+                f"{self._meta_path}: describes {rows} vectors, the shards hold {stored}; "
+                "the index's vectors were modified (re-create the index to rebuild them)"
+            )
 
     def __len__(self) -> int:
         with self._lock:
@@ -325,21 +354,25 @@ class FaissShardedIndex:
                 rows = np.flatnonzero(targets == number)
                 if len(rows):
                     shard.add(ids[rows], vectors[rows])
-            self._meta.execute("BEGIN")
-            self._meta.executemany(
-                "INSERT OR REPLACE INTO meta VALUES (?, ?, ?)",
-                [
-                    (int(i), int(t), json.dumps(dict(m), sort_keys=True))
-                    for i, t, m in zip(ids, targets, meta)
-                ],
-            )
-            self._meta.execute("COMMIT")
+            with self._damaged_meta():
+                self._write_meta(ids, targets, meta)
+
+    def _write_meta(self, ids: np.ndarray, targets: np.ndarray, meta: Sequence[Mapping[str, Any]]) -> None:
+        self._meta.execute("BEGIN")
+        self._meta.executemany(
+            "INSERT OR REPLACE INTO meta VALUES (?, ?, ?)",
+            [
+                (int(i), int(t), json.dumps(dict(m), sort_keys=True))
+                for i, t, m in zip(ids, targets, meta)
+            ],
+        )
+        self._meta.execute("COMMIT")
 
     def delete(self, ids: np.ndarray) -> None:
         ids = np.asarray(ids, dtype=np.int64)
         if not len(ids):
             return
-        with self._lock:
+        with self._lock, self._damaged_meta():
             located: dict[int, list[int]] = {}
             for start in range(0, len(ids), 900):
                 batch = ids[start : start + 900].tolist()
@@ -350,6 +383,12 @@ class FaissShardedIndex:
                     located.setdefault(shard, []).append(vid)
             for shard, vids in located.items():
                 self._shards[shard].remove(np.array(vids, dtype=np.int64))
+            # An id the sidecar no longer knows may still be in a shard file (a run killed after the sidecar
+            # committed its delete, before the shard was saved): look for it in every shard.
+            unlocated = np.setdiff1d(ids, np.fromiter((v for vs in located.values() for v in vs), np.int64))
+            if len(unlocated):
+                for shard in self._shards:
+                    shard.remove(unlocated[np.isin(unlocated, shard.stored_ids())])
             self._meta.execute("BEGIN")
             self._meta.executemany("DELETE FROM meta WHERE id = ?", [(int(i),) for i in ids])
             self._meta.execute("COMMIT")
@@ -363,7 +402,9 @@ class FaissShardedIndex:
             clauses.append("json_extract(meta, ?) = ?")
             params += [f'$."{key}"', value]
         sql = "SELECT id, shard FROM meta WHERE " + " AND ".join(clauses)
-        rows = np.array(self._meta.execute(sql, params).fetchall(), dtype=np.int64).reshape(-1, 2)
+        with self._damaged_meta():
+            found = self._meta.execute(sql, params).fetchall()
+        rows = np.array(found, dtype=np.int64).reshape(-1, 2)
         return [np.ascontiguousarray(rows[rows[:, 1] == n, 0]) for n in range(self.num_shards)]
 
     def search(
