@@ -182,7 +182,11 @@ class Index:
                 self._vectors = open_vector_index(self.path, self.manifest.dimension, self.manifest.vectors)
                 verify = getattr(self._vectors, "verify", None)
                 if stamp == generation and verify is not None:
-                    verify()  # saved in step with the catalog: its files must agree with one another
+                    # saved in step with the catalog, so its files must agree with one another, unless a writer
+                    # is at work right now (its sidecar commits run ahead of its shard saves)
+                    with self.writer_lock(blocking=False) as locked:
+                        if locked and self.vector_generation == stamp == self.catalog.generation:
+                            verify()
                 self._vectors_stamp = stamp
                 self._vectors_generation = stamp if stamp == generation else None
             if self._vectors_generation != generation and stamp != generation:
