@@ -4,9 +4,10 @@
 
 Extracting 100k real passages would take hours on 2 cores, so the graph is synthetic with the shape measured on
 MuSiQue: per chunk one title entity, ~8 named-entity and ~12 noun-phrase mentions drawn from vocabularies with a
-Zipf head and a long tail, ~14 parsed relations and ~10 co-occurrences among them. Everything at query time is real: the spaCy
-parse of the question, MiniLM embeddings of the question and its named phrases, an exact dense search over 100k
-384-d vectors (numpy, the cost of a flat FAISS index), entity linking against entity-name vectors, and the walk.
+Zipf head and a long tail, ~14 parsed relations and ~10 co-occurrences among them. Everything at query time is
+real: the spaCy parse of the question, MiniLM embeddings of the question and its named phrases, an exact dense
+search over 100k 384-d vectors (numpy, the cost of a flat FAISS index), entity linking against entity-name vectors,
+and the walk.
 Questions name entities of the graph ("When did Talvor Menske's mother die?").
 """
 

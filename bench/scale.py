@@ -103,7 +103,9 @@ def tenant_of(ids: np.ndarray) -> np.ndarray:
 
 
 def meta_rows(lo: int, hi: int) -> list[dict[str, str]]:
-    return [{"doc_id": f"d{i // CHUNKS_PER_DOC}", "tenant": f"t{(i // CHUNKS_PER_DOC) % TENANTS}"} for i in range(lo, hi)]
+    return [
+        {"doc_id": f"d{i // CHUNKS_PER_DOC}", "tenant": f"t{(i // CHUNKS_PER_DOC) % TENANTS}"} for i in range(lo, hi)
+    ]
 
 
 def exact_topk(data: Synthetic, n: int, queries: np.ndarray, batch: int) -> dict[str, np.ndarray]:
@@ -257,7 +259,7 @@ def run_child(spec: dict[str, Any]) -> list[dict[str, Any]]:
             _, ids = index.search(q[None], K)
             latencies.append(time.perf_counter() - started)
             found.append(ids[0])
-        recall = float(np.mean([len(set(f) & set(t)) / K for f, t in zip(found, truth["ids"])]))
+        recall = float(np.mean([len(set(f) & set(t)) / K for f, t in zip(found, truth["ids"], strict=False)]))
 
         many = queries[: spec["batch_queries"]]
         started = time.perf_counter()
@@ -284,7 +286,7 @@ def run_child(spec: dict[str, Any]) -> list[dict[str, Any]]:
             result["where_p50_ms"] = float(np.percentile(latencies, 50) * 1e3)
             result["where_p99_ms"] = float(np.percentile(latencies, 99) * 1e3)
             result["where_recall"] = float(
-                np.mean([len(set(f) & set(t)) / K for f, t in zip(found, truth["where_ids"])])
+                np.mean([len(set(f) & set(t)) / K for f, t in zip(found, truth["where_ids"], strict=False)])
             )
             result["where_ok"] = bool(all(tenant_of(f[f >= 0]).max(initial=0) == 0 for f in found))
         result["rss_end_gb"] = proc_status()["VmRSS"]
@@ -307,7 +309,8 @@ def describe(r: dict[str, Any]) -> str:
         return f"M={o['hnsw_m']} efC={o['ef_construction']} efS={o['ef_search']}"
     if r["kind"] == "ivfpq":
         return (
-            f"nlist={o['nlist']} nprobe={o['nprobe']} PQ{o['pq_m']} train={o['train_size']:,} refine×{o['refine_factor']}"
+            f"nlist={o['nlist']} nprobe={o['nprobe']} PQ{o['pq_m']} train={o['train_size']:,} "
+            f"refine×{o['refine_factor']}"
         )
     return "exact"
 
@@ -402,7 +405,8 @@ def main() -> int:
         truth_path = scratch / "truth.npz"
         np.savez(truth_path, ids=truth["ids"][: args.recall_queries], where_ids=truth["where_ids"])
         print(
-            f"data: {args.topics} topics, exact top-{K} of {len(recall_q)} queries in {time.perf_counter() - started:.0f} s; "
+            f"data: {args.topics} topics, exact top-{K} of {len(recall_q)} queries "
+            f"in {time.perf_counter() - started:.0f} s; "
             f"cosine to nearest {np.mean(truth['top1']):.3f}, to 10th {np.mean(truth['top10']):.3f}, "
             f"to a random vector {np.mean(truth['random']):.3f} (± {np.std(truth['random']):.3f})"
         )
@@ -444,7 +448,8 @@ def main() -> int:
                         print(
                             f"{kind:5} x{shards}: build {result['build_s']:7.1f} s (sqlite {result['sqlite_s']:.1f} s, "
                             f"save {result['save_s']:.1f} s)  RSS {result['rss_gb']:.2f} GB "
-                            f"(peak {result['peak_gb']:.2f})  p50 {result['p50_ms']:.2f} ms  p99 {result['p99_ms']:.2f} ms  "
+                            f"(peak {result['peak_gb']:.2f})  p50 {result['p50_ms']:.2f} ms  "
+                            f"p99 {result['p99_ms']:.2f} ms  "
                             f"{result['qps']:,.0f} q/s  recall@10 {result['recall']:.3f}"
                             + (
                                 f"  filtered p50 {result['where_p50_ms']:.1f} ms recall {result['where_recall']:.3f}"

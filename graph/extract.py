@@ -118,7 +118,7 @@ class SpacyExtractor:
         titles = titles or {}
         raws = self._raw_extractions([c.text for c in chunks])
         pending: list[ChunkExtraction] = []
-        for chunk, (mentions, relations) in zip(chunks, raws):
+        for chunk, (mentions, relations) in zip(chunks, raws, strict=False):
             if pending and pending[-1].doc_id != chunk.doc_id:
                 yield from resolve_document(pending)
                 pending = []
@@ -220,7 +220,9 @@ def extract_doc(
         if not key or key.isdigit():
             continue
         token_mention.update(dict.fromkeys(range(ent.start, ent.end), len(mentions)))
-        mentions.append(EntityMention(key, ent.text, ent.label_, "entity", ent.start_char, ent.end_char, sentence_of[ent.start]))
+        mentions.append(
+            EntityMention(key, ent.text, ent.label_, "entity", ent.start_char, ent.end_char, sentence_of[ent.start])
+        )
     if noun_phrases:
         for tok in doc:
             if tok.i in token_mention or not tok.tag_.startswith("NN"):
@@ -238,7 +240,11 @@ def extract_doc(
             if not key or key.isdigit():
                 continue
             token_mention[tok.i] = len(mentions)
-            mentions.append(EntityMention(key, span.text, "NOUN", "noun_phrase", span.start_char, span.end_char, sentence_of[tok.i]))
+            mentions.append(
+                EntityMention(
+                    key, span.text, "NOUN", "noun_phrase", span.start_char, span.end_char, sentence_of[tok.i]
+                )
+            )
     relations = _dependency_relations(doc, mentions, token_mention)
     relations += _cooccurrences(mentions, max_cooccur)
     return tuple(mentions), tuple(dict.fromkeys(relations))

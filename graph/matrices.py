@@ -93,13 +93,16 @@ def compile_matrices(snapshot: GraphSnapshot, settings: GraphSettings) -> GraphM
     relations.sum_duplicates()
     typed = snapshot.relation_kind.astype(str) != "cooccur"
     typed_relations = sp.csr_matrix(
-        (np.ones(2 * int(typed.sum())), (np.concatenate([src[typed], dst[typed]]), np.concatenate([dst[typed], src[typed]]))),
+        (
+            np.ones(2 * int(typed.sum())),
+            (np.concatenate([src[typed], dst[typed]]), np.concatenate([dst[typed], src[typed]])),
+        ),
         shape=(n_entities, n_entities),
     )
     typed_relations.data[:] = 1.0
 
     alias_rows: dict[str, list[int]] = {}
-    for alias, row in zip(snapshot.alias_keys, snapshot.alias_entity):
+    for alias, row in zip(snapshot.alias_keys, snapshot.alias_entity, strict=False):
         alias_rows.setdefault(alias, []).append(int(row))
     return GraphMatrices(
         generation=snapshot.generation,

@@ -114,4 +114,6 @@ def _rekey(mention: EntityMention, mapping: dict[str, str]) -> EntityMention:
     key = mapping.get(mention.key)
     if key is None:
         return mention
-    return EntityMention(key, mention.surface, mention.label, mention.kind, mention.start, mention.end, mention.sentence)
+    return EntityMention(
+        key, mention.surface, mention.label, mention.kind, mention.start, mention.end, mention.sentence
+    )

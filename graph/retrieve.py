@@ -105,7 +105,7 @@ class _GraphSearchBase:
             missing = [k for k in keys if k not in found]
             for i in range(0, len(missing), 1024):
                 part = missing[i : i + 1024]
-                found.update(zip(part, np.asarray(self.embedder.embed_documents(part), dtype=np.float32)))
+                found.update(zip(part, np.asarray(self.embedder.embed_documents(part), dtype=np.float32), strict=False))
             vectors = np.stack([found[k] for k in keys]) if keys else np.zeros((0, 0), dtype=np.float32)
             self._derived["linkable_vectors"] = (np.ascontiguousarray(vectors, dtype=np.float32), rows)
         return self._derived["linkable_vectors"]
@@ -120,7 +120,7 @@ class _GraphSearchBase:
         weight = np.zeros(matrices.n_chunks)
         if hits:
             relative = np.exp((dense_scores - dense_scores.max()) / s.dense_temperature)
-            for cid, w in zip(dense_ids, relative):
+            for cid, w in zip(dense_ids, relative, strict=False):
                 row = matrices.chunk_row.get(cid)
                 if row is not None:
                     weight[row] = max(weight[row], w)
@@ -182,7 +182,7 @@ class _GraphSearchBase:
         """Dense candidates outside the graph (chunks without any entity), to fill a ranking."""
         return [
             (cid, float(score), {"mode": self.mode, "dense_rank": rank})
-            for rank, (cid, score) in enumerate(zip(ev.dense_ids, ev.dense_scores))
+            for rank, (cid, score) in enumerate(zip(ev.dense_ids, ev.dense_scores, strict=False))
             if cid not in taken and cid not in ev.matrices.chunk_row
         ][:k]
 
@@ -285,7 +285,7 @@ class MultiHopRetriever(_GraphSearchBase):
             best = ev.dense_scores.max()
             floor = np.exp((ev.dense_scores.min() - best) / s.path_temperature)
             prior[:] = floor
-            for cid, score in zip(ev.dense_ids, ev.dense_scores):
+            for cid, score in zip(ev.dense_ids, ev.dense_scores, strict=False):
                 row = m.chunk_row.get(cid)
                 if row is not None:
                     prior[row] = max(prior[row], np.exp((score - best) / s.path_temperature))
@@ -361,7 +361,11 @@ class MultiHopRetriever(_GraphSearchBase):
                 rank = ev.dense_ids.index(str(m.chunk_ids[value])) if str(m.chunk_ids[value]) in ev.dense_ids else -1
                 steps.append({"entity": None, "relation": "dense hit", "chunk": str(m.chunk_ids[value]),
                               "dense_rank": rank})
-            elif kind == "chunk" and previous_entity is not None and (not steps or steps[-1]["chunk"] != str(m.chunk_ids[value])):
+            elif (
+                kind == "chunk"
+                and previous_entity is not None
+                and (not steps or steps[-1]["chunk"] != str(m.chunk_ids[value]))
+            ):
                 relation = "about" if _row_has(m.about, value, previous_entity) else "mentioned in"
                 steps.append({"entity": str(m.names[previous_entity]), "relation": relation,
                               "chunk": str(m.chunk_ids[value])})

@@ -188,7 +188,9 @@ class GraphStore:
         for i in range(0, len(values), _BATCH):
             part = values[i : i + _BATCH]
             marks = ",".join("?" * len(part))
-            touched.update(r[0] for r in conn.execute(f"SELECT entity_id FROM graph_mentions WHERE {column} IN ({marks})", part))
+            touched.update(
+                r[0] for r in conn.execute(f"SELECT entity_id FROM graph_mentions WHERE {column} IN ({marks})", part)
+            )
             edges.update(
                 conn.execute(
                     f"SELECT source, target, label, kind FROM graph_relation_mentions WHERE {column} IN ({marks})", part
@@ -318,7 +320,7 @@ class GraphStore:
             vectors = np.asarray(embed(part), dtype=np.float32)
             self.conn.executemany(
                 "INSERT OR REPLACE INTO graph_name_vectors(key, model, vector) VALUES (?, ?, ?)",
-                [(key, model, vec.tobytes()) for key, vec in zip(part, vectors)],
+                [(key, model, vec.tobytes()) for key, vec in zip(part, vectors, strict=False)],
             )
         return len(missing)
 
@@ -345,8 +347,8 @@ class GraphStore:
         """The graph as a ``networkx.MultiDiGraph``: one node per entity key, one edge per relation.
 
         Node attributes: ``name``, ``label``, ``aliases`` (other surface forms), ``chunks``, ``documents``.
-        Edge attributes (edge key = ``kind:label``): ``label``, ``kind`` (svo/prep/appos/cooccur), ``chunks``, ``weight``
-        (number of chunks that state it).
+        Edge attributes (edge key = ``kind:label``): ``label``, ``kind`` (svo/prep/appos/cooccur), ``chunks``,
+        ``weight`` (number of chunks that state it).
         """
         import networkx as nx
 

@@ -45,7 +45,8 @@ class IndexReport:
         return {
             "added": self.added, "updated": self.updated, "unchanged": self.unchanged, "removed": self.removed,
             "failed": self.failed, "chunks": self.chunks, "embedded": self.embedded,
-            "seconds": round(self.seconds, 3), "errors": [{"source": e.source, "reason": e.reason} for e in self.errors],
+            "seconds": round(self.seconds, 3),
+            "errors": [{"source": e.source, "reason": e.reason} for e in self.errors],
         }
 
 

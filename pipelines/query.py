@@ -32,8 +32,8 @@ def dense_ranked(index: Index, queries: Sequence[str], k: int, where: Mapping[st
     scores, ids = index.vectors.search(np.asarray(vectors, dtype=np.float32), k, where)
     found = index.catalog.chunk_ids_of_vectors(ids[ids >= 0].tolist())
     return [
-        [(found[v], float(s)) for s, v in zip(row_scores, row_ids) if v >= 0 and v in found]
-        for row_scores, row_ids in zip(scores, ids)
+        [(found[v], float(s)) for s, v in zip(row_scores, row_ids, strict=False) if v >= 0 and v in found]
+        for row_scores, row_ids in zip(scores, ids, strict=False)
     ]
 
 
@@ -58,7 +58,7 @@ def hybrid_ranked(
         [(str(cid), score) for cid, score in reciprocal_rank_fusion(
             [[c for c, _ in d], [c for c, _ in b]], k, constant=constant
         )]
-        for d, b in zip(dense, keyword)
+        for d, b in zip(dense, keyword, strict=False)
     ]
 
 
@@ -122,4 +122,4 @@ def answer_many(
     generate_many = getattr(resolved, "generate_many", None)
     if generate_many is not None:
         return list(generate_many(questions, hits))
-    return [resolved.generate(q, h) for q, h in zip(questions, hits)]
+    return [resolved.generate(q, h) for q, h in zip(questions, hits, strict=False)]

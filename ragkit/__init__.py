@@ -50,14 +50,14 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from ragkit.config import Settings, load_settings
+    from ragkit.config import Settings, load_settings  # noqa: F401
     from ragkit.errors import (
-        ConfigError,
-        DimensionMismatchError,
-        EmbedderMismatchError,
-        GeneratorError,
-        IndexFormatError,
-        RagkitError,
+        ConfigError,  # noqa: F401
+        DimensionMismatchError,  # noqa: F401
+        EmbedderMismatchError,  # noqa: F401
+        GeneratorError,  # noqa: F401
+        IndexFormatError,  # noqa: F401
+        RagkitError,  # noqa: F401
     )
-    from ragkit.index import Index
-    from ragkit.types import Answer, Chunk, Document, Hit, LoadError
+    from ragkit.index import Index  # noqa: F401
+    from ragkit.types import Answer, Chunk, Document, Hit, LoadError  # noqa: F401

@@ -65,7 +65,7 @@ class BM25Index:
         """
         if self._retriever is None:
             return [[] for _ in queries]
-        results = []
+        results: list[list[tuple[str, float]]] = []
         for tokens in self._tokens(queries):
             scores = self._retriever.get_scores(tokens) if tokens else np.zeros(len(self.chunk_ids))
             if mask is not None:

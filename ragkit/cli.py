@@ -161,11 +161,11 @@ def cmd_ask(args: argparse.Namespace) -> int:
         if args.json or args.file:
             generate_many = getattr(generator, "generate_many", None)
             answers = generate_many(questions, hits) if generate_many else [
-                generator.generate(q, h) for q, h in zip(questions, hits)
+                generator.generate(q, h) for q, h in zip(questions, hits, strict=False)
             ]
             generated = time.perf_counter()
             timings = {"retrieve": (retrieved - started) * 1000, "generate": (generated - retrieved) * 1000}
-            for question, answer, question_hits in zip(questions, answers, hits):
+            for question, answer, question_hits in zip(questions, answers, hits, strict=False):
                 payload = _answer_json(question, answer, question_hits, timings, len(questions))
                 print(json.dumps(payload, ensure_ascii=False)) if args.json else _print_answer(
                     answer, question_hits, args.explain

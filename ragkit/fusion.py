@@ -55,7 +55,7 @@ def reciprocal_rank_fusion(
     if len(weights) != len(rankings):
         raise ValueError(f"got {len(weights)} weights for {len(rankings)} rankings")
     fused: dict[Hashable, float] = {}
-    for ranking, weight in zip(rankings, weights):
+    for ranking, weight in zip(rankings, weights, strict=False):
         for rank, item in enumerate(ranking, start=1):
             fused[item] = fused.get(item, 0.0) + weight / (constant + rank)
     ordered = sorted(fused.items(), key=lambda kv: -kv[1])

@@ -1,4 +1,5 @@
-"""``manifest.json``: what an index is (format version, embedder, chunking, vector backend), read before anything else."""
+"""``manifest.json``: what an index is (format version, embedder, chunking, vector backend), read before anything
+else."""
 
 from __future__ import annotations
 
@@ -37,7 +38,9 @@ class Manifest:
     def load(cls, directory: Path) -> Manifest:
         path = directory / MANIFEST
         if not path.exists():
-            raise IndexFormatError(f"{path}: no manifest; is {directory} a ragkit index? (create one with `ragkit index`)")
+            raise IndexFormatError(
+                f"{path}: no manifest; is {directory} a ragkit index? (create one with `ragkit index`)"
+            )
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (ValueError, UnicodeDecodeError) as exc:

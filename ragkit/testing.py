@@ -74,4 +74,4 @@ class ScriptedGenerator:
         yield from re.findall(r"\S+\s*", self.generate(question, hits).text)
 
     def generate_many(self, questions: Sequence[str], hits: Sequence[Sequence[Hit]]) -> list[Answer]:
-        return [self.generate(q, h) for q, h in zip(questions, hits)]
+        return [self.generate(q, h) for q, h in zip(questions, hits, strict=False)]

@@ -31,10 +31,22 @@ DOC_A = [
 DOC_B = [
     ChunkExtraction(
         "b1", "B",
-        (m("London", "GPE"), m("LONDON", "GPE"), m("John Watson"), m("Baker Street", "FAC"), m("detective", "NOUN", "noun_phrase")),
-        (r("john watson", "london", "lives in"), r("john watson", "baker street", "lives at"), r("detective", "london", "in", "prep")),
+        (
+            m("London", "GPE"),
+            m("LONDON", "GPE"),
+            m("John Watson"),
+            m("Baker Street", "FAC"),
+            m("detective", "NOUN", "noun_phrase"),
+        ),
+        (
+            r("john watson", "london", "lives in"),
+            r("john watson", "baker street", "lives at"),
+            r("detective", "london", "in", "prep"),
+        ),
     ),
-    ChunkExtraction("b2", "B", (m("LONDON", "GPE"), m("Scotland Yard", "ORG")), (r("scotland yard", "london", "in", "prep"),)),
+    ChunkExtraction(
+        "b2", "B", (m("LONDON", "GPE"), m("Scotland Yard", "ORG")), (r("scotland yard", "london", "in", "prep"),)
+    ),
 ]
 
 

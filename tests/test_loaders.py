@@ -12,9 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pypdf import PdfWriter
 from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject
-from ragkit.connectors.loaders import SUPPORTED_SUFFIXES, RowFields, glob_regex, load_file, load_sources
 
 from ragkit.chunking import TokenChunker, WhitespaceTokenOffsets
+from ragkit.connectors.loaders import SUPPORTED_SUFFIXES, RowFields, glob_regex, load_file, load_sources
 from ragkit.types import Document, LoadError, sha1_hex
 
 DEFAULT_FIELDS = RowFields()

@@ -42,7 +42,10 @@ class EmbeddingCache:
         return found
 
     def put_many(self, hashes: Sequence[str], vectors: np.ndarray) -> None:
-        rows = [(self.model, h, np.ascontiguousarray(v, dtype=np.float32).tobytes()) for h, v in zip(hashes, vectors)]
+        rows = [
+            (self.model, h, np.ascontiguousarray(v, dtype=np.float32).tobytes())
+            for h, v in zip(hashes, vectors, strict=False)
+        ]
         with self._lock:
             self._conn.execute("BEGIN")
             self._conn.executemany("INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?)", rows)
@@ -54,10 +57,10 @@ class EmbeddingCache:
         found = self.get_many(list(dict.fromkeys(hashes)))
         missing = list(dict.fromkeys(h for h in hashes if h not in found))
         if missing:
-            text_of = dict(zip(hashes, texts))
+            text_of = dict(zip(hashes, texts, strict=False))
             fresh = embed([text_of[h] for h in missing])
             self.put_many(missing, fresh)
-            found.update(zip(missing, fresh))
+            found.update(zip(missing, fresh, strict=False))
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         for row, text_hash in enumerate(hashes):
             out[row] = found[text_hash]

@@ -348,7 +348,7 @@ class FaissShardedIndex:
         with self._lock:
             self.delete(ids)
             targets = np.array(
-                [shard_of(str(m.get("doc_id", i)), self.num_shards) for i, m in zip(ids.tolist(), meta)]
+                [shard_of(str(m.get("doc_id", i)), self.num_shards) for i, m in zip(ids.tolist(), meta, strict=False)]
             )
             for number, shard in enumerate(self._shards):
                 rows = np.flatnonzero(targets == number)
@@ -363,7 +363,7 @@ class FaissShardedIndex:
             "INSERT OR REPLACE INTO meta VALUES (?, ?, ?)",
             [
                 (int(i), int(t), json.dumps(dict(m), sort_keys=True))
-                for i, t, m in zip(ids, targets, meta)
+                for i, t, m in zip(ids, targets, meta, strict=False)
             ],
         )
         self._meta.execute("COMMIT")
