@@ -239,7 +239,7 @@ class FaissShardedIndex:
         *,
         hnsw_m: int = 32,
         ef_construction: int = 80,
-        ef_search: int = 128,
+        ef_search: int = 768,
         nlist: int = 1024,
         pq_m: int | None = None,
         nprobe: int = 32,
