@@ -13,11 +13,11 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
-from ragkit.errors import IndexFormatError
+from ragkit.errors import IndexFormatError, sqlite_damage
 from ragkit.types import Chunk, Document, vector_id
 
 SCHEMA = """
@@ -95,18 +95,8 @@ class Catalog:
                     self._conn.execute("ROLLBACK")
                 raise
 
-    @contextmanager
-    def _damaged(self) -> Iterator[None]:
-        """SQLite errors of a damaged or tampered catalog become an IndexFormatError naming it (a busy
-        database, a constraint violation or a misused API stay what they are)."""
-        try:
-            yield
-        except sqlite3.DatabaseError as exc:
-            if isinstance(exc, sqlite3.IntegrityError | sqlite3.ProgrammingError) or (
-                isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
-            ):
-                raise
-            raise IndexFormatError(f"{self.path}: catalog is damaged or was modified ({exc})") from None
+    def _damaged(self) -> AbstractContextManager[None]:
+        return sqlite_damage(self.path, "catalog is damaged or was modified")
 
     def _json(self, text: Any, what: str) -> dict[str, Any]:
         """A JSON object stored in the catalog; anything else is an IndexFormatError naming the catalog."""

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
 
 class RagkitError(Exception):
     """Base class of every error ragkit raises on purpose."""
@@ -32,3 +37,17 @@ def missing_extra(package: str, extra: str) -> ImportError:
     return ImportError(
         f"{package} is not installed; it comes with ragkit's {extra!r} extra: pip install 'ragkit[{extra}]'"
     )
+
+
+@contextmanager
+def sqlite_damage(path: Path, what: str) -> Iterator[None]:
+    """SQLite errors of a damaged or tampered database file become an IndexFormatError naming ``path``:
+    ``"{path}: {what} ({error})"``. A busy database, a constraint violation or a misused API stay what they are."""
+    try:
+        yield
+    except sqlite3.DatabaseError as exc:
+        if isinstance(exc, sqlite3.IntegrityError | sqlite3.ProgrammingError) or (
+            isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
+        ):
+            raise
+        raise IndexFormatError(f"{path}: {what} ({exc})") from None

@@ -12,10 +12,9 @@ import fcntl
 import functools
 import json
 import os
-import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from ragkit.catalog import Catalog
 from ragkit.config import Settings
 from ragkit.connectors.embedders import EmbeddingCache, make_embedder
 from ragkit.connectors.vectors import open_vector_index
-from ragkit.errors import ConfigError, EmbedderMismatchError, IndexFormatError
+from ragkit.errors import ConfigError, EmbedderMismatchError, IndexFormatError, sqlite_damage
 from ragkit.manifest import MANIFEST, Manifest
 from ragkit.protocols import Embedder, Generator, VectorIndex
 from ragkit.types import Answer, Document, Hit
@@ -152,17 +151,8 @@ class Index:
         with self._damaged_cache():
             return cache.embed(texts, self.embedder.embed_documents)
 
-    @contextmanager
-    def _damaged_cache(self) -> Iterator[None]:
-        try:
-            yield
-        except sqlite3.DatabaseError as exc:
-            if isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc)):
-                raise
-            raise IndexFormatError(
-                f"{self.path / EMBEDDINGS}: embedding cache is damaged ({exc}); "
-                "delete it (it is only a cache)"
-            ) from None
+    def _damaged_cache(self) -> AbstractContextManager[None]:
+        return sqlite_damage(self.path / EMBEDDINGS, "embedding cache is damaged; delete it (it is only a cache)")
 
     @property
     def vectors(self) -> VectorIndex:

@@ -13,16 +13,16 @@ import os
 import sqlite3
 import threading
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Literal
 
 import faiss
 import numpy as np
 
-from ragkit.errors import DimensionMismatchError, IndexFormatError
+from ragkit.errors import DimensionMismatchError, IndexFormatError, sqlite_damage
 from ragkit.fusion import empty_result, merge_topk
 
 FaissKind = Literal["flat", "hnsw", "ivfpq"]
@@ -298,15 +298,8 @@ class FaissShardedIndex:
         else:
             layout_path.write_text(json.dumps(layout))
 
-    @contextmanager
-    def _damaged_meta(self) -> Iterator[None]:
-        """SQLite errors of a damaged or replaced sidecar become an IndexFormatError naming it."""
-        try:
-            yield
-        except sqlite3.DatabaseError as exc:
-            if isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc)):
-                raise
-            raise IndexFormatError(f"{self._meta_path}: metadata sidecar is damaged ({exc})") from None
+    def _damaged_meta(self) -> AbstractContextManager[None]:
+        return sqlite_damage(self._meta_path, "metadata sidecar is damaged")
 
     def verify(self) -> None:
         """Check that the sidecar describes exactly the stored vectors (call on a cleanly saved store: an
