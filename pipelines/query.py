@@ -95,7 +95,7 @@ def _to_hits(
         hits = []
         for position, (cid, score) in enumerate(row):
             chunk = chunks.get(cid)
-            if chunk is None:  # deleted between search and lookup
+            if chunk is None or chunk.doc_id not in sources:  # deleted between search and lookups
                 continue
             explain = explains[row_number][position] if explains else None
             hits.append(Hit(chunk, score, mode, sources.get(chunk.doc_id, ""), explain))
