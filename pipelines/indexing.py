@@ -178,7 +178,7 @@ def _write_changed(
     total = sum(len(chunks) for _, _, chunks in chunked)
     report.chunks = total
     done = 0
-    graph = _graph_writer(index)
+    graph = _graph_writer(index, min(total, BATCH_CHUNKS))
     batches: list[list[tuple[Document, str, list[Chunk]]]] = [[]]
     size = 0
     for entry in chunked:
@@ -226,12 +226,12 @@ def _write_batch(
     return computed
 
 
-def _graph_writer(index: Index) -> Any:
+def _graph_writer(index: Index, expected_chunks: int) -> Any:
     if not index.manifest.graph:
         return None
     from ragkit.pipelines.graph_indexing import GraphWriter
 
-    return GraphWriter(index)
+    return GraphWriter(index, expected_chunks)
 
 
 def _sync_removed(

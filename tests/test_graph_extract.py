@@ -106,3 +106,53 @@ def test_worker_processes_match_in_process_extraction() -> None:
     single = list(SpacyExtractor(GraphSettings(n_process=1)).extract(chunks))
     with SpacyExtractor(GraphSettings(n_process=2, batch_size=2)) as parallel:
         assert list(parallel.extract(chunks)) == single
+
+
+def _annotations(doc: Any) -> list[tuple[Any, ...]]:
+    return [(t.tag_, t.dep_, t.head.i, t.ent_iob_, t.ent_type_, t.is_sent_start) for t in doc]
+
+
+def test_annotate_gives_the_same_annotations_as_nlp_pipe() -> None:
+    """The batch-wise decoder of the parser and the entity recognizer against spaCy's own, on this repository's
+    documentation (real prose with names, code and lists) in uneven batches."""
+    from pathlib import Path
+
+    from ragkit.graph.extract import annotate
+
+    docs_dir = Path(__file__).resolve().parents[1] / "docs"
+    texts = [p for f in sorted(docs_dir.glob("*.md")) for p in f.read_text().split("\n\n") if p.strip()][:300]
+    texts += ["", " ", "Hello.", *(text for _, text in TEXTS.values())]
+    nlp = load_pipeline()
+    expected = [_annotations(doc) for doc in nlp.pipe(texts, batch_size=64)]
+    got = [_annotations(doc) for doc in annotate(nlp, texts, batch_size=37)]
+    assert len(got) == len(texts)
+    assert sum(a != b for a, b in zip(got, expected, strict=True)) == 0
+    assert sum(1 for doc in expected for t in doc if t[3] == "B") > 100  # the texts do have entities
+
+
+def test_annotate_runs_components_that_are_not_parsers() -> None:
+    import spacy
+
+    from ragkit.graph.extract import annotate
+
+    nlp = spacy.blank("en")
+    nlp.add_pipe("sentencizer")
+    nlp.add_pipe("entity_ruler").add_patterns([{"label": "ORG", "pattern": "Clark University"}])
+    texts = ["The APA was founded at Clark University. It grew.", "Nothing here."]
+    got = [([(e.text, e.label_) for e in d.ents], [s.text for s in d.sents]) for d in annotate(nlp, texts)]
+    assert got == [([("Clark University", "ORG")], ["The APA was founded at Clark University.", "It grew."]),
+                   ([], ["Nothing here."])]
+
+
+def test_workers_skip_pytorch_only_for_pipelines_without_it(tmp_path: Any) -> None:
+    from ragkit.graph.extract import _needs_torch, default_model
+
+    assert not _needs_torch(default_model())
+    assert not _needs_torch("")
+    trf = tmp_path / "trf"
+    trf.mkdir()
+    (trf / "config.cfg").write_text('[components.transformer]\nfactory = "curated_transformer"\n')
+    assert _needs_torch(str(trf))
+    assert _needs_torch(str(tmp_path / "missing"))  # unknown: nothing is assumed
+    assert _needs_torch("no_such_spacy_package")
+    assert _needs_torch("no_such.package")
