@@ -7,6 +7,8 @@ which jumps back to the seeds: the same convention as ``networkx.pagerank(alpha=
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -24,7 +26,7 @@ def column_stochastic(adjacency: sp.spmatrix) -> sp.csc_matrix:
 
 def personalized_pagerank(
     transition: sp.csc_matrix,
-    seeds: np.ndarray,
+    seeds: np.ndarray | tuple[np.ndarray, np.ndarray],
     damping: float = 0.5,
     iterations: int = 50,
     tolerance: float = 1e-8,
@@ -34,7 +36,9 @@ def personalized_pagerank(
 ) -> np.ndarray:
     """Stationary scores of a walk that follows edges with probability ``damping`` and else restarts at a seed.
 
-    ``transition`` is column-stochastic (``column_stochastic``, CSC), ``seeds`` non-negative with a positive sum.
+    ``transition`` is column-stochastic (``column_stochastic``, CSC). ``seeds`` is a non-negative vector with a
+    positive sum, or, for a large graph with few seeds, a pair ``(nodes, weights)`` of distinct nodes and their
+    positive weights (nothing of the graph's size is then read or written but the result).
     Computed as the series ``p = (1 - d) sum_t (d W')^t s`` (``W'`` sends dangling mass back to the seeds): the
     residual ``(d W')^t s`` lives on the few nodes near the seeds, so each step touches only their edges, not the
     whole graph. It stops when the residual mass falls below ``tolerance`` or after ``iterations`` steps (what is
@@ -43,18 +47,22 @@ def personalized_pagerank(
     chunks mention) keep what reaches them instead of spreading it thinly over their neighbours.
     ``dangling`` (nodes without out-edges) may be passed precomputed.
     """
-    total = float(seeds.sum())
-    if total <= 0:
-        raise ValueError("personalized_pagerank needs seeds with a positive sum")
     if not (sp.issparse(transition) and transition.format == "csc"):
         transition = sp.csc_matrix(transition)
+    n = transition.shape[0]
+    if isinstance(seeds, tuple):
+        seed_nodes, weights = np.asarray(seeds[0], dtype=np.int64), np.asarray(seeds[1], dtype=np.float64)
+    else:
+        seed_nodes = np.flatnonzero(seeds)
+        weights = np.asarray(seeds, dtype=np.float64)[seed_nodes]
+    total = float(weights.sum())
+    if total <= 0 or (len(weights) and weights.min() < 0):
+        raise ValueError("personalized_pagerank needs non-negative seeds with a positive sum")
     if dangling is None:
         dangling = np.diff(transition.indptr) == 0
-    n = len(seeds)
-    scratch = (np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64))  # uninitialized: written before read
-    seed_nodes = np.flatnonzero(seeds)
-    seed_mass = seeds[seed_nodes] / total
-    scores = np.zeros(n)
+    scratch = _scratch(n)
+    seed_mass = weights / total
+    scores = np.zeros(n)  # untouched pages stay unmapped: only the nodes the walk reaches cost anything
     nodes, mass = seed_nodes, seed_mass
     indptr, indices, data = transition.indptr, transition.indices, transition.data
     for _ in range(iterations):
@@ -74,6 +82,19 @@ def personalized_pagerank(
             break
     scores[nodes] += mass
     return scores
+
+
+_scratches = threading.local()
+
+
+def _scratch(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two node-indexed int64 arrays for ``_sum_duplicates``, kept per thread: every cell is written before it
+    is read, so they are never cleared, and a query on a graph of a million nodes allocates none."""
+    kept = getattr(_scratches, "arrays", None)
+    if kept is None or len(kept[0]) != n:
+        kept = (np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64))
+        _scratches.arrays = kept
+    return kept
 
 
 def _spread(

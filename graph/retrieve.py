@@ -155,13 +155,19 @@ class _GraphSearchBase:
         """PageRank mass of every node (entities, then chunks), or None without any seed."""
         s = self.settings
         m = ev.matrices
-        seeds = np.zeros(m.n_entities + m.n_chunks)
-        if ev.entity_seed.sum() > 0:
-            seeds[: m.n_entities] = s.entity_seed_weight * ev.entity_seed / ev.entity_seed.sum()
-        if ev.dense_weight.sum() > 0:
-            seeds[m.n_entities :] = s.dense_seed_weight * ev.dense_weight / ev.dense_weight.sum()
-        if seeds.sum() <= 0:
+        entities = np.unique(np.array([link.row for link in ev.links], dtype=np.int64))
+        entities = entities[ev.entity_seed[entities] > 0]
+        chunks = np.flatnonzero(ev.dense_weight)
+        parts = []  # seed nodes and weights, only the few seeds: the graph has a million nodes
+        if len(entities) and s.entity_seed_weight > 0:
+            weight = ev.entity_seed[entities]
+            parts.append((entities, s.entity_seed_weight * weight / weight.sum()))
+        if len(chunks) and s.dense_seed_weight > 0:
+            weight = ev.dense_weight[chunks]
+            parts.append((m.n_entities + chunks, s.dense_seed_weight * weight / weight.sum()))
+        if not parts:
             return None
+        seeds = (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
         walk, dangling = self._walk_matrix(m)
         return personalized_pagerank(
             walk, seeds, s.damping, s.iterations, s.tolerance, s.prune, dangling, self._hubs(m)

@@ -54,9 +54,34 @@ def test_pruned_walk_is_close_and_ranks_alike() -> None:
     assert list(np.argsort(-pruned)[:5]) == list(top)
 
 
+def test_sparse_seeds_give_the_dense_result() -> None:
+    """Seeds as (nodes, weights), the form graph search uses on a large graph, and as a vector agree."""
+    graph = weighted_graph(4)
+    transition = as_transition(graph)
+    seeds = np.zeros(graph.number_of_nodes())
+    seeds[[2, 9, 40]] = [0.2, 1.0, 0.3]
+    hubs = np.zeros(len(seeds), dtype=bool)
+    hubs[11] = True
+    dense = personalized_pagerank(transition, seeds, 0.85, 30, 1e-9, prune=1e-3, absorbing=hubs)
+    sparse = personalized_pagerank(
+        transition, (np.array([40, 2, 9]), np.array([0.3, 0.2, 1.0])), 0.85, 30, 1e-9, prune=1e-3, absorbing=hubs
+    )
+    np.testing.assert_allclose(sparse, dense, rtol=0, atol=1e-15)
+    # the thread's scratch arrays are reused by the next call, of this graph or another size
+    assert personalized_pagerank(transition, seeds, 0.85, 30, 1e-9, prune=1e-3, absorbing=hubs) == pytest.approx(dense)
+    small = weighted_graph(5)
+    np.testing.assert_allclose(
+        personalized_pagerank(as_transition(small), np.eye(small.number_of_nodes())[0], 0.5, 500, 1e-13),
+        [v for _, v in sorted(nx.pagerank(small, alpha=0.5, personalization={0: 1}, tol=1e-13).items())],
+        atol=1e-9,
+    )
+
+
 def test_needs_a_seed() -> None:
     with pytest.raises(ValueError, match="positive sum"):
         personalized_pagerank(sp.csc_matrix((3, 3)), np.zeros(3))
+    with pytest.raises(ValueError, match="non-negative"):
+        personalized_pagerank(sp.csc_matrix(np.eye(3)), (np.array([0, 1]), np.array([1.0, -0.5])))
 
 
 def test_max_product_is_the_best_single_edge() -> None:
