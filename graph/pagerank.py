@@ -106,13 +106,18 @@ def _spread(
     scratch: tuple[np.ndarray, np.ndarray],
 ) -> tuple[np.ndarray, np.ndarray]:
     """``W[:, nodes] @ mass`` as a sparse (nodes, values) pair, touching only those columns."""
-    starts = indptr[nodes]
-    counts = indptr[nodes + 1] - starts
-    total = int(counts.sum())
-    if total == 0:
+    offsets, counts = _column_entries(indptr, nodes)
+    if len(offsets) == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0)
-    offsets = np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(total)
     return _sum_duplicates(indices[offsets].astype(np.int64), data[offsets] * np.repeat(mass, counts), scratch)
+
+
+def _column_entries(indptr: np.ndarray, columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions in a CSC matrix's ``indices``/``data`` of the entries of ``columns``, and their count per column."""
+    starts = indptr[columns]
+    counts = indptr[columns + 1] - starts
+    total = int(counts.sum())
+    return np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(total), counts
 
 
 def _sum_duplicates(
@@ -131,13 +136,15 @@ def max_product(matrix: sp.csc_matrix, vector: np.ndarray) -> np.ndarray:
     """``y[i] = max_j matrix[i, j] * vector[j]`` over the non-zero entries of ``vector`` (best-path relaxation).
 
     The (max, x) semiring counterpart of ``matrix @ vector``: the score of the best single edge into each node,
-    rather than the sum over all of them.
+    rather than the sum over all of them. Only the columns of the non-zero entries are read (CSC).
     """
-    active = np.flatnonzero(vector)
+    if not (sp.issparse(matrix) and matrix.format == "csc"):
+        matrix = sp.csc_matrix(matrix)
     out = np.zeros(matrix.shape[0])
+    active = np.flatnonzero(vector)
     if len(active) == 0:
         return out
-    sub = sp.csr_matrix(matrix[:, active] @ sp.diags(vector[active]))
-    if sub.nnz:
-        out = np.asarray(sub.max(axis=1).todense()).ravel()
+    offsets, counts = _column_entries(matrix.indptr, active)
+    values = matrix.data[offsets] * np.repeat(vector[active], counts)
+    np.maximum.at(out, matrix.indices[offsets], values)
     return out
