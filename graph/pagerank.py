@@ -33,6 +33,7 @@ def personalized_pagerank(
     prune: float = 0.0,
     dangling: np.ndarray | None = None,
     absorbing: np.ndarray | None = None,
+    edge_prune: float = 0.0,
 ) -> np.ndarray:
     """Stationary scores of a walk that follows edges with probability ``damping`` and else restarts at a seed.
 
@@ -42,9 +43,11 @@ def personalized_pagerank(
     Computed as the series ``p = (1 - d) sum_t (d W')^t s`` (``W'`` sends dangling mass back to the seeds): the
     residual ``(d W')^t s`` lives on the few nodes near the seeds, so each step touches only their edges, not the
     whole graph. It stops when the residual mass falls below ``tolerance`` or after ``iterations`` steps (what is
-    left is added as is). Two approximations, both off by default: ``prune > 0`` stops spreading residuals
-    smaller than that share of the seed mass, and nodes marked ``absorbing`` (hubs such as an entity half the
-    chunks mention) keep what reaches them instead of spreading it thinly over their neighbours.
+    left is added as is). Three approximations, all off by default: ``prune > 0`` stops spreading residuals
+    smaller than that share of the seed mass; ``edge_prune > 0`` stops spreading a residual that would put less
+    than that share on each out-edge of its node (the push rule of Andersen, Chung and Lang's local PageRank: an
+    entity in thousands of chunks spreads only a large residual); and nodes marked ``absorbing`` (hubs such as an
+    entity half the chunks mention) keep what reaches them instead of spreading it thinly over their neighbours.
     ``dangling`` (nodes without out-edges) may be passed precomputed.
     """
     if not (sp.issparse(transition) and transition.format == "csc"):
@@ -69,6 +72,8 @@ def personalized_pagerank(
         scores[nodes] += (1.0 - damping) * mass
         lost = float(mass[dangling[nodes]].sum())
         spread = mass > prune
+        if edge_prune > 0:
+            spread &= mass > edge_prune * (indptr[nodes + 1] - indptr[nodes])
         if absorbing is not None:
             held = spread & absorbing[nodes]
             scores[nodes[held]] += damping * mass[held]

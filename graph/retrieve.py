@@ -170,7 +170,7 @@ class _GraphSearchBase:
         seeds = (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
         walk, dangling = self._walk_matrix(m)
         return personalized_pagerank(
-            walk, seeds, s.damping, s.iterations, s.tolerance, s.prune, dangling, self._hubs(m)
+            walk, seeds, s.damping, s.iterations, s.tolerance, s.prune, dangling, self._hubs(m), s.edge_prune
         )
 
     def _hubs(self, m: GraphMatrices) -> np.ndarray | None:

@@ -54,6 +54,7 @@ class GraphSettings:
     walk_specificity: bool = False  # a walker at a chunk prefers its more specific entities
     specificity_power: float = 1.0
     prune: float = 1e-4  # PageRank residual below which a node does not spread further (0: exact)
+    edge_prune: float = 1e-6  # ... nor when it would put less than this on each of its edges (0: off)
     hub_fraction: float = 0.02  # entities in more than this share of the chunks absorb walk mass (0: none)
     hub_min_chunks: int = 20
     dense_seed_weight: float = 1.0
@@ -112,6 +113,8 @@ class GraphSettings:
             ("max_hops", self.max_hops >= 1, ">= 1"),
             ("dense_candidates", self.dense_candidates >= 0, ">= 0"),
             ("hop_decay", 0.0 < self.hop_decay <= 1.0, "in (0, 1]"),
+            ("prune", 0.0 <= self.prune < 1.0, "in [0, 1) (0: exact)"),
+            ("edge_prune", 0.0 <= self.edge_prune < 1.0, "in [0, 1) (0: off)"),
         ]
         for name, ok, expected in checks:
             if not ok:

@@ -54,6 +54,26 @@ def test_pruned_walk_is_close_and_ranks_alike() -> None:
     assert list(np.argsort(-pruned)[:5]) == list(top)
 
 
+def test_edge_prune_stops_a_small_residual_at_a_node_of_many_edges() -> None:
+    # seed 0 -> 1 (strong) and 0 -> 2 (weak); 2 -> 3..102 (a hub of 100 edges); 1 -> 103
+    rows, cols, vals = [1, 2, 103], [0, 0, 1], [1.0, 0.05, 1.0]
+    rows += list(range(3, 103))
+    cols += [2] * 100
+    vals += [1.0] * 100
+    transition = column_stochastic(sp.coo_matrix((vals, (rows, cols)), shape=(104, 104)))
+    seeds = np.eye(104)[0]
+    exact = personalized_pagerank(transition, seeds, 0.85, 50, 1e-12)
+    pruned = personalized_pagerank(transition, seeds, 0.85, 50, 1e-12, edge_prune=1e-3)
+    assert exact[3:103].min() > 0 and not pruned[3:103].any()  # the hub's 0.04 residual would put 4e-4 per edge
+    assert list(np.argsort(-pruned)[:3]) == list(np.argsort(-exact)[:3]) == [0, 1, 103]  # the strong path stays
+    graph = weighted_graph(3)
+    seeds = np.eye(graph.number_of_nodes())[5]
+    full = personalized_pagerank(as_transition(graph), seeds, 0.5, 200, 1e-13)
+    approx = personalized_pagerank(as_transition(graph), seeds, 0.5, 200, 1e-13, edge_prune=1e-4)
+    assert np.abs(full - approx).sum() < 0.01
+    assert list(np.argsort(-approx)[:5]) == list(np.argsort(-full)[:5])
+
+
 def test_sparse_seeds_give_the_dense_result() -> None:
     """Seeds as (nodes, weights), the form graph search uses on a large graph, and as a vector agree."""
     graph = weighted_graph(4)
