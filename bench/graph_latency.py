@@ -16,11 +16,13 @@ from __future__ import annotations
 import argparse
 import sqlite3
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
-import faiss
 import numpy as np
 
+from ragkit.connectors.vectors.faiss import FaissShardedIndex
 from ragkit.graph.model import ChunkExtraction, EntityMention, RelationMention
 from ragkit.graph.retrieve import GraphRetriever, HybridGraphRetriever, MultiHopRetriever
 from ragkit.graph.settings import GraphSettings
@@ -137,16 +139,12 @@ def main() -> None:
     chunk_ids = [f"c{i}" for i in range(args.chunks)]
     print(f"name and chunk vectors stored in {time.perf_counter() - start:.0f} s")
 
-    if args.dense == "hnsw":  # ragkit's vectors.kind = "hnsw" with its defaults (M=32, efSearch=768)
-        store_index = faiss.IndexHNSWFlat(doc_vectors.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
-        store_index.hnsw.efConstruction = 80
-        store_index.hnsw.efSearch = 768
-    else:  # ragkit's default vector store: exact inner product
-        store_index = faiss.IndexFlatIP(doc_vectors.shape[1])
-    store_index.add(doc_vectors)
+    store_dir = Path(tempfile.mkdtemp(prefix="ragkit-latency-"))  # ragkit's FAISS store, defaults of each kind
+    vector_store = FaissShardedIndex(store_dir, doc_vectors.shape[1], shards=1, kind=args.dense)
+    vector_store.add(np.arange(args.chunks, dtype=np.int64), doc_vectors, [{}] * args.chunks)
 
     def dense(query: str, k: int) -> list[tuple[str, float]]:
-        scores, rows = store_index.search(embedder.embed_query(query)[None, :], k)
+        scores, rows = vector_store.search(embedder.embed_query(query)[None, :], k)
         return [(chunk_ids[i], float(s)) for i, s in zip(rows[0], scores[0], strict=True) if i >= 0]
 
     titles = [entity_name(c * 7919 % (30 * args.chunks)) for c in rng.integers(0, args.chunks, size=args.queries)]
