@@ -270,15 +270,16 @@ class MultiHopRetriever(_GraphSearchBase):
         best = np.zeros(m.n_chunks)
         best_hop = np.zeros(m.n_chunks, dtype=np.int64)
         for hop in range(1, s.max_hops + 1):
-            reached = max_product(land, entities[-1]) * s.hop_decay ** (hop - 1)
+            reached = max_product(land, _pruned(entities[-1], s.path_beam)) * s.hop_decay ** (hop - 1)
             chunks.append(reached)
             better = reached > best
             best[better] = reached[better]
             best_hop[better] = hop
             if hop < s.max_hops:
-                onward = max_product(leave, reached)
+                onward = max_product(leave, _pruned(reached, s.path_beam))
                 if s.relation_weight > 0:
-                    onward = np.maximum(onward, s.relation_weight * max_product(relate, entities[-1]))
+                    related = max_product(relate, _pruned(entities[-1], s.path_beam))
+                    onward = np.maximum(onward, s.relation_weight * related)
                 entities.append(onward)
         return PathState(entities, chunks, best, best_hop)
 
@@ -385,6 +386,19 @@ class MultiHopRetriever(_GraphSearchBase):
                               "chunk": chunk if nodes[i - 1][0] == "chunk" else None})
                 previous_entity = value
         return steps
+
+
+def _pruned(scores: np.ndarray, beam: int) -> np.ndarray:
+    """``scores`` with only its ``beam`` best entries (0 keeps all): the paths a hop carries on."""
+    if beam <= 0:
+        return scores
+    active = np.flatnonzero(scores)
+    if len(active) <= beam:
+        return scores
+    keep = active[np.argpartition(-scores[active], beam - 1)[:beam]]
+    out = np.zeros_like(scores)
+    out[keep] = scores[keep]
+    return out
 
 
 def _row_best(matrix: sp.csr_matrix, row: int, vector: np.ndarray) -> tuple[float, int]:

@@ -71,6 +71,7 @@ class GraphSettings:
     body_mention_weight: float = 0.5  # landing on a chunk that mentions an entity vs. one about it (1)
     path_weight: float = 1.0  # final score: exp((dense - best) / path_temperature) + path_weight * path
     path_temperature: float = 0.1
+    path_beam: int = 1000  # the best paths each hop carries on (0: every path)
 
     # --- fusion of graph and dense ---
     fusion_keep_dense: int = 2  # the top dense hits that graph results never displace
@@ -115,6 +116,7 @@ class GraphSettings:
             ("hop_decay", 0.0 < self.hop_decay <= 1.0, "in (0, 1]"),
             ("prune", 0.0 <= self.prune < 1.0, "in [0, 1) (0: exact)"),
             ("edge_prune", 0.0 <= self.edge_prune < 1.0, "in [0, 1) (0: off)"),
+            ("path_beam", self.path_beam >= 0, ">= 0 (0: every path)"),
         ]
         for name, ok, expected in checks:
             if not ok:
