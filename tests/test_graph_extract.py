@@ -114,7 +114,8 @@ def _annotations(doc: Any) -> list[tuple[Any, ...]]:
 
 def test_annotate_gives_the_same_annotations_as_nlp_pipe() -> None:
     """The batch-wise decoder of the parser and the entity recognizer against spaCy's own, on this repository's
-    documentation (real prose with names, code and lists) in uneven batches."""
+    documentation (real prose with names, code and lists). Both use the same batches (the last one partial):
+    BLAS can round a batch of another size differently in the last bit, which may flip a near-tie."""
     from pathlib import Path
 
     from ragkit.graph.extract import annotate
@@ -124,7 +125,8 @@ def test_annotate_gives_the_same_annotations_as_nlp_pipe() -> None:
     texts += ["", " ", "Hello.", *(text for _, text in TEXTS.values())]
     nlp = load_pipeline()
     expected = [_annotations(doc) for doc in nlp.pipe(texts, batch_size=64)]
-    got = [_annotations(doc) for doc in annotate(nlp, texts, batch_size=37)]
+    got = [_annotations(doc) for doc in annotate(nlp, texts, batch_size=64)]
+    assert len(texts) % 64
     assert len(got) == len(texts)
     assert sum(a != b for a, b in zip(got, expected, strict=True)) == 0
     assert sum(1 for doc in expected for t in doc if t[3] == "B") > 100  # the texts do have entities
