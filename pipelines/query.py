@@ -98,7 +98,7 @@ def _to_hits(
             if chunk is None or chunk.doc_id not in sources:  # deleted between search and lookups
                 continue
             explain = explains[row_number][position] if explains else None
-            hits.append(Hit(chunk, score, mode, sources.get(chunk.doc_id, ""), explain))
+            hits.append(Hit(chunk, score, mode, sources[chunk.doc_id], explain))
         results.append(hits)
     return results
 
