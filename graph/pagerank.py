@@ -8,6 +8,7 @@ which jumps back to the seeds: the same convention as ``networkx.pagerank(alpha=
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
@@ -93,10 +94,11 @@ _scratches = threading.local()
 
 
 def _scratch(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Two node-indexed int64 arrays for ``_sum_duplicates``, kept per thread: every cell is written before it
-    is read, so they are never cleared, and a query on a graph of a million nodes allocates none."""
+    """Two int64 arrays of at least ``n`` cells for ``_sum_duplicates`` and ``_max_by_node``, kept per thread:
+    every cell is written before it is read, so they are never cleared, and a query on a graph of a million
+    nodes allocates none."""
     kept = getattr(_scratches, "arrays", None)
-    if kept is None or len(kept[0]) != n:
+    if kept is None or len(kept[0]) < n:
         kept = (np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64))
         _scratches.arrays = kept
     return kept
@@ -137,6 +139,87 @@ def _sum_duplicates(
     return unique, np.bincount(slot[targets], weights=values, minlength=len(unique))
 
 
+@dataclass(frozen=True)
+class SparseVector:
+    """A vector over a graph's nodes kept as its non-zero entries: ``nodes`` ascending, ``values`` non-zero.
+
+    Query-time activations touch a few thousand of a graph's million entities; as dense vectors every step would
+    read and write all million (``np.flatnonzero`` alone over 1M entries costs a millisecond).
+    """
+
+    nodes: np.ndarray  # int64, ascending, distinct
+    values: np.ndarray  # float64, none zero
+
+    @classmethod
+    def empty(cls) -> SparseVector:
+        return cls(np.zeros(0, dtype=np.int64), np.zeros(0))
+
+    @classmethod
+    def of(cls, nodes: np.ndarray, values: np.ndarray) -> SparseVector:
+        """From distinct ``nodes`` in any order; zero values are dropped."""
+        nodes, values = np.asarray(nodes, dtype=np.int64), np.asarray(values, dtype=np.float64)
+        order = np.argsort(nodes, kind="stable")
+        keep = values[order] != 0
+        return cls(nodes[order][keep], values[order][keep])
+
+    @classmethod
+    def from_dense(cls, vector: np.ndarray) -> SparseVector:
+        nodes = np.flatnonzero(vector)
+        return cls(nodes, np.asarray(vector[nodes], dtype=np.float64))
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def scaled(self, factor: float) -> SparseVector:
+        values = self.values * factor
+        keep = values != 0
+        return SparseVector(self.nodes[keep], values[keep])
+
+    def at(self, nodes: np.ndarray) -> np.ndarray:
+        """The values at ``nodes`` (0 where the vector has no entry)."""
+        nodes = np.asarray(nodes, dtype=np.int64)
+        if not len(self.nodes):
+            return np.zeros(nodes.shape)
+        where = np.minimum(np.searchsorted(self.nodes, nodes), len(self.nodes) - 1)
+        return np.where(self.nodes[where] == nodes, self.values[where], 0.0)
+
+    def dense(self, n: int) -> np.ndarray:
+        out = np.zeros(n)
+        out[self.nodes] = self.values
+        return out
+
+    def maximum(self, other: SparseVector, n: int) -> SparseVector:
+        """Entry-wise maximum (``np.maximum`` of the dense vectors, ``n`` their length)."""
+        if not len(other):
+            return self
+        if not len(self):
+            return other
+        return _max_by_node(np.concatenate([self.nodes, other.nodes]), np.concatenate([self.values, other.values]), n)
+
+
+def sparse_max_product(matrix: sp.csc_matrix, vector: SparseVector) -> SparseVector:
+    """:func:`max_product` of a sparse vector: only the columns of its entries are read."""
+    offsets, counts = _column_entries(matrix.indptr, vector.nodes)
+    if len(offsets) == 0:
+        return SparseVector.empty()
+    products = matrix.data[offsets] * np.repeat(vector.values, counts)
+    return _max_by_node(matrix.indices[offsets].astype(np.int64), products, matrix.shape[0])
+
+
+def _max_by_node(targets: np.ndarray, values: np.ndarray, n: int) -> SparseVector:
+    """The maximum of the values of each target (at least 0, as ``np.maximum.at`` into zeros gives), in
+    O(len(targets)) with the node-indexed scratch arrays; only targets are sorted, not their entries."""
+    last, slot = _scratch(n)
+    positions = np.arange(len(targets))
+    last[targets] = positions
+    unique = np.sort(targets[last[targets] == positions])
+    slot[unique] = np.arange(len(unique))
+    out = np.zeros(len(unique))
+    np.maximum.at(out, slot[targets], values)
+    keep = out != 0
+    return SparseVector(unique[keep], out[keep])
+
+
 def max_product(matrix: sp.csc_matrix, vector: np.ndarray) -> np.ndarray:
     """``y[i] = max_j matrix[i, j] * vector[j]`` over the non-zero entries of ``vector`` (best-path relaxation).
 
@@ -145,11 +228,4 @@ def max_product(matrix: sp.csc_matrix, vector: np.ndarray) -> np.ndarray:
     """
     if not (sp.issparse(matrix) and matrix.format == "csc"):
         matrix = sp.csc_matrix(matrix)
-    out = np.zeros(matrix.shape[0])
-    active = np.flatnonzero(vector)
-    if len(active) == 0:
-        return out
-    offsets, counts = _column_entries(matrix.indptr, active)
-    values = matrix.data[offsets] * np.repeat(vector[active], counts)
-    np.maximum.at(out, matrix.indices[offsets], values)
-    return out
+    return sparse_max_product(matrix, SparseVector.from_dense(vector)).dense(matrix.shape[0])

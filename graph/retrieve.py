@@ -25,7 +25,7 @@ import scipy.sparse as sp
 
 from ragkit.graph.link import EntityLink, link_entities, query_phrases
 from ragkit.graph.matrices import GraphMatrices, MatrixCache
-from ragkit.graph.pagerank import column_stochastic, max_product, personalized_pagerank
+from ragkit.graph.pagerank import SparseVector, column_stochastic, personalized_pagerank, sparse_max_product
 from ragkit.graph.settings import GraphSettings
 from ragkit.graph.store import GraphStore
 
@@ -46,9 +46,9 @@ class QueryEvidence:
     matrices: GraphMatrices
     dense_ids: list[str]  # dense candidates, best first
     dense_scores: np.ndarray  # their scores
-    dense_weight: np.ndarray  # per graph chunk row: exp((s - s_max) / T), 0 outside the dense candidates
+    dense_weight: SparseVector  # graph chunk rows of the dense candidates: exp((s - s_max) / T)
     links: list[EntityLink]
-    entity_seed: np.ndarray  # per entity: link score x specificity
+    entity_seed: SparseVector  # linked entities: link score x specificity
 
 
 class _GraphSearchBase:
@@ -117,13 +117,13 @@ class _GraphSearchBase:
         hits = list(self.dense(query, s.dense_candidates)) if self.dense is not None and s.dense_candidates else []
         dense_ids = [cid for cid, _ in hits]
         dense_scores = np.asarray([score for _, score in hits], dtype=np.float64)
-        weight = np.zeros(matrices.n_chunks)
+        weight: dict[int, float] = {}
         if hits:
             relative = np.exp((dense_scores - dense_scores.max()) / s.dense_temperature)
             for cid, w in zip(dense_ids, relative, strict=False):
                 row = matrices.chunk_row.get(cid)
                 if row is not None:
-                    weight[row] = max(weight[row], w)
+                    weight[row] = max(weight.get(row, 0.0), float(w))
         phrases = query_phrases(self.nlp, query, s)
         named = self._linkable_vectors(matrices)
         embed = self.embedder.embed_documents if self.embedder is not None else None
@@ -133,10 +133,13 @@ class _GraphSearchBase:
             embed=(lambda texts: embed(texts)) if embed is not None else None,
             vector_rows=named[1] if named else None,
         )
-        entity_seed = np.zeros(matrices.n_entities)
+        seed: dict[int, float] = {}
         for link in links:
-            entity_seed[link.row] = max(entity_seed[link.row], link.score * matrices.specificity[link.row])
-        return QueryEvidence(matrices, dense_ids, dense_scores, weight, links, entity_seed)
+            seed[link.row] = max(seed.get(link.row, 0.0), link.score * float(matrices.specificity[link.row]))
+        return QueryEvidence(
+            matrices, dense_ids, dense_scores, SparseVector.of(list(weight), list(weight.values())), links,
+            SparseVector.of(list(seed), list(seed.values())),
+        )
 
     def _walk_matrix(self, matrices: GraphMatrices) -> tuple[sp.csc_matrix, np.ndarray]:
         """Column-stochastic matrix of the entity-chunk graph: nodes are entities, then chunks."""
@@ -155,16 +158,12 @@ class _GraphSearchBase:
         """PageRank mass of every node (entities, then chunks), or None without any seed."""
         s = self.settings
         m = ev.matrices
-        entities = np.unique(np.array([link.row for link in ev.links], dtype=np.int64))
-        entities = entities[ev.entity_seed[entities] > 0]
-        chunks = np.flatnonzero(ev.dense_weight)
+        entities, chunks = ev.entity_seed, ev.dense_weight
         parts = []  # seed nodes and weights, only the few seeds: the graph has a million nodes
         if len(entities) and s.entity_seed_weight > 0:
-            weight = ev.entity_seed[entities]
-            parts.append((entities, s.entity_seed_weight * weight / weight.sum()))
+            parts.append((entities.nodes, s.entity_seed_weight * entities.values / entities.values.sum()))
         if len(chunks) and s.dense_seed_weight > 0:
-            weight = ev.dense_weight[chunks]
-            parts.append((m.n_entities + chunks, s.dense_seed_weight * weight / weight.sum()))
+            parts.append((m.n_entities + chunks.nodes, s.dense_seed_weight * chunks.values / chunks.values.sum()))
         if not parts:
             return None
         seeds = (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
@@ -222,10 +221,11 @@ class GraphRetriever(_GraphSearchBase):
 
 @dataclass(frozen=True)
 class PathState:
-    """Best-path activations per hop: ``entities[h]`` (E) and ``chunks[h]`` (C, ``chunks[0]`` = dense seeds)."""
+    """Best-path activations per hop: ``entities[h]`` (over entities) and ``chunks[h]`` (over chunks,
+    ``chunks[0]`` = dense seeds)."""
 
-    entities: list[np.ndarray]
-    chunks: list[np.ndarray]
+    entities: list[SparseVector]
+    chunks: list[SparseVector]
     best: np.ndarray  # per chunk, best path score over hops
     best_hop: np.ndarray  # per chunk, the hop count of that path (0: not reached)
 
@@ -261,25 +261,26 @@ class MultiHopRetriever(_GraphSearchBase):
         s = self.settings
         m = ev.matrices
         land, leave, relate = self._path_matrices(m)
-        seeds = np.zeros(m.n_chunks)
-        if s.path_dense_seeds and ev.dense_weight.any():
-            top = _top(ev.dense_weight, s.path_dense_seeds)
-            seeds[top] = ev.dense_weight[top]
-        entities = [np.maximum(s.entity_seed_weight * ev.entity_seed, max_product(leave, seeds))]
+        seeds = SparseVector.empty()
+        if s.path_dense_seeds and len(ev.dense_weight):
+            top = _best(ev.dense_weight.nodes, ev.dense_weight.values, s.path_dense_seeds)
+            seeds = SparseVector.of(top, ev.dense_weight.at(top))
+        linked = ev.entity_seed.scaled(s.entity_seed_weight)
+        entities = [linked.maximum(sparse_max_product(leave, seeds), m.n_entities)]
         chunks = [seeds]
         best = np.zeros(m.n_chunks)
         best_hop = np.zeros(m.n_chunks, dtype=np.int64)
         for hop in range(1, s.max_hops + 1):
-            reached = max_product(land, _pruned(entities[-1], s.path_beam)) * s.hop_decay ** (hop - 1)
+            reached = sparse_max_product(land, _pruned(entities[-1], s.path_beam)).scaled(s.hop_decay ** (hop - 1))
             chunks.append(reached)
-            better = reached > best
-            best[better] = reached[better]
-            best_hop[better] = hop
+            better = reached.values > best[reached.nodes]
+            best[reached.nodes[better]] = reached.values[better]
+            best_hop[reached.nodes[better]] = hop
             if hop < s.max_hops:
-                onward = max_product(leave, _pruned(reached, s.path_beam))
+                onward = sparse_max_product(leave, _pruned(reached, s.path_beam))
                 if s.relation_weight > 0:
-                    related = max_product(relate, _pruned(entities[-1], s.path_beam))
-                    onward = np.maximum(onward, s.relation_weight * related)
+                    related = sparse_max_product(relate, _pruned(entities[-1], s.path_beam))
+                    onward = onward.maximum(related.scaled(s.relation_weight), m.n_entities)
                 entities.append(onward)
         return PathState(entities, chunks, best, best_hop)
 
@@ -328,14 +329,15 @@ class MultiHopRetriever(_GraphSearchBase):
         entity = _row_best(land, row, state.entities[level])[1]
         while entity >= 0:
             nodes.append(("entity", entity))
-            value = state.entities[level][entity]
+            value = float(state.entities[level].at(entity))
             chunk_score, chunk = _row_best(leave, entity, state.chunks[level])
             relation_score, previous = 0.0, -1
             if level > 0 and s.relation_weight > 0:
                 relation_score, previous = _row_best(relate, entity, state.entities[level - 1])
                 relation_score *= s.relation_weight
             link = next((lk for lk in ev.links if lk.row == entity), None)
-            if level == 0 and link is not None and s.entity_seed_weight * ev.entity_seed[entity] >= value * (1 - 1e-9):
+            linked = s.entity_seed_weight * float(ev.entity_seed.at(entity))
+            if level == 0 and link is not None and linked >= value * (1 - 1e-9):
                 nodes.append(("question", link.phrase))
                 break
             if chunk >= 0 and chunk_score >= relation_score:
@@ -388,26 +390,21 @@ class MultiHopRetriever(_GraphSearchBase):
         return steps
 
 
-def _pruned(scores: np.ndarray, beam: int) -> np.ndarray:
+def _pruned(scores: SparseVector, beam: int) -> SparseVector:
     """``scores`` with only its ``beam`` best entries (0 keeps all): the paths a hop carries on."""
-    if beam <= 0:
+    if beam <= 0 or len(scores) <= beam:
         return scores
-    active = np.flatnonzero(scores)
-    if len(active) <= beam:
-        return scores
-    keep = active[np.argpartition(-scores[active], beam - 1)[:beam]]
-    out = np.zeros_like(scores)
-    out[keep] = scores[keep]
-    return out
+    keep = np.sort(np.argpartition(-scores.values, beam - 1)[:beam])
+    return SparseVector(scores.nodes[keep], scores.values[keep])
 
 
-def _row_best(matrix: sp.csr_matrix, row: int, vector: np.ndarray) -> tuple[float, int]:
+def _row_best(matrix: sp.csr_matrix, row: int, vector: SparseVector) -> tuple[float, int]:
     """``max_j matrix[row, j] * vector[j]`` and its ``j`` (-1 when the row is empty or all zero)."""
     start, end = matrix.indptr[row], matrix.indptr[row + 1]
     if start == end:
         return 0.0, -1
     columns = matrix.indices[start:end]
-    values = matrix.data[start:end] * vector[columns]
+    values = matrix.data[start:end] * vector.at(columns)
     best = int(np.argmax(values))
     return (float(values[best]), int(columns[best])) if values[best] > 0 else (0.0, -1)
 
@@ -428,10 +425,18 @@ def _merge_dense_only(
 
 
 def _top(scores: np.ndarray, k: int) -> np.ndarray:
+    """Rows of the ``k`` highest positive scores, best first, ties by row."""
     positive = np.flatnonzero(scores > 0)
-    if len(positive) > k:
-        positive = positive[np.argpartition(-scores[positive], k - 1)[:k]]
-    return positive[np.lexsort((positive, -scores[positive]))]
+    return _best(positive, scores[positive], k)
+
+
+def _best(nodes: np.ndarray, values: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` of ``nodes`` (ascending) with the highest positive ``values``, best first, ties by node."""
+    nodes, values = nodes[values > 0], values[values > 0]
+    if len(nodes) > k:
+        keep = np.argpartition(-values, k - 1)[:k]
+        nodes, values = nodes[keep], values[keep]
+    return nodes[np.lexsort((nodes, -values))]
 
 
 class HybridGraphRetriever(MultiHopRetriever):

@@ -111,3 +111,25 @@ def test_max_product_is_the_best_single_edge() -> None:
     expected = (dense * vector[None, :]).max(axis=1)
     np.testing.assert_allclose(max_product(sp.csc_matrix(dense), vector), expected)
     assert not max_product(sp.csc_matrix(dense), np.zeros(20)).any()
+
+
+def test_sparse_vectors_match_their_dense_counterparts() -> None:
+    from ragkit.graph.pagerank import SparseVector, sparse_max_product
+
+    rng = np.random.default_rng(8)
+    dense = rng.uniform(size=(300, 200)) * (rng.uniform(size=(300, 200)) < 0.05)
+    a = rng.uniform(size=200) * (rng.uniform(size=200) < 0.3)
+    b = rng.uniform(size=200) * (rng.uniform(size=200) < 0.3)
+    sa, sb = SparseVector.from_dense(a), SparseVector.from_dense(b)
+    assert (np.diff(sa.nodes) > 0).all() and (sa.values != 0).all()
+    np.testing.assert_array_equal(sa.at(np.arange(200)), a)  # a lookup of every node, present or not
+    np.testing.assert_array_equal(sa.at(np.array([-1, 500])), [0.0, 0.0])
+    np.testing.assert_array_equal(sa.maximum(sb, 200).dense(200), np.maximum(a, b))
+    np.testing.assert_array_equal(sa.scaled(0.5).dense(200), 0.5 * a)
+    assert not len(sa.scaled(0.0)) and not len(SparseVector.empty().at(np.arange(3)).nonzero()[0])
+    product = sparse_max_product(sp.csc_matrix(dense), sa)
+    np.testing.assert_array_equal(product.dense(300), max_product(sp.csc_matrix(dense), a))
+    assert (np.diff(product.nodes) > 0).all() and (product.values > 0).all()
+    shuffled = SparseVector.of(sa.nodes[::-1], sa.values[::-1])  # any order in, ascending out
+    np.testing.assert_array_equal(shuffled.nodes, sa.nodes)
+    np.testing.assert_array_equal(shuffled.values, sa.values)

@@ -126,9 +126,10 @@ def test_matrices_are_recompiled_only_when_the_store_changes(setup: dict[str, An
 def test_path_beam_keeps_the_best_entries_only() -> None:
     import numpy as np
 
+    from ragkit.graph.pagerank import SparseVector
     from ragkit.graph.retrieve import _pruned
 
-    scores = np.array([0.0, 0.5, 0.1, 0.9, 0.0, 0.3])
-    np.testing.assert_array_equal(_pruned(scores, 2), [0.0, 0.5, 0.0, 0.9, 0.0, 0.0])
+    scores = SparseVector.from_dense(np.array([0.0, 0.5, 0.1, 0.9, 0.0, 0.3]))
+    np.testing.assert_array_equal(_pruned(scores, 2).dense(6), [0.0, 0.5, 0.0, 0.9, 0.0, 0.0])
     assert _pruned(scores, 0) is scores and _pruned(scores, 4) is scores  # off, or no more entries than the beam
-    assert not _pruned(np.zeros(3), 1).any()
+    assert not len(_pruned(SparseVector.empty(), 1))
