@@ -36,11 +36,30 @@ def personalized_pagerank(
     absorbing: np.ndarray | None = None,
     edge_prune: float = 0.0,
 ) -> np.ndarray:
+    """The dense vector of :func:`sparse_personalized_pagerank`'s scores, with which it shares its arguments."""
+    if not (sp.issparse(transition) and transition.format == "csc"):
+        transition = sp.csc_matrix(transition)
+    return sparse_personalized_pagerank(
+        transition, seeds, damping, iterations, tolerance, prune, dangling, absorbing, edge_prune
+    ).dense(transition.shape[0])
+
+
+def sparse_personalized_pagerank(
+    transition: sp.csc_matrix,
+    seeds: np.ndarray | tuple[np.ndarray, np.ndarray],
+    damping: float = 0.5,
+    iterations: int = 50,
+    tolerance: float = 1e-8,
+    prune: float = 0.0,
+    dangling: np.ndarray | None = None,
+    absorbing: np.ndarray | None = None,
+    edge_prune: float = 0.0,
+) -> SparseVector:
     """Stationary scores of a walk that follows edges with probability ``damping`` and else restarts at a seed.
 
     ``transition`` is column-stochastic (``column_stochastic``, CSC). ``seeds`` is a non-negative vector with a
     positive sum, or, for a large graph with few seeds, a pair ``(nodes, weights)`` of distinct nodes and their
-    positive weights (nothing of the graph's size is then read or written but the result).
+    positive weights (nothing of the graph's size is then read or written).
     Computed as the series ``p = (1 - d) sum_t (d W')^t s`` (``W'`` sends dangling mass back to the seeds): the
     residual ``(d W')^t s`` lives on the few nodes near the seeds, so each step touches only their edges, not the
     whole graph. It stops when the residual mass falls below ``tolerance`` or after ``iterations`` steps (what is
@@ -49,7 +68,8 @@ def personalized_pagerank(
     than that share on each out-edge of its node (the push rule of Andersen, Chung and Lang's local PageRank: an
     entity in thousands of chunks spreads only a large residual); and nodes marked ``absorbing`` (hubs such as an
     entity half the chunks mention) keep what reaches them instead of spreading it thinly over their neighbours.
-    ``dangling`` (nodes without out-edges) may be passed precomputed.
+    ``dangling`` (nodes without out-edges) may be passed precomputed. The scores of the nodes the walk reached
+    come back as a :class:`SparseVector`.
     """
     if not (sp.issparse(transition) and transition.format == "csc"):
         transition = sp.csc_matrix(transition)
@@ -66,18 +86,20 @@ def personalized_pagerank(
         dangling = np.diff(transition.indptr) == 0
     scratch = _scratch(n)
     seed_mass = weights / total
-    scores = np.zeros(n)  # untouched pages stay unmapped: only the nodes the walk reaches cost anything
+    reached, scores = [], []  # what each step adds to the scores of which nodes, summed at the end
     nodes, mass = seed_nodes, seed_mass
     indptr, indices, data = transition.indptr, transition.indices, transition.data
     for _ in range(iterations):
-        scores[nodes] += (1.0 - damping) * mass
+        reached.append(nodes)
+        scores.append((1.0 - damping) * mass)
         lost = float(mass[dangling[nodes]].sum())
         spread = mass > prune
         if edge_prune > 0:
             spread &= mass > edge_prune * (indptr[nodes + 1] - indptr[nodes])
         if absorbing is not None:
             held = spread & absorbing[nodes]
-            scores[nodes[held]] += damping * mass[held]
+            reached.append(nodes[held])
+            scores.append(damping * mass[held])
             spread &= ~held
         nodes, mass = _spread(indptr, indices, data, nodes[spread], damping * mass[spread], scratch)
         if lost > 0:
@@ -86,8 +108,11 @@ def personalized_pagerank(
             )
         if float(mass.sum()) < tolerance:
             break
-    scores[nodes] += mass
-    return scores
+    reached.append(nodes)
+    scores.append(mass)
+    # bincount adds each node's parts in the order of the steps, as adding into a dense vector step by step would
+    nodes, totals = _sum_duplicates(np.concatenate(reached), np.concatenate(scores), scratch)
+    return SparseVector.of(nodes, totals)
 
 
 _scratches = threading.local()

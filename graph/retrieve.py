@@ -25,7 +25,7 @@ import scipy.sparse as sp
 
 from ragkit.graph.link import EntityLink, link_entities, query_phrases
 from ragkit.graph.matrices import GraphMatrices, MatrixCache
-from ragkit.graph.pagerank import SparseVector, column_stochastic, personalized_pagerank, sparse_max_product
+from ragkit.graph.pagerank import SparseVector, column_stochastic, sparse_max_product, sparse_personalized_pagerank
 from ragkit.graph.settings import GraphSettings
 from ragkit.graph.store import GraphStore
 
@@ -154,8 +154,8 @@ class _GraphSearchBase:
             self._derived["walk"] = (walk, np.diff(walk.indptr) == 0)
         return self._derived["walk"]
 
-    def ppr_scores(self, ev: QueryEvidence) -> np.ndarray | None:
-        """PageRank mass of every node (entities, then chunks), or None without any seed."""
+    def ppr_scores(self, ev: QueryEvidence) -> SparseVector | None:
+        """PageRank mass of the nodes the walk reached (entities, then chunks), or None without any seed."""
         s = self.settings
         m = ev.matrices
         entities, chunks = ev.entity_seed, ev.dense_weight
@@ -168,7 +168,7 @@ class _GraphSearchBase:
             return None
         seeds = (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
         walk, dangling = self._walk_matrix(m)
-        return personalized_pagerank(
+        return sparse_personalized_pagerank(
             walk, seeds, s.damping, s.iterations, s.tolerance, s.prune, dangling, self._hubs(m), s.edge_prune
         )
 
@@ -204,15 +204,14 @@ class GraphRetriever(_GraphSearchBase):
         scores = self.ppr_scores(ev)
         if scores is None:
             return self._dense_only(ev, k, set())
-        chunk_scores = scores[m.n_entities :]
-        top = _top(chunk_scores, k)
+        chunk_scores = _chunk_part(scores, m)
         seeds = [m.names[link.row] for link in ev.links[:10]]
         out: list[ChunkResult] = []
-        for row in top:
+        for row in _best(chunk_scores.nodes, chunk_scores.values, k):
             entity_rows = m.mentions[row].indices
-            via = entity_rows[np.argsort(-scores[entity_rows])[:3]]
+            via = entity_rows[np.argsort(-scores.at(entity_rows))[:3]]
             explain = {"mode": self.mode, "seed_entities": seeds, "via_entities": [m.names[e] for e in via]}
-            out.append((m.chunk_ids[row], float(chunk_scores[row]), explain))
+            out.append((m.chunk_ids[row], float(chunk_scores.at(row)), explain))
         # chunks outside the graph fill the ranking below every PageRank hit, in dense order
         floor = out[-1][1] if out else 1.0
         fill = self._dense_only(ev, k - len(out), {c for c, _, _ in out})
@@ -424,6 +423,12 @@ def _merge_dense_only(
     return sorted(results + rescored, key=lambda r: -r[1])[:k]
 
 
+def _chunk_part(scores: SparseVector, m: GraphMatrices) -> SparseVector:
+    """The chunk nodes of a walk's scores (entities come first), indexed by chunk row."""
+    part = scores.nodes >= m.n_entities
+    return SparseVector(scores.nodes[part] - m.n_entities, scores.values[part])
+
+
 def _top(scores: np.ndarray, k: int) -> np.ndarray:
     """Rows of the ``k`` highest positive scores, best first, ties by row."""
     positive = np.flatnonzero(scores > 0)
@@ -454,7 +459,7 @@ class HybridGraphRetriever(MultiHopRetriever):
         scores = self.combined(ev, state)
         ppr = self.ppr_scores(ev) if s.fusion_ppr_weight > 0 else None
         if ppr is not None:
-            chunk_mass = ppr[m.n_entities :]
+            chunk_mass = _chunk_part(ppr, m).dense(m.n_chunks)
             if chunk_mass.max() > 0:
                 scores = scores + s.fusion_ppr_weight * chunk_mass / chunk_mass.max()
         kept = list(ev.dense_ids[: s.fusion_keep_dense])

@@ -133,3 +133,15 @@ def test_sparse_vectors_match_their_dense_counterparts() -> None:
     shuffled = SparseVector.of(sa.nodes[::-1], sa.values[::-1])  # any order in, ascending out
     np.testing.assert_array_equal(shuffled.nodes, sa.nodes)
     np.testing.assert_array_equal(shuffled.values, sa.values)
+
+
+def test_sparse_pagerank_holds_only_the_nodes_the_walk_reached() -> None:
+    from ragkit.graph.pagerank import sparse_personalized_pagerank
+
+    graph = nx.disjoint_union(weighted_graph(0), weighted_graph(1))  # nodes 42.. are out of the seeds' reach
+    transition = as_transition(graph)
+    seeds = (np.array([0, 5]), np.array([1.0, 2.0]))
+    scores = sparse_personalized_pagerank(transition, seeds, 0.85, 100, 1e-12)
+    assert len(scores) and scores.nodes.max() < 42 and (np.diff(scores.nodes) > 0).all()
+    np.testing.assert_array_equal(scores.dense(graph.number_of_nodes()),
+                                  personalized_pagerank(transition, seeds, 0.85, 100, 1e-12))
