@@ -110,21 +110,24 @@ def sparse_personalized_pagerank(
             break
     reached.append(nodes)
     scores.append(mass)
+    nodes = np.concatenate(reached)
+    unique, slot = _distinct(nodes, n)
     # bincount adds each node's parts in the order of the steps, as adding into a dense vector step by step would
-    nodes, totals = _sum_duplicates(np.concatenate(reached), np.concatenate(scores), scratch)
-    return SparseVector.of(nodes, totals)
+    totals = np.bincount(slot[nodes], weights=np.concatenate(scores), minlength=len(unique))
+    keep = totals != 0
+    return SparseVector(unique[keep], totals[keep])
 
 
 _scratches = threading.local()
 
 
-def _scratch(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Two int64 arrays of at least ``n`` cells for ``_sum_duplicates`` and ``_max_by_node``, kept per thread:
-    every cell is written before it is read, so they are never cleared, and a query on a graph of a million
-    nodes allocates none."""
+def _scratch(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Node-indexed scratch arrays of at least ``n`` cells for ``_sum_duplicates`` and ``_max_by_node``, kept
+    per thread so that a query on a graph of a million nodes allocates none: two int64 arrays whose cells are
+    always written before they are read (never cleared), and a bitmap that its user leaves all False."""
     kept = getattr(_scratches, "arrays", None)
     if kept is None or len(kept[0]) < n:
-        kept = (np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64))
+        kept = (np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64), np.zeros(n, dtype=bool))
         _scratches.arrays = kept
     return kept
 
@@ -135,7 +138,7 @@ def _spread(
     data: np.ndarray,
     nodes: np.ndarray,
     mass: np.ndarray,
-    scratch: tuple[np.ndarray, np.ndarray],
+    scratch: tuple[np.ndarray, np.ndarray, np.ndarray],
 ) -> tuple[np.ndarray, np.ndarray]:
     """``W[:, nodes] @ mass`` as a sparse (nodes, values) pair, touching only those columns."""
     offsets, counts = _column_entries(indptr, nodes)
@@ -153,10 +156,10 @@ def _column_entries(indptr: np.ndarray, columns: np.ndarray) -> tuple[np.ndarray
 
 
 def _sum_duplicates(
-    targets: np.ndarray, values: np.ndarray, scratch: tuple[np.ndarray, np.ndarray]
+    targets: np.ndarray, values: np.ndarray, scratch: tuple[np.ndarray, np.ndarray, np.ndarray]
 ) -> tuple[np.ndarray, np.ndarray]:
     """Sums values of equal targets in O(len(targets)) with two node-indexed scratch arrays (no sort)."""
-    last, slot = scratch
+    last, slot, _ = scratch
     positions = np.arange(len(targets))
     last[targets] = positions  # the last position of each target wins
     unique = targets[last[targets] == positions]
@@ -213,13 +216,17 @@ class SparseVector:
         out[self.nodes] = self.values
         return out
 
-    def maximum(self, other: SparseVector, n: int) -> SparseVector:
-        """Entry-wise maximum (``np.maximum`` of the dense vectors, ``n`` their length)."""
+    def maximum(self, other: SparseVector) -> SparseVector:
+        """Entry-wise maximum of two non-negative vectors (``np.maximum`` of the dense vectors)."""
         if not len(other):
             return self
         if not len(self):
             return other
-        return _max_by_node(np.concatenate([self.nodes, other.nodes]), np.concatenate([self.values, other.values]), n)
+        nodes = np.concatenate([self.nodes, other.nodes])
+        order = np.argsort(nodes, kind="stable")  # a merge: timsort finds the two ascending runs
+        nodes, values = nodes[order], np.concatenate([self.values, other.values])[order]
+        first = np.flatnonzero(np.concatenate([[True], nodes[1:] != nodes[:-1]]))
+        return SparseVector(nodes[first], np.maximum.reduceat(values, first))
 
 
 def sparse_max_product(matrix: sp.csc_matrix, vector: SparseVector) -> SparseVector:
@@ -232,17 +239,30 @@ def sparse_max_product(matrix: sp.csc_matrix, vector: SparseVector) -> SparseVec
 
 
 def _max_by_node(targets: np.ndarray, values: np.ndarray, n: int) -> SparseVector:
-    """The maximum of the values of each target (at least 0, as ``np.maximum.at`` into zeros gives), in
-    O(len(targets)) with the node-indexed scratch arrays; only targets are sorted, not their entries."""
-    last, slot = _scratch(n)
-    positions = np.arange(len(targets))
-    last[targets] = positions
-    unique = np.sort(targets[last[targets] == positions])
-    slot[unique] = np.arange(len(unique))
+    """The maximum of the values of each target (at least 0, as ``np.maximum.at`` into zeros gives)."""
+    unique, slot = _distinct(targets, n)
     out = np.zeros(len(unique))
     np.maximum.at(out, slot[targets], values)
     keep = out != 0
     return SparseVector(unique[keep], out[keep])
+
+
+def _distinct(targets: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct targets (nodes below ``n``) ascending, and the scratch array ``slot`` that maps each to its
+    position there. Few targets are found with the scratch arrays and sorted; many are marked in the bitmap and
+    read back in order, one pass over ``n`` bytes instead of the sort (a relation hop from 1,000 entities reaches
+    ~150k targets among 1M entities: 6.4 ms sorted, 4.6 ms marked)."""
+    last, slot, mark = _scratch(n)
+    if 16 * len(targets) < n:
+        positions = np.arange(len(targets))
+        last[targets] = positions
+        unique = np.sort(targets[last[targets] == positions])
+    else:
+        mark[targets] = True
+        unique = np.flatnonzero(mark[:n])
+        mark[unique] = False  # the bitmap is kept all False between calls
+    slot[unique] = np.arange(len(unique))
+    return unique, slot
 
 
 def max_product(matrix: sp.csc_matrix, vector: np.ndarray) -> np.ndarray:

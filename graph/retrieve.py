@@ -265,7 +265,7 @@ class MultiHopRetriever(_GraphSearchBase):
             top = _best(ev.dense_weight.nodes, ev.dense_weight.values, s.path_dense_seeds)
             seeds = SparseVector.of(top, ev.dense_weight.at(top))
         linked = ev.entity_seed.scaled(s.entity_seed_weight)
-        entities = [linked.maximum(sparse_max_product(leave, seeds), m.n_entities)]
+        entities = [linked.maximum(sparse_max_product(leave, seeds))]
         chunks = [seeds]
         best = np.zeros(m.n_chunks)
         best_hop = np.zeros(m.n_chunks, dtype=np.int64)
@@ -279,7 +279,7 @@ class MultiHopRetriever(_GraphSearchBase):
                 onward = sparse_max_product(leave, _pruned(reached, s.path_beam))
                 if s.relation_weight > 0:
                     related = sparse_max_product(relate, _pruned(entities[-1], s.path_beam))
-                    onward = onward.maximum(related.scaled(s.relation_weight), m.n_entities)
+                    onward = onward.maximum(related.scaled(s.relation_weight))
                 entities.append(onward)
         return PathState(entities, chunks, best, best_hop)
 

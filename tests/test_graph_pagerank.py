@@ -124,7 +124,7 @@ def test_sparse_vectors_match_their_dense_counterparts() -> None:
     assert (np.diff(sa.nodes) > 0).all() and (sa.values != 0).all()
     np.testing.assert_array_equal(sa.at(np.arange(200)), a)  # a lookup of every node, present or not
     np.testing.assert_array_equal(sa.at(np.array([-1, 500])), [0.0, 0.0])
-    np.testing.assert_array_equal(sa.maximum(sb, 200).dense(200), np.maximum(a, b))
+    np.testing.assert_array_equal(sa.maximum(sb).dense(200), np.maximum(a, b))
     np.testing.assert_array_equal(sa.scaled(0.5).dense(200), 0.5 * a)
     assert not len(sa.scaled(0.0)) and not len(SparseVector.empty().at(np.arange(3)).nonzero()[0])
     product = sparse_max_product(sp.csc_matrix(dense), sa)
@@ -145,3 +145,18 @@ def test_sparse_pagerank_holds_only_the_nodes_the_walk_reached() -> None:
     assert len(scores) and scores.nodes.max() < 42 and (np.diff(scores.nodes) > 0).all()
     np.testing.assert_array_equal(scores.dense(graph.number_of_nodes()),
                                   personalized_pagerank(transition, seeds, 0.85, 100, 1e-12))
+
+
+@pytest.mark.parametrize("count", [20, 5000])  # few targets of many nodes are sorted, many are marked in a bitmap
+def test_max_by_node_either_way(count: int) -> None:
+    from ragkit.graph.pagerank import _max_by_node
+
+    rng = np.random.default_rng(count)
+    targets = rng.integers(0, 10_000, count)
+    values = rng.uniform(size=count)
+    dense = np.zeros(10_000)
+    np.maximum.at(dense, targets, values)
+    for _ in range(2):  # the second call finds the bitmap cleared
+        result = _max_by_node(targets, values, 10_000)
+        np.testing.assert_array_equal(result.nodes, np.flatnonzero(dense))
+        np.testing.assert_array_equal(result.values, dense[result.nodes])
