@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .wordpiece import WordPieceBatcher
+
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 _PACKAGED = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
 
@@ -76,11 +78,16 @@ class SentenceTransformerEmbedder:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
 
+    @functools.cached_property
+    def batcher(self) -> WordPieceBatcher | None:
+        """The numpy WordPiece tokenizer of the GPU path, kept so that its tables and word cache are built once."""
+        return WordPieceBatcher(self.tokenizer, self.max_tokens) if WordPieceBatcher.supports(self.tokenizer) else None
+
     def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         if self.device.startswith("cuda") and mean_pooling_model(self.model):
-            return encode_pipelined(self.model, list(texts), self.batch_size, self.device)
+            return encode_pipelined(self.model, list(texts), self.batch_size, self.device, batcher=self.batcher)
         vectors = self.model.encode(
             list(texts), batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True,
             show_progress_bar=False,
@@ -111,18 +118,22 @@ def mean_pooling_model(model) -> bool:  # noqa: ANN001 - a SentenceTransformer
 
 
 def encode_pipelined(  # noqa: ANN001 - model is a SentenceTransformer
-    model, texts: list[str], batch_size: int, device: str, *, workers: int | None = None, ahead: int = 2
+    model, texts: list[str], batch_size: int, device: str, *, workers: int | None = None, ahead: int = 2,
+    batcher: WordPieceBatcher | None = None,
 ) -> np.ndarray:
     """GPU encoding with tokenization spread over CPU threads and overlapped with the forward passes.
 
-    Tokenization, not the GPU, bounds MiniLM on an H100, so batches are tokenized by the Rust tokenizer directly
-    in a thread per core (``workers``), ``ahead`` batches per thread in front of the GPU. The Rust part releases
-    the GIL; what holds it is turning encodings into arrays, which every thread does in turn, so that part is
-    kept to one pass: only the unpadded ids are read (``encode_batch_fast`` where the tokenizer has it: no
-    offsets), flattened into one int32 array and padded by numpy. The attention mask is built on the GPU from the
-    lengths, and token types are zeros there (what a single-sequence template gives; checked once). Reading ids,
-    mask and types as three padded int64 arrays held the GIL 3-3.5x as long (measured on CPU), the suspected
-    bound on end-to-end speed (16k chunks/s against a 78k chunks/s forward on an H200).
+    Tokenization, not the GPU, bounds MiniLM on an H100, so batches are tokenized in worker threads (``workers``),
+    ``ahead`` batches per thread in front of the GPU. A BERT WordPiece tokenizer (MiniLM's) is run
+    by :class:`~ragkit.connectors.embedders.wordpiece.WordPieceBatcher` (``batcher``, built here when not given):
+    numpy over code points and a word cache, with ids equal to the Rust tokenizer's (on the H200 host: 32k texts/s
+    on one thread, 78-111k on 2-16, against 44k for the Rust tokenizer on 16). Its threads hold the GIL between
+    numpy calls, so it defaults to 4 workers (end to end there: 55-62k chunks/s with 2-8 workers, 49-53k with 16).
+    Other tokenizers run in Rust, a thread per core: only the unpadded ids are read (``encode_batch_fast`` where the
+    tokenizer has it: no offsets), flattened into one int32 array and padded by numpy, which keeps the GIL-held
+    conversion to one pass. Either way the attention mask is built on the GPU from the lengths, and token types
+    are zeros there (what a single-sequence template gives; checked once; a template with other types runs in
+    Rust and reads them).
 
     Texts are sorted by length so batches carry little padding; mean pooling and L2 normalization run on the GPU,
     and one copy brings all vectors back. The result equals ``model.encode(..., normalize_embeddings=True)`` up
@@ -146,25 +157,32 @@ def encode_pipelined(  # noqa: ANN001 - model is a SentenceTransformer
     wants_types = "token_type_ids" in tokenizer.model_input_names
     typed = wants_types and any(fast.encode("a").type_ids)  # a template that gives non-zero types: read them
     on_cuda = device.startswith("cuda")
+    if batcher is None and not typed and WordPieceBatcher.supports(tokenizer):
+        batcher = WordPieceBatcher(tokenizer, transformer.max_seq_length)
     order = np.argsort([-len(t) for t in texts], kind="stable")
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
-    def padded(rows: list[list[int]], lengths: np.ndarray, fill: int) -> torch.Tensor:
+    def pinned(array: np.ndarray) -> torch.Tensor:
+        tensor = torch.from_numpy(array)
+        return tensor.pin_memory() if on_cuda else tensor
+
+    def padded(rows: list[list[int]], lengths: np.ndarray, fill: int) -> np.ndarray:
         flat = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int32, count=int(lengths.sum()))
         out = np.full((len(rows), int(lengths.max())), fill, dtype=np.int32)
         out[np.arange(out.shape[1]) < lengths[:, None]] = flat
-        tensor = torch.from_numpy(out)
-        return tensor.pin_memory() if on_cuda else tensor
+        return out
 
     def tokenize(rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        if batcher is not None:
+            ids, lengths = batcher([texts[i] for i in rows])
+            return pinned(ids), pinned(lengths), None
         encodings = encode_batch([texts[i] for i in rows])
-        ids = [e.ids for e in encodings]
-        lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-        types = padded([e.type_ids for e in encodings], lengths, 0) if typed else None
-        lengths_t = torch.from_numpy(lengths)
-        return padded(ids, lengths, pad_id), lengths_t.pin_memory() if on_cuda else lengths_t, types
+        id_rows = [e.ids for e in encodings]
+        lengths = np.fromiter(map(len, id_rows), dtype=np.int64, count=len(id_rows))
+        types = pinned(padded([e.type_ids for e in encodings], lengths, 0)) if typed else None
+        return pinned(padded(id_rows, lengths, pad_id)), pinned(lengths), types
 
-    workers = workers or max(1, min(16, os.cpu_count() or 1))
+    workers = workers or max(1, min(4 if batcher is not None else 16, os.cpu_count() or 1))
     pooled = []
     with ThreadPoolExecutor(max_workers=workers) as pool, torch.inference_mode():
         pending = deque(pool.submit(tokenize, rows) for rows in batches[: workers * ahead])
