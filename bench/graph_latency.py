@@ -1,6 +1,7 @@
 """Query latency of the graph modes on a large synthetic graph (default 100k chunks).
 
     .venv/bin/python bench/graph_latency.py [--chunks 100000] [--queries 200] [--modes graph multihop graph_hybrid]
+                                            [--dense flat|hnsw] [--db FILE] [--stages]
 
 Extracting 100k real passages would take hours on 2 cores, so the graph is synthetic with the shape measured on
 MuSiQue: per chunk one title entity, ~8 named-entity and ~12 noun-phrase mentions drawn from vocabularies with a
@@ -8,22 +9,27 @@ Zipf head and a long tail, ~14 parsed relations and ~10 co-occurrences among the
 real: the spaCy parse of the question, MiniLM embeddings of the question and its named phrases (ragkit's
 embedder), an exact dense search over 100k 384-d vectors (a flat FAISS index, ragkit's default vector store),
 entity linking against entity-name vectors, and the walk.
-Questions name entities of the graph ("When did Talvor Menske's mother die?").
+Questions name entities of the graph ("When did Talvor Menske's mother die?"). ``--stages`` also prints, per
+mode, the p50 of each stage of a query: embedding it, the vector search, its spaCy parse, PageRank.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import sqlite3
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ragkit.connectors.embedders.sentence_transformers import SentenceTransformerEmbedder
 from ragkit.connectors.vectors.faiss import FaissShardedIndex
+from ragkit.graph import retrieve
 from ragkit.graph.model import ChunkExtraction, EntityMention, RelationMention
 from ragkit.graph.retrieve import GraphRetriever, HybridGraphRetriever, MultiHopRetriever
 from ragkit.graph.settings import GraphSettings
@@ -95,6 +101,20 @@ def build(store: GraphStore, n_chunks: int, rng: np.random.Generator) -> None:
     store.add(batch)
 
 
+def timed(record: dict[str, list[float]], stage: str, function: Callable[..., Any]) -> Callable[..., Any]:
+    """``function``, adding the seconds of each call to ``record[stage]``."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            record.setdefault(stage, []).append(time.perf_counter() - start)
+
+    return wrapper
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--chunks", type=int, default=100_000)
@@ -103,6 +123,7 @@ def main() -> None:
     parser.add_argument("--dense", choices=["flat", "hnsw"], default="flat",
                         help="FAISS index of the dense search that seeds the walk (flat: ragkit's default)")
     parser.add_argument("--db", default=":memory:", help="SQLite file for the synthetic graph (reused if present)")
+    parser.add_argument("--stages", action="store_true", help="also print each stage's p50 per mode")
     args = parser.parse_args()
     embedder = SentenceTransformerEmbedder(device="cpu")  # ragkit's default embedder, as an index uses it
     rng = np.random.default_rng(0)
@@ -130,8 +151,15 @@ def main() -> None:
     vector_store = FaissShardedIndex(store_dir, doc_vectors.shape[1], shards=1, kind=args.dense)
     vector_store.add(np.arange(args.chunks, dtype=np.int64), doc_vectors, [{}] * args.chunks)
 
+    stages: dict[str, list[float]] = {}
+    embed, search = embedder.embed_query, vector_store.search
+    if args.stages:
+        embed, search = timed(stages, "embed", embed), timed(stages, "vector search", search)
+        retrieve.query_phrases = timed(stages, "spaCy parse", retrieve.query_phrases)
+        retrieve.sparse_personalized_pagerank = timed(stages, "PageRank", retrieve.sparse_personalized_pagerank)
+
     def dense(query: str, k: int) -> list[tuple[str, float]]:
-        scores, rows = vector_store.search(embedder.embed_query(query)[None, :], k)
+        scores, rows = search(embed(query)[None, :], k)
         return [(chunk_ids[i], float(s)) for i, s in zip(rows[0], scores[0], strict=True) if i >= 0]
 
     titles = [entity_name(c * 7919 % (30 * args.chunks)) for c in rng.integers(0, args.chunks, size=args.queries)]
@@ -156,10 +184,14 @@ def main() -> None:
         retriever.retrieve_chunks(questions[0], 5)
         print(f"{mode}: first query (compiles matrices, loads vectors) {time.perf_counter() - start:.1f} s")
         timings[mode] = []
+        stages.clear()
         for question in questions:
             start = time.perf_counter()
             retriever.retrieve_chunks(question, 5)
             timings[mode].append(time.perf_counter() - start)
+        if args.stages:
+            parts = ", ".join(f"{stage} {1000 * statistics.median(v):.1f}" for stage, v in stages.items())
+            print(f"{mode} stages, p50 ms: {parts}")
     for what, values in timings.items():
         values_ms = sorted(1000 * v for v in values)
         p90, p99 = (values_ms[int(q * (len(values_ms) - 1))] for q in (0.9, 0.99))
