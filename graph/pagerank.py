@@ -37,8 +37,6 @@ def personalized_pagerank(
     edge_prune: float = 0.0,
 ) -> np.ndarray:
     """The dense vector of :func:`sparse_personalized_pagerank`'s scores, with which it shares its arguments."""
-    if not (sp.issparse(transition) and transition.format == "csc"):
-        transition = sp.csc_matrix(transition)
     return sparse_personalized_pagerank(
         transition, seeds, damping, iterations, tolerance, prune, dangling, absorbing, edge_prune
     ).dense(transition.shape[0])
