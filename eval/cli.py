@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,10 @@ from ragkit.types import RETRIEVAL_MODES, sha1_hex
 GRAPH_MODES = {"graph", "multihop", "graph_hybrid"}
 
 
-def add_eval_parser(commands: Any) -> None:
+def add_eval_parser(commands: Any, parents: Sequence[Any] = ()) -> None:
     sub = commands.add_parser(
-        "eval", help="measure recall@k, hit@k, MRR, nDCG... of each retrieval mode on a dataset",
+        "eval",
+        parents=list(parents), help="measure recall@k, hit@k, MRR, nDCG... of each retrieval mode on a dataset",
         description="DATASET is a BEIR folder (corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv), or a JSONL file "
         'of {"query": ..., "gold": [doc ids]} lines evaluated against an existing --index.',
     )

@@ -10,8 +10,9 @@ A reader that finds a derived store behind the catalog brings it up to date from
 
 from __future__ import annotations
 
+import sqlite3
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,12 +20,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ragkit.bm25 import BM25Index
+from ragkit.errors import RagkitError
 from ragkit.types import Chunk, Document, LoadError, sha1_hex
 
 if TYPE_CHECKING:
     from ragkit.index import Index, Progress
 
-BATCH_CHUNKS = 512
+BATCH_CHUNKS = 512  # chunks per embed -> extract -> commit batch
+TRIAGE_DOCUMENTS = 1000  # documents looked up in the catalog at once
+TRIAGE_CHARS = 32 * 2**20  # ... or fewer, when they are long
 
 
 @dataclass
@@ -46,7 +50,7 @@ class IndexReport:
             "added": self.added, "updated": self.updated, "unchanged": self.unchanged, "removed": self.removed,
             "failed": self.failed, "chunks": self.chunks, "embedded": self.embedded,
             "seconds": round(self.seconds, 3),
-            "errors": [{"source": e.source, "reason": e.reason} for e in self.errors],
+            "errors": [{"source": e.source, "reason": e.reason, "stage": e.stage} for e in self.errors],
         }
 
 
@@ -55,14 +59,15 @@ def _document_hash(doc: Document, tags: Mapping[str, Any]) -> str:
 
 
 def _make_chunker(index: Index) -> Any:
-    from ragkit.chunking import make_chunker
+    from ragkit.chunking import DEFAULT_MAX_CHARS, make_chunker
 
     settings = index.manifest.chunking
     strategy = settings.get("strategy", "auto")
     if strategy == "none":
         return WholeDocumentChunker()
     max_tokens = settings.get("max_tokens") or max(8, index.manifest.max_tokens - 2)
-    return make_chunker(strategy, index.embedder, max_tokens, settings.get("overlap", 32))
+    max_chars = settings.get("max_chars") or DEFAULT_MAX_CHARS  # an index made before the setting existed
+    return make_chunker(strategy, index.embedder, max_tokens, settings.get("overlap", 32), max_chars)
 
 
 class WholeDocumentChunker:
@@ -97,7 +102,13 @@ def add_sources(
 
     loaders = index.settings.loaders
     fields = RowFields(id=loaders.id_field, title=loaders.title_field, text=loaders.text_field)
-    items = load_sources(sources, include=loaders.include, exclude=loaders.exclude, fields=fields)
+    items = load_sources(
+        sources,
+        include=loaders.include,
+        exclude=loaders.exclude,
+        fields=fields,
+        follow_symlinks=loaders.follow_symlinks,
+    )
     return add_items(index, items, tags=tags, sync_scope=sources if sync else None, progress=progress)
 
 
@@ -111,51 +122,48 @@ def add_items(
 ) -> IndexReport:
     """Index documents (and count load errors); only new or changed documents are chunked and embedded.
 
+    Documents stream through: they are triaged against the catalog in groups and written in batches of about
+    ``BATCH_CHUNKS`` chunks as they arrive, so memory holds one group and one batch, whatever the corpus size.
+    A document that fails a stage is reported (source, stage, reason) and left out; the others are indexed.
+
     ``sync_scope``: paths whose documents not seen in ``items`` are removed (their files are gone).
     """
     started = time.perf_counter()
     report = IndexReport()
     with index.writer_lock():
         vectors = index.vectors  # reconciles an interrupted earlier run first
-        changed: list[tuple[Document, str]] = []
+        writer = _BatchWriter(index, vectors, tags, report, progress)
         seen: set[str] = set()
         failed_sources: set[str] = set()
         pending: list[Document] = []
-
-        def triage(batch: list[Document]) -> None:
-            known = index.catalog.content_hashes(d.id for d in batch)
-            for doc in batch:
-                digest = _document_hash(doc, tags)
-                if known.get(doc.id) == digest:
-                    report.unchanged += 1
-                else:
-                    changed.append((doc, digest))
-                    if doc.id in known:
-                        report.updated += 1
-                    else:
-                        report.added += 1
-
-        for item in items:
-            if isinstance(item, LoadError):
-                report.failed += 1
-                report.errors.append(item)
-                failed_sources.add(item.source.rsplit(":", 1)[0] if ":" in item.source else item.source)
-                failed_sources.add(item.source)
-                continue
-            if item.id in seen:
-                report.failed += 1
-                report.errors.append(LoadError(item.source, f"duplicate document id {item.id!r}; kept the first"))
-                continue
-            seen.add(item.id)
-            pending.append(item)
-            if progress:
-                progress("load", len(seen), 0)
-            if len(pending) >= 1000:
-                triage(pending)
-                pending = []
-        triage(pending)
-
-        _write_changed(index, vectors, changed, tags, report, progress)
+        pending_chars = 0
+        try:
+            for item in items:
+                if isinstance(item, LoadError):
+                    report.failed += 1
+                    report.errors.append(item)
+                    failed_sources.add(item.source.rsplit(":", 1)[0] if ":" in item.source else item.source)
+                    failed_sources.add(item.source)
+                    continue
+                if item.id in seen:
+                    report.failed += 1
+                    report.errors.append(
+                        LoadError(item.source, f"duplicate document id {item.id!r}; kept the first")
+                    )
+                    continue
+                seen.add(item.id)
+                pending.append(item)
+                pending_chars += len(item.text)
+                if progress:
+                    progress("load", len(seen), 0)
+                if len(pending) >= TRIAGE_DOCUMENTS or pending_chars >= TRIAGE_CHARS:
+                    _triage(index, pending, tags, report, writer)
+                    pending, pending_chars = [], 0
+            _triage(index, pending, tags, report, writer)
+            writer.flush()
+        finally:
+            writer.close()
+        failed_sources.update(writer.failed_sources)
         if sync_scope is not None:
             report.removed = _sync_removed(index, vectors, sync_scope, seen, failed_sources)
         _finish(index, vectors)
@@ -163,67 +171,190 @@ def add_items(
     return report
 
 
-def _write_changed(
-    index: Index,
-    vectors: Any,
-    changed: list[tuple[Document, str]],
-    tags: Mapping[str, Any],
-    report: IndexReport,
-    progress: Progress | None,
+def _triage(
+    index: Index, batch: list[Document], tags: Mapping[str, Any], report: IndexReport, writer: _BatchWriter
 ) -> None:
-    if not changed:
-        return
-    chunker = _make_chunker(index)
-    chunked = [(doc, digest, chunker.split(doc)) for doc, digest in changed]
-    total = sum(len(chunks) for _, _, chunks in chunked)
-    report.chunks = total
-    done = 0
-    graph = _graph_writer(index, min(total, BATCH_CHUNKS))
-    batches: list[list[tuple[Document, str, list[Chunk]]]] = [[]]
-    size = 0
-    for entry in chunked:
-        if size >= BATCH_CHUNKS:
-            batches.append([])
-            size = 0
-        batches[-1].append(entry)
-        size += len(entry[2])
-    try:
-        for batch in batches:
-            report.embedded += _write_batch(index, vectors, batch, tags, graph)
-            done += sum(len(chunks) for _, _, chunks in batch)
-            if progress:
-                progress("embed", done, total)
-                if graph is not None:
-                    progress("graph", done, total)
-    finally:
-        if graph is not None:
-            graph.close()
+    """Counts unchanged documents and hands new and changed ones to the writer."""
+    known = index.catalog.content_hashes(d.id for d in batch)
+    for doc in batch:
+        digest = _document_hash(doc, tags)
+        if known.get(doc.id) == digest:
+            report.unchanged += 1
+            continue
+        if doc.id in known:
+            report.updated += 1
+        else:
+            report.added += 1
+        writer.add(doc, digest)
 
 
-def _write_batch(
-    index: Index, vectors: Any, batch: list[tuple[Document, str, list[Chunk]]], tags: Mapping[str, Any], graph: Any
-) -> int:
-    from ragkit.types import vector_id
+def _systemic(exc: BaseException) -> bool:
+    """Failures of the machine or the index, not of one document: they stop the run rather than skip a file."""
+    return isinstance(exc, (ImportError, MemoryError, OSError, RagkitError, sqlite3.OperationalError)) or not (
+        isinstance(exc, Exception)
+    )
 
-    chunks = [c for _, _, cs in batch for c in cs]
-    embeddings, computed = index.embed([c.embed_text for c in chunks])
-    extractions = graph.extract(chunks) if graph is not None else None
-    removed: list[int] = []
-    with index.catalog.transaction() as conn:
-        for doc, digest, doc_chunks in batch:
-            stored = Document(id=doc.id, text=doc.text, source=doc.source, title=doc.title, meta=doc.meta)
-            removed += index.catalog.put_document(conn, stored, doc_chunks, tags)
-            conn.execute("UPDATE documents SET content_hash = ? WHERE id = ?", (digest, doc.id))
-        if graph is not None:
-            graph.replace(conn, [doc.id for doc, _, _ in batch], extractions)
-            # entity names are embedded now, once, so that a question's first graph search does not pay for it
-            graph.store.embed_names(index.manifest.embedder, lambda names: index.embed(names)[0])
-    ids = np.array([vector_id(c.id) for c in chunks], dtype=np.int64)
-    stale = np.setdiff1d(np.array(removed, dtype=np.int64), ids)
-    vectors.delete(stale)
-    doc_sources = {doc.id: doc.source for doc, _, _ in batch}
-    vectors.add(ids, embeddings, [{**tags, "doc_id": c.doc_id, "source": doc_sources[c.doc_id]} for c in chunks])
-    return computed
+
+@dataclass
+class _Entry:
+    """A changed document on its way through the stages; ``results`` holds each stage's output per chunk."""
+
+    doc: Document
+    digest: str
+    chunks: list[Chunk]
+    results: dict[str, list[Any]] = field(default_factory=dict)
+
+
+class _BatchWriter:
+    """Chunks changed documents as they arrive and writes them in batches of about ``BATCH_CHUNKS`` chunks.
+
+    Each batch goes through embed -> extract -> commit. When a stage fails on a batch, it runs again document by
+    document, so only the documents that fail it are left out (reported with the stage); a failure of every
+    document of a batch is a failure of the stage itself and stops the run, as do failures of the machine or of
+    the index (``_systemic``).
+    """
+
+    def __init__(
+        self,
+        index: Index,
+        vectors: Any,
+        tags: Mapping[str, Any],
+        report: IndexReport,
+        progress: Progress | None,
+    ) -> None:
+        self.index, self.vectors, self.tags, self.report, self.progress = index, vectors, tags, report, progress
+        self.failed_sources: set[str] = set()
+        self._chunker: Any = None
+        self._graph: Any = None
+        self._pending: list[_Entry] = []
+        self._pending_chunks = 0
+        self._chunked = 0
+        self._written = 0
+
+    def add(self, doc: Document, digest: str) -> None:
+        if self._chunker is None:
+            self._chunker = _make_chunker(self.index)
+        entry = _Entry(doc, digest, [])
+        try:
+            entry.chunks = self._chunker.split(doc)
+        except Exception as exc:
+            if _systemic(exc):
+                raise
+            self._fail(entry, "chunk", exc)
+            return
+        self._pending.append(entry)
+        self._pending_chunks += len(entry.chunks)
+        self._chunked += len(entry.chunks)
+        self.report.chunks += len(entry.chunks)
+        if self._pending_chunks >= BATCH_CHUNKS:
+            self.flush()
+
+    def flush(self) -> None:
+        batch, self._pending, self._pending_chunks = self._pending, [], 0
+        if not batch:
+            return
+        if self._graph is None and self.index.manifest.graph:
+            self._graph = _graph_writer(self.index, sum(len(e.chunks) for e in batch))
+        computed = 0
+
+        def embed(chunks: list[Chunk]) -> list[Any]:
+            nonlocal computed
+            vectors, fresh = self.index.embed([c.embed_text for c in chunks])
+            computed += fresh
+            return list(vectors)
+
+        batch = self._stage("embed", batch, embed)
+        if self._graph is not None:
+            batch = self._stage("graph", batch, self._graph.extract)
+        batch = self._isolated("write", batch, self._write)
+        self.report.embedded += computed
+        self._written += sum(len(e.chunks) for e in batch)
+        if self.progress:
+            self.progress("embed", self._written, self._chunked)
+            if self._graph is not None:
+                self.progress("graph", self._written, self._chunked)
+
+    def close(self) -> None:
+        if self._graph is not None:
+            self._graph.close()
+
+    def _stage(self, stage: str, batch: list[_Entry], compute: Callable[[list[Chunk]], Sequence[Any]]) -> list[_Entry]:
+        """Runs ``compute`` (one result per chunk) over the batch's chunks; each entry keeps its results."""
+
+        def run(entries: list[_Entry]) -> None:
+            results = list(compute([c for e in entries for c in e.chunks]))
+            offset = 0
+            for entry in entries:
+                entry.results[stage] = results[offset : offset + len(entry.chunks)]
+                offset += len(entry.chunks)
+
+        return self._isolated(stage, batch, run)
+
+    def _isolated(self, stage: str, batch: list[_Entry], run: Callable[[list[_Entry]], None]) -> list[_Entry]:
+        """``run(batch)``; if it fails, ``run([entry])`` for each entry. Returns the entries it succeeded for."""
+        if not batch:
+            return batch
+        try:
+            run(batch)
+            return batch
+        except Exception as exc:
+            if _systemic(exc):
+                raise
+            if len(batch) == 1:
+                self._fail(batch[0], stage, exc)
+                return []
+            first = exc
+        kept = []
+        for entry in batch:
+            try:
+                run([entry])
+            except Exception as exc:
+                if _systemic(exc):
+                    raise
+                self._fail(entry, stage, exc)
+                continue
+            kept.append(entry)
+        if not kept:
+            raise first
+        return kept
+
+    def _fail(self, entry: _Entry, stage: str, exc: BaseException) -> None:
+        doc = entry.doc
+        source = f"{doc.source}:{doc.meta['row']}" if "row" in doc.meta else doc.source
+        verb = {"chunk": "chunk", "embed": "embed", "graph": "extract entities from", "write": "write"}[stage]
+        self.report.failed += 1
+        self.report.errors.append(LoadError(source, f"could not {verb} it ({type(exc).__name__}: {exc})", stage))
+        self.failed_sources.add(doc.source)
+        # it was counted as added or updated when it was triaged; it is neither now
+        if self.index.catalog.content_hashes([doc.id]):
+            self.report.updated -= 1
+        else:
+            self.report.added -= 1
+
+    def _write(self, batch: list[_Entry]) -> None:
+        """One catalog transaction for the batch's documents, chunks and graph facts; then their vectors."""
+        from ragkit.types import vector_id
+
+        index, graph = self.index, self._graph
+        removed: list[int] = []
+        with index.catalog.transaction() as conn:
+            for entry in batch:
+                doc = entry.doc
+                stored = Document(id=doc.id, text=doc.text, source=doc.source, title=doc.title, meta=doc.meta)
+                removed += index.catalog.put_document(conn, stored, entry.chunks, self.tags)
+                conn.execute("UPDATE documents SET content_hash = ? WHERE id = ?", (entry.digest, doc.id))
+            if graph is not None:
+                graph.replace(conn, [e.doc.id for e in batch], [x for e in batch for x in e.results["graph"]])
+                # entity names are embedded now, once, so that a question's first graph search does not pay for it
+                graph.store.embed_names(index.manifest.embedder, lambda names: index.embed(names)[0])
+        chunks = [c for e in batch for c in e.chunks]
+        ids = np.array([vector_id(c.id) for c in chunks], dtype=np.int64)
+        stale = np.setdiff1d(np.array(removed, dtype=np.int64), ids)
+        self.vectors.delete(stale)
+        sources = {e.doc.id: e.doc.source for e in batch}
+        rows = np.array([v for e in batch for v in e.results["embed"]], dtype=np.float32)
+        rows = rows.reshape(len(chunks), self.index.manifest.dimension)
+        self.vectors.add(ids, rows, [{**self.tags, "doc_id": c.doc_id, "source": sources[c.doc_id]} for c in chunks])
 
 
 def _graph_writer(index: Index, expected_chunks: int) -> Any:

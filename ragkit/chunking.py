@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import bisect
 import re
+import unicodedata
 from collections.abc import Callable, Iterator
 from typing import Any, Literal, Protocol, get_args, runtime_checkable
 
@@ -29,6 +30,7 @@ CHUNK_STRATEGIES: tuple[str, ...] = get_args(ChunkStrategy)
 MARKDOWN_SUFFIXES: tuple[str, ...] = (".md", ".markdown")
 
 Span = tuple[int, int]
+DEFAULT_MAX_CHARS = 4000  # ~3x a 256-token chunk of English; only text a tokenizer cannot count reaches it
 
 
 @runtime_checkable
@@ -168,9 +170,59 @@ def _strip(text: str, start: int, end: int) -> Span:
     return start, end
 
 
-def _make_chunks(doc: Document, spans: list[Span], headings: list[list[str]] | None = None) -> list[Chunk]:
-    """Chunks for ``spans`` (stripped, empty ones dropped) with title, page, headings and ord in ``meta``."""
+def _is_joined(char: str) -> bool:
+    """Whether ``char`` belongs to the character before it: a combining mark, a joiner or a variation selector."""
+    return unicodedata.combining(char) != 0 or unicodedata.category(char) in ("Mn", "Me", "Cf", "Sk")
+
+
+def _cut(text: str, start: int, limit: int) -> int:
+    """Where to end a piece of ``text`` that starts at ``start`` and may hold ``limit`` characters at most.
+
+    At the last whitespace of the second half of the window when there is one, else at the last character
+    that starts a new grapheme (never between a letter and its combining marks or inside an emoji sequence),
+    else at the limit itself (a run of thousands of combining marks has no better place).
+    """
+    end = start + limit
+    space = max(text.rfind(" ", start + limit // 2, end), text.rfind("\n", start + limit // 2, end))
+    if space > start:
+        return space
+    cut = end
+    while cut > start + limit // 2 and (_is_joined(text[cut]) or text[cut - 1] == "\u200d"):
+        cut -= 1
+    return cut if cut > start + limit // 2 else end
+
+
+def bound_spans(text: str, spans: list[Span], max_chars: int | None) -> list[Span]:
+    """``spans`` with every span longer than ``max_chars`` cut into consecutive pieces of at most that many.
+
+    A token limit alone can be fooled: a tokenizer maps a 5 MB line without spaces, or a megabyte of one emoji,
+    to a handful of unknown-word tokens. The character limit keeps every chunk (and what the embedder, BM25 and
+    spaCy see of it) small whatever the text.
+    """
+    if max_chars is None or all(end - start <= max_chars for start, end in spans):
+        return spans
+    bounded: list[Span] = []
+    for start, end in spans:
+        while end - start > max_chars:
+            cut = _cut(text, start, max_chars)
+            bounded.append((start, cut))
+            start = cut
+        bounded.append((start, end))
+    return sorted(bounded)  # the pieces of a long window go before an overlapping window that starts later
+
+
+def _make_chunks(
+    doc: Document, spans: list[Span], headings: list[list[str]] | None = None, max_chars: int | None = None
+) -> list[Chunk]:
+    """Chunks for ``spans`` (cut to ``max_chars``, stripped, empty ones dropped) with title, page, headings and
+    ord in ``meta``."""
     page_offsets = list(doc.meta.get("page_offsets") or ()) if doc.meta else []
+    if max_chars is not None and headings is not None:
+        pieces = [bound_spans(doc.text, [span], max_chars) for span in spans]
+        headings = [path for path, parts in zip(headings, pieces, strict=True) for _ in parts]
+        spans = [span for parts in pieces for span in parts]
+    else:
+        spans = bound_spans(doc.text, spans, max_chars)
     chunks: list[Chunk] = []
     for i, (raw_start, raw_end) in enumerate(spans):
         start, end = _strip(doc.text, raw_start, raw_end)
@@ -218,9 +270,11 @@ class TokenChunker:
         TokenChunker(WhitespaceTokenOffsets(), max_tokens=200, overlap=20).split(doc)
     """
 
-    def __init__(self, tokens: TokenOffsets, max_tokens: int, overlap: int = 32) -> None:
+    def __init__(
+        self, tokens: TokenOffsets, max_tokens: int, overlap: int = 32, max_chars: int | None = DEFAULT_MAX_CHARS
+    ) -> None:
         _check_sizes(max_tokens, overlap)
-        self.tokens, self.max_tokens, self.overlap = tokens, max_tokens, overlap
+        self.tokens, self.max_tokens, self.overlap, self.max_chars = tokens, max_tokens, overlap, max_chars
 
     def split(self, doc: Document) -> list[Chunk]:
         if not doc.text.strip():
@@ -228,7 +282,7 @@ class TokenChunker:
         tokenized = _Tokenized(doc.text, self.tokens)
         budget = text_budget(self.tokens, doc, self.max_tokens)
         windows = tokenized.windows(0, len(doc.text), budget, min(self.overlap, budget - 1))
-        return _make_chunks(doc, windows)
+        return _make_chunks(doc, windows, max_chars=self.max_chars)
 
 
 # Separators tried in order on a span that is too long: blank lines, sentence ends, single newlines.
@@ -296,18 +350,26 @@ class SentenceChunker:
         SentenceChunker(tokens, max_tokens=256).split(doc)
     """
 
-    def __init__(self, tokens: TokenOffsets, max_tokens: int, overlap_sentences: int = 0) -> None:
+    def __init__(
+        self,
+        tokens: TokenOffsets,
+        max_tokens: int,
+        overlap_sentences: int = 0,
+        max_chars: int | None = DEFAULT_MAX_CHARS,
+    ) -> None:
         _check_sizes(max_tokens, 0)
         if overlap_sentences < 0:
             raise ConfigError(f"overlap_sentences must be 0 or more (got {overlap_sentences})")
         self.tokens, self.max_tokens, self.overlap_sentences = tokens, max_tokens, overlap_sentences
+        self.max_chars = max_chars
 
     def split(self, doc: Document) -> list[Chunk]:
         if not doc.text.strip():
             return []
         tok = _Tokenized(doc.text, self.tokens)
         budget = text_budget(self.tokens, doc, self.max_tokens)
-        return _make_chunks(doc, _sentence_spans(tok, 0, len(doc.text), budget, self.overlap_sentences))
+        spans = _sentence_spans(tok, 0, len(doc.text), budget, self.overlap_sentences)
+        return _make_chunks(doc, spans, max_chars=self.max_chars)
 
 
 _ATX_HEADING = re.compile(r" {0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*")
@@ -377,9 +439,9 @@ class MarkdownChunker:
         MarkdownChunker(tokens, max_tokens=256).split(doc)
     """
 
-    def __init__(self, tokens: TokenOffsets, max_tokens: int) -> None:
+    def __init__(self, tokens: TokenOffsets, max_tokens: int, max_chars: int | None = DEFAULT_MAX_CHARS) -> None:
         _check_sizes(max_tokens, 0)
-        self.tokens, self.max_tokens = tokens, max_tokens
+        self.tokens, self.max_tokens, self.max_chars = tokens, max_tokens, max_chars
 
     def split(self, doc: Document) -> list[Chunk]:
         if not doc.text.strip():
@@ -392,32 +454,41 @@ class MarkdownChunker:
             for span in _sentence_spans(tok, start, end, budget, 0):
                 spans.append(span)
                 paths.append(path)
-        return _make_chunks(doc, spans, paths)
+        return _make_chunks(doc, spans, paths, self.max_chars)
 
 
 class AutoChunker:
     """MarkdownChunker for documents whose source is a ``.md`` file, TokenChunker for everything else."""
 
-    def __init__(self, tokens: TokenOffsets, max_tokens: int, overlap: int = 32) -> None:
-        self.markdown = MarkdownChunker(tokens, max_tokens)
-        self.tokens = TokenChunker(tokens, max_tokens, overlap)
+    def __init__(
+        self, tokens: TokenOffsets, max_tokens: int, overlap: int = 32, max_chars: int | None = DEFAULT_MAX_CHARS
+    ) -> None:
+        self.markdown = MarkdownChunker(tokens, max_tokens, max_chars)
+        self.tokens = TokenChunker(tokens, max_tokens, overlap, max_chars)
 
     def split(self, doc: Document) -> list[Chunk]:
         chunker = self.markdown if doc.source.lower().endswith(MARKDOWN_SUFFIXES) else self.tokens
         return chunker.split(doc)
 
 
-def make_chunker(strategy: ChunkStrategy, tokens: TokenOffsets, max_tokens: int, overlap: int) -> Chunker:
+def make_chunker(
+    strategy: ChunkStrategy,
+    tokens: TokenOffsets,
+    max_tokens: int,
+    overlap: int,
+    max_chars: int | None = DEFAULT_MAX_CHARS,
+) -> Chunker:
     """The chunker for a ``chunking.strategy`` setting.
 
     ``overlap`` (in tokens) applies to token windows ("tokens", and "auto" for non-Markdown documents);
-    the sentence and Markdown chunkers keep whole sentences and do not overlap.
+    the sentence and Markdown chunkers keep whole sentences and do not overlap. No chunk is longer than
+    ``max_chars`` characters, whatever its token count.
     """
     builders: dict[str, Callable[[], Chunker]] = {
-        "tokens": lambda: TokenChunker(tokens, max_tokens, overlap),
-        "sentences": lambda: SentenceChunker(tokens, max_tokens),
-        "markdown": lambda: MarkdownChunker(tokens, max_tokens),
-        "auto": lambda: AutoChunker(tokens, max_tokens, overlap),
+        "tokens": lambda: TokenChunker(tokens, max_tokens, overlap, max_chars),
+        "sentences": lambda: SentenceChunker(tokens, max_tokens, max_chars=max_chars),
+        "markdown": lambda: MarkdownChunker(tokens, max_tokens, max_chars),
+        "auto": lambda: AutoChunker(tokens, max_tokens, overlap, max_chars),
     }
     if strategy not in builders:
         raise ConfigError(

@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 fatal error, 2 bad usage, 3 partial success (some files
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -34,15 +35,26 @@ def _key_values(pairs: Sequence[str] | None, flag: str) -> dict[str, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ragkit", description="Index documents and answer questions about them.")
-    parser.add_argument("--config", help="settings file (default: ./ragkit.toml when present)")
+    # --config and --debug work before or after the command; SUPPRESS keeps a subcommand's default from
+    # overwriting a value given before the command.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config", default=argparse.SUPPRESS, help="settings file (default: ./ragkit.toml when present)"
+    )
+    common.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of an unexpected error"
+    )
+    parser = argparse.ArgumentParser(
+        prog="ragkit", description="Index documents and answer questions about them.", parents=[common]
+    )
     commands = parser.add_subparsers(dest="command", required=True)
+    add_parser = functools.partial(commands.add_parser, parents=[common])
 
     def with_index(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--index", type=Path, help="index directory (default: $RAGKIT_INDEX or ./.ragkit)")
         sub.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
-    index = commands.add_parser("index", help="index files and directories (only changed documents)")
+    index = add_parser("index", help="index files and directories (only changed documents)")
     index.add_argument("sources", nargs="+", help="files or directories")
     with_index(index)
     index.add_argument("--sync", action="store_true", help="also remove documents whose files are gone")
@@ -51,8 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--uri", help="Milvus or Chroma server URI (new index only)")
     index.add_argument("--shards", type=int, help="number of vector shards (new index only)")
     index.add_argument("--meta", action="append", metavar="KEY=VALUE", help="tag every chunk (repeatable)")
+    index.add_argument(
+        "--follow-symlinks",
+        action="store_true",
+        help="follow symbolic links that lead outside the folders being indexed (default: report and skip them)",
+    )
 
-    ask = commands.add_parser("ask", help="answer a question from the index, with numbered sources")
+    ask = add_parser("ask", help="answer a question from the index, with numbered sources")
     ask.add_argument("question", nargs="?", help="the question")
     with_index(ask)
     ask.add_argument("--file", type=Path, help="answer every line of this file (JSON lines with --json)")
@@ -64,21 +81,21 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--where", action="append", metavar="KEY=VALUE", help="only chunks tagged so (repeatable)")
     ask.add_argument("--explain", action="store_true", help="show why each cited chunk was retrieved")
 
-    stats = commands.add_parser("stats", help="counts and settings of an index")
+    stats = add_parser("stats", help="counts and settings of an index")
     with_index(stats)
 
-    delete = commands.add_parser("delete", help="delete a document by id, or every document of a source")
+    delete = add_parser("delete", help="delete a document by id, or every document of a source")
     delete.add_argument("target", metavar="DOC_ID_OR_SOURCE")
     with_index(delete)
 
     from ragkit.eval.cli import add_eval_parser
 
-    add_eval_parser(commands)
+    add_eval_parser(commands, parents=[common])
     return parser
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    return load_settings(args.config)
+    return load_settings(getattr(args, "config", None))
 
 
 def _index_dir(args: argparse.Namespace) -> Path:
@@ -98,6 +115,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     settings = settings.merged(
         vectors={"backend": args.backend, "uri": args.uri, "shards": args.shards},
         graph={"enabled": False} if args.no_graph else {},
+        loaders={"follow_symlinks": True} if args.follow_symlinks else {},
     )
     tags = _key_values(args.meta, "--meta")
     path = _index_dir(args)
@@ -113,7 +131,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     else:
         err = _console(stderr=True)
         for error in report.errors:
-            err.print(f"[red]error[/red] {error.source}: {error.reason}", markup=True, highlight=False)
+            err.print(f"[red]error[/red] [{error.stage}] {error.source}: {error.reason}", markup=False)
         print(
             f"{report.added} added, {report.updated} updated, {report.unchanged} unchanged, "
             f"{report.removed} removed, {report.failed} failed; {report.chunks} chunks embedded "
@@ -299,6 +317,7 @@ COMMANDS = {"index": cmd_index, "ask": cmd_ask, "stats": cmd_stats, "delete": cm
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.config, args.debug = getattr(args, "config", None), getattr(args, "debug", False)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # model loading bars are noise in a CLI
     logging.getLogger("pypdf").setLevel(logging.ERROR)  # each bad PDF is reported once, as a LoadError
@@ -312,11 +331,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ragkit {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except (RagkitError, OSError, ImportError) as exc:
+        if args.debug:
+            raise
         print(f"ragkit {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_FATAL
     except KeyboardInterrupt:
         print("interrupted; the index keeps its last committed state", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - a bug must still end in one clear line, not a traceback
+        if args.debug:
+            raise
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(
+            f"ragkit {args.command}: unexpected error: {type(exc).__name__}"
+            f"{': ' + message if message else ''} (run again with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_FATAL
 
 
 if __name__ == "__main__":

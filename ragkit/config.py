@@ -35,6 +35,9 @@ class ChunkingSettings(_Section):
     strategy: Literal["auto", "tokens", "sentences", "markdown", "none"] = "auto"
     max_tokens: int | None = Field(None, ge=8, description="None: the embedder's maximum sequence length")
     overlap: int = Field(32, ge=0)
+    max_chars: int = Field(
+        4000, ge=100, description="hard limit on a chunk's characters, whatever its token count (long words, emoji)"
+    )
 
 
 class VectorSettings(_Section):
@@ -68,6 +71,9 @@ class LoaderSettings(_Section):
     id_field: str = "_id"
     title_field: str = "title"
     text_field: str = "text"
+    follow_symlinks: bool = Field(
+        False, description="follow symbolic links that lead outside the folders being indexed"
+    )
 
 
 class GraphSection(_Section):

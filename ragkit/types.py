@@ -98,10 +98,15 @@ class Answer:
 
 @dataclass(frozen=True)
 class LoadError:
-    """A file (or one row of a file) that could not be read; reported, never fatal to the run."""
+    """A document, file or row that could not be indexed; reported, never fatal to the run.
+
+    ``stage`` names the step that failed: ``load``, ``chunk``, ``embed``, ``graph`` or ``write``. Paths that
+    are deliberately not read (a pipe, a device, a symbolic link out of the indexed folder) are ``load``.
+    """
 
     source: str
     reason: str
+    stage: str = "load"
 
     def __str__(self) -> str:
         return f"{self.source}: {self.reason}"

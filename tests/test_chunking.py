@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import unicodedata
 
 import pytest
 from hypothesis import given, settings
@@ -149,7 +150,8 @@ def test_overlap_is_exact_with_whitespace_tokens() -> None:
 def test_overlap_with_minilm_shares_at_least_the_requested_tokens(minilm) -> None:  # noqa: ANN001
     doc = Document("d", synthetic_text(11), "x.txt")
     overlap = 12
-    chunks = TokenChunker(minilm, 64, overlap=overlap).split(doc)
+    # no character limit: the text's 5,000-character "word" would be cut into pieces that share nothing
+    chunks = TokenChunker(minilm, 64, overlap=overlap, max_chars=None).split(doc)
     spans = minilm.token_offsets(doc.text)
     for previous, current in zip(chunks, chunks[1:], strict=False):
         shared = sum(1 for s, e in spans if s >= current.start and e <= previous.end)
@@ -342,3 +344,51 @@ def test_random_unicode_never_crashes_and_offsets_map_back(
         if not use_minilm:
             assert all(len(tokens.token_offsets(c.text)) <= max_tokens for c in chunks)
         assert all(1 <= c.meta["page"] <= 2 for c in chunks)
+
+
+# --- the character limit: text a tokenizer cannot count --------------------------------------------------
+
+
+@pytest.mark.parametrize("strategy", ["tokens", "sentences", "markdown", "auto"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param("x" * 5_000_000, id="5MB-line"),
+        pytest.param("\U0001f600" * 1_000_000, id="1MB-emoji"),
+        pytest.param("e\u0301\u0302" * 20_000, id="combining-marks"),
+        pytest.param("\U0001f469\u200d\U0001f469\u200d\U0001f467" * 3000, id="zwj-sequences"),
+        pytest.param("a\u200b" * 30_000, id="zero-width-spaces"),
+        pytest.param("(" * 100_000 + ")" * 100_000, id="brackets"),
+    ],
+)
+def test_chunks_are_bounded_in_characters_whatever_the_tokens(strategy: str, text: str) -> None:
+    doc = Document(id="d", text=text, source="/x/doc.md")
+    chunks = make_chunker(strategy, WhitespaceTokenOffsets(), 64, 8, max_chars=2000).split(doc)
+    assert chunks and max(len(c.text) for c in chunks) <= 2000
+    for chunk in chunks:
+        assert chunk.text == text[chunk.start : chunk.end]
+        assert not unicodedata.combining(chunk.text[0]) and chunk.text[0] != "\u200d"  # no grapheme is cut
+    # nothing but whitespace falls between the chunks
+    position = 0
+    for chunk in sorted(chunks, key=lambda c: c.start):
+        assert not text[position : chunk.start].strip()
+        position = max(position, chunk.end)
+    assert not text[position:].strip()
+
+
+def test_character_limit_leaves_ordinary_chunks_alone(minilm) -> None:  # noqa: ANN001
+    text = " ".join(f"Sentence number {i} talks about owls and the rivers they hunt along." for i in range(400))
+    doc = Document(id="d", text=text, source="/x/doc.txt")
+    bounded = make_chunker("auto", minilm, 254, 32).split(doc)
+    unbounded = make_chunker("auto", minilm, 254, 32, max_chars=None).split(doc)
+    assert [c.id for c in bounded] == [c.id for c in unbounded]
+
+
+def test_character_limit_cuts_at_whitespace_and_keeps_markdown_headings() -> None:
+    body = ("word" * 600 + " ") * 4  # 2,401-character words: one token each for a whitespace tokenizer
+    doc = Document(id="d", text=f"# Title\n\n## Part\n\n{body}", source="/x/doc.md")
+    chunks = make_chunker("markdown", WhitespaceTokenOffsets(), 64, 0, max_chars=3000).split(doc)
+    assert len(chunks) >= 4 and all(len(c.text) <= 3000 for c in chunks)
+    assert all(c.meta["headings"] == ["Title", "Part"] for c in chunks)
+    assert chunks[0].text.startswith("# Title") and all(c.text.startswith("word") for c in chunks[1:])
+    assert all(c.text.endswith("word") for c in chunks)  # cut at the spaces between the words

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_run import run_ragkit
 
 pytestmark = pytest.mark.slow
 
@@ -15,9 +16,7 @@ PDF_BYTES = b"%PDF-1.4 this is not really a pdf \x00\x01\x02"
 
 
 def ragkit(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ragkit.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=600
-    )
+    return run_ragkit(*args, cwd=cwd)  # fails the test on any traceback
 
 
 @pytest.fixture(scope="module")
@@ -94,3 +93,46 @@ def test_usage_and_fatal_exit_codes(workspace):
         assert bad.returncode == 1 and "retrieval.moed" in bad.stderr and "valid keys" in bad.stderr
     finally:
         (workspace / "ragkit.toml").unlink()
+
+
+BROKEN_STATS = """
+import sys
+import ragkit.cli
+from ragkit.index import Index
+
+def stats(self):
+    raise KeyError("a bug deep inside")
+
+Index.stats = stats
+sys.exit(ragkit.cli.main(sys.argv[1:]))
+"""
+
+
+def test_an_unexpected_error_is_one_line_and_debug_shows_the_traceback(workspace):
+    driver = workspace / "broken_stats.py"
+    driver.write_text(BROKEN_STATS)
+    plain = subprocess.run(
+        [sys.executable, str(driver), "stats", "--index", "idx"], cwd=workspace, capture_output=True, text=True
+    )
+    assert plain.returncode == 1
+    assert "Traceback" not in plain.stderr
+    assert plain.stderr.strip() == (
+        "ragkit stats: unexpected error: KeyError: 'a bug deep inside' (run again with --debug for the traceback)"
+    )
+    debug = subprocess.run(
+        [sys.executable, str(driver), "stats", "--index", "idx", "--debug"],
+        cwd=workspace, capture_output=True, text=True,
+    )
+    assert debug.returncode != 0 and "Traceback" in debug.stderr and "a bug deep inside" in debug.stderr
+
+
+def test_config_and_debug_work_after_the_command(workspace):
+    (workspace / "other.toml").write_text("[retrieval]\nk = 2\n")
+    result = ragkit("stats", "--index", "idx", "--config", "missing.toml", cwd=workspace)
+    assert result.returncode == 1 and "missing.toml" in result.stderr
+    result = ragkit(
+        "ask", "sourdough", "--index", "idx", "--config", "other.toml", "--generator", "extractive", "--json",
+        cwd=workspace,
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(json.loads(result.stdout)["hits"]) == 2

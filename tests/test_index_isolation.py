@@ -1,0 +1,164 @@
+"""Per-document failure isolation in every stage of the index pipeline, and streaming in bounded batches.
+
+A document that fails to chunk, embed, extract or write is reported with its source, stage and reason; every
+other document is indexed, and a later run retries only the failed ones. A failure of the stage itself (every
+document of a batch fails, or the machine or the index fails) stops the run instead of hiding it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ragkit import Index, Settings
+from ragkit.pipelines import indexing
+from ragkit.testing import HashingEmbedder
+from ragkit.types import Document
+
+NAMES = "alder birch cedar damson elm fir gorse hazel ivy juniper larch maple".split()
+GOOD = {f"doc-{i}": f"Note about kestrels and voles in the {name} meadow." for i, name in enumerate(NAMES)}
+
+
+class PoisonEmbedder(HashingEmbedder):
+    """Fails on any text holding ``POISON-EMBED`` (one bad document), or on everything when ``broken``."""
+
+    def __init__(self, broken: bool = False) -> None:
+        super().__init__(64)
+        self.broken = broken
+
+    def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
+        if self.broken or any("POISON-EMBED" in t for t in texts):
+            raise ValueError("the model cannot embed this text")
+        return super().embed_documents(texts)
+
+
+def make(tmp_path: Path, embedder: HashingEmbedder | None = None, graph: bool = False) -> Index:
+    settings = Settings().merged(
+        graph={"enabled": graph, "options": {"n_process": 1}}, chunking={"max_tokens": 16, "overlap": 2}
+    )
+    return Index.create(tmp_path / "idx", settings, embedder=embedder or PoisonEmbedder())
+
+
+def documents(*bad: tuple[str, str]) -> list[Document]:
+    docs = [Document(id=i, text=t, source=f"/corpus/{i}.txt") for i, t in GOOD.items()]
+    for doc_id, text in bad:
+        docs.insert(5, Document(id=doc_id, text=text, source=f"/corpus/{doc_id}.txt"))
+    return docs
+
+
+def indexed_ids(index: Index) -> set[str]:
+    return {c.doc_id for batch in index.catalog.iter_chunks() for c in batch}
+
+
+def test_a_document_that_fails_to_embed_is_reported_and_the_rest_indexed(tmp_path: Path) -> None:
+    with make(tmp_path) as index:
+        report = index.add_documents(documents(("bad", "This one holds POISON-EMBED and cannot be embedded.")))
+        assert report.failed == 1 and report.added == len(GOOD)
+        (error,) = report.errors
+        assert (error.source, error.stage) == ("/corpus/bad.txt", "embed")
+        assert "ValueError: the model cannot embed this text" in error.reason
+        assert report.as_dict()["errors"][0]["stage"] == "embed"
+        assert indexed_ids(index) == set(GOOD)
+        assert len(index.vectors) == sum(1 for batch in index.catalog.iter_chunks() for _ in batch)
+        hits = index.retrieve("juniper meadow", k=1, mode="bm25")
+        assert hits[0].chunk.doc_id == "doc-9"
+
+
+def test_a_later_run_retries_only_the_failed_documents(tmp_path: Path) -> None:
+    with make(tmp_path) as index:
+        index.add_documents(documents(("bad", "POISON-EMBED for now.")))
+    fixed = [d if d.id != "bad" else Document("bad", "Fixed text about owls.", d.source) for d in documents(("bad", ""))]
+    with Index.open(tmp_path / "idx", embedder=PoisonEmbedder()) as index:
+        report = index.add_documents(fixed)
+        assert (report.added, report.unchanged, report.failed) == (1, len(GOOD), 0)
+        assert indexed_ids(index) == {*GOOD, "bad"}
+
+
+def test_an_update_that_fails_keeps_the_previous_version(tmp_path: Path) -> None:
+    with make(tmp_path) as index:
+        index.add_documents(documents())
+        before = {c.id for batch in index.catalog.iter_chunks() for c in batch}
+        changed = [Document("doc-3", "POISON-EMBED replaces the note.", "/corpus/doc-3.txt")]
+        report = index.add_documents(changed)
+        assert (report.updated, report.failed, report.errors[0].stage) == (0, 1, "embed")
+        assert {c.id for batch in index.catalog.iter_chunks() for c in batch} == before
+
+
+def test_a_document_that_fails_to_chunk_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = indexing._make_chunker
+
+    class Fussy:
+        def __init__(self, inner) -> None:  # noqa: ANN001
+            self.inner = inner
+
+        def split(self, doc: Document):  # noqa: ANN201
+            if "CHUNK-FAIL" in doc.text:
+                raise RuntimeError("the chunker met something it cannot split")
+            return self.inner.split(doc)
+
+    monkeypatch.setattr(indexing, "_make_chunker", lambda index: Fussy(real(index)))
+    with make(tmp_path) as index:
+        report = index.add_documents(documents(("odd", "CHUNK-FAIL in here.")))
+        assert [(e.source, e.stage) for e in report.errors] == [("/corpus/odd.txt", "chunk")]
+        assert indexed_ids(index) == set(GOOD)
+
+
+def test_a_document_that_cannot_be_written_is_reported(tmp_path: Path) -> None:
+    # SQLite cannot store a lone surrogate (a file name that is not valid UTF-8, decoded by Python)
+    docs = documents()
+    docs.insert(3, Document("surrogate", "Text about herons.", "/corpus/caf\udce9.txt"))
+    with make(tmp_path) as index:
+        report = index.add_documents(docs)
+        assert [e.stage for e in report.errors] == ["write"]
+        assert "caf" in report.errors[0].source
+        assert indexed_ids(index) == set(GOOD)
+        assert len(index.vectors) == sum(1 for batch in index.catalog.iter_chunks() for _ in batch)
+
+
+@pytest.mark.slow
+def test_a_document_that_fails_graph_extraction_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ragkit.graph.extract import SpacyExtractor
+
+    real = SpacyExtractor.extract
+
+    def extract(self, chunks, titles=None):  # noqa: ANN001, ANN202
+        if any("GRAPH-FAIL" in c.text for c in chunks):
+            raise ValueError("spaCy choked")
+        return real(self, chunks, titles)
+
+    monkeypatch.setattr(SpacyExtractor, "extract", extract)
+    with make(tmp_path, graph=True) as index:
+        report = index.add_documents(documents(("odd", "Paris is in France. GRAPH-FAIL")))
+        assert [(e.source, e.stage) for e in report.errors] == [("/corpus/odd.txt", "graph")]
+        assert indexed_ids(index) == set(GOOD)
+        assert index.graph_stats()["entities"] > 0
+
+
+def test_a_broken_stage_stops_the_run_instead_of_failing_every_document(tmp_path: Path) -> None:
+    with make(tmp_path, PoisonEmbedder(broken=True)) as index:
+        with pytest.raises(ValueError, match="cannot embed"):
+            index.add_documents(documents())
+        assert indexed_ids(index) == set()
+
+
+def test_documents_stream_through_in_bounded_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first batches are committed while the loader is still producing documents."""
+    monkeypatch.setattr(indexing, "BATCH_CHUNKS", 8)
+    monkeypatch.setattr(indexing, "TRIAGE_DOCUMENTS", 10)
+    committed_while_loading: list[int] = []
+
+    with make(tmp_path) as index:
+
+        def produce() -> Iterator[Document]:
+            for i in range(60):
+                if i % 20 == 19:
+                    committed_while_loading.append(len(indexed_ids(index)))
+                yield Document(f"s{i}", f"Streamed note {i} on curlews and estuaries.", f"/s/{i}.txt")
+
+        report = index.add_documents(produce())
+        assert report.added == 60 and len(indexed_ids(index)) == 60
+    assert committed_while_loading[0] > 0 and committed_while_loading == sorted(committed_while_loading)
+    assert committed_while_loading[-1] < 60
