@@ -86,7 +86,10 @@ class WholeDocumentChunker:
 
 
 def _scope(sources: Sequence[str]) -> list[Path]:
-    return [Path(s).resolve() for s in sources]
+    """The folders and files given as sources, written as the loaders write sources (``path_source``)."""
+    from ragkit.connectors.loaders import path_source
+
+    return [Path(path_source(Path(s).resolve())) for s in sources]
 
 
 def _in_scope(source: str, scope: Sequence[Path]) -> bool:
@@ -320,7 +323,11 @@ class _BatchWriter:
 
     def _fail(self, entry: _Entry, stage: str, exc: BaseException) -> None:
         doc = entry.doc
-        source = f"{doc.source}:{doc.meta['row']}" if "row" in doc.meta else doc.source
+        source = doc.source
+        if "row" in doc.meta:  # as a row's LoadError names it
+            source = f"{doc.source}:{doc.meta['row']}"
+        elif "part" in doc.meta:  # a part of a large text file
+            source = f"{doc.source} (part {doc.meta['part']} at character {doc.meta.get('offset', 0)})"
         verb = {"chunk": "chunk", "embed": "embed", "graph": "extract entities from", "write": "write"}[stage]
         self.report.failed += 1
         self.report.errors.append(LoadError(source, f"could not {verb} it ({type(exc).__name__}: {exc})", stage))
@@ -406,11 +413,14 @@ def _finish(index: Index, vectors: Any) -> None:
 
 def delete_documents(index: Index, doc_id_or_source: str) -> list[str]:
     with index.writer_lock():
+        from ragkit.connectors.loaders import path_source
+
         vectors = index.vectors
-        if index.catalog.has_document(doc_id_or_source):
-            doc_ids = [doc_id_or_source]
+        target = path_source(doc_id_or_source)  # a file name that is not UTF-8 is stored escaped
+        if index.catalog.has_document(target):
+            doc_ids = [target]
         else:
-            candidates = {doc_id_or_source, str(Path(doc_id_or_source).resolve())}
+            candidates = {target, path_source(Path(doc_id_or_source).resolve())}
             doc_ids = index.catalog.documents_of_sources(candidates)
             if not doc_ids:
                 scope = _scope([doc_id_or_source])

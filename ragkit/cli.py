@@ -129,9 +129,11 @@ def cmd_index(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary))
     else:
+        from rich.markup import escape
+
         err = _console(stderr=True)
         for error in report.errors:
-            err.print(f"[red]error[/red] [{error.stage}] {error.source}: {error.reason}", markup=False)
+            err.print(f"[red]error[/red] {escape(f'[{error.stage}] {error.source}: {error.reason}')}")
         print(
             f"{report.added} added, {report.updated} updated, {report.unchanged} unchanged, "
             f"{report.removed} removed, {report.failed} failed; {report.chunks} chunks embedded "

@@ -31,5 +31,6 @@ def run_ragkit(
     )
     if not allow_traceback:
         for name, stream in (("stdout", result.stdout), ("stderr", result.stderr)):
-            assert "Traceback" not in stream, f"ragkit {' '.join(map(str, args))} printed a traceback on {name}:\n{stream}"
+            command = " ".join(map(str, args))
+            assert "Traceback" not in stream, f"ragkit {command} printed a traceback on {name}:\n{stream}"
     return result

@@ -5,6 +5,8 @@ Properties:
   never the catch-all "could not read it (...)" error that marks an exception a loader did not anticipate,
   and every string it yields can be stored (valid Unicode: no lone surrogates);
 * damaged copies of valid files (truncated, bytes flipped, fragments inserted) likewise;
+* a file (or folder) with any name the file system accepts, valid UTF-8 or not, loads under a storable source:
+  the name's text with each undecodable byte written ``\\xNN``, identical on every run, one per name;
 * text in any script with any line ends and encoding (UTF-8 with or without BOM, UTF-16, UTF-32) loads as the
   same text, newlines normalized to ``\\n``; whitespace-only text is an "empty file" error;
 * JSONL and CSV files: every good row loads with its exact text, every bad row is one error on its row, in
@@ -20,6 +22,7 @@ import bisect
 import csv
 import io
 import json
+import os
 import tempfile
 from pathlib import Path
 
@@ -202,6 +205,37 @@ def test_the_undamaged_files_load() -> None:
         items, path = load_bytes(data, suffix)
         check_items(items, path)
         assert all(isinstance(i, Document) for i in items), (suffix, items)
+
+
+# --- any file name ---------------------------------------------------------------------------------------
+
+NAME_BYTES = st.binary(min_size=1, max_size=40).filter(lambda b: b"/" not in b and b"\x00" not in b)
+
+
+@fuzz(120)
+@given(names=st.lists(NAME_BYTES.map(lambda b: b + b".txt"), min_size=1, max_size=5, unique=True),
+       folder=NAME_BYTES.filter(lambda b: not b.startswith(b".")))
+def test_any_file_name_loads_under_a_storable_stable_source(names: list[bytes], folder: bytes) -> None:
+    """Names that are not UTF-8 (``b"caf\\xe9.txt"``) would put lone surrogates in a source, which SQLite and
+    JSON cannot take; the loaders write each bad byte as ``\\xNN``, so the source is storable and stable."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp).resolve() / os.fsdecode(folder)
+        root.mkdir()
+        for number, name in enumerate(names):
+            (root / os.fsdecode(name)).write_text(f"text of file number {number}")
+        items = list(load_sources([root]))
+        again = [i.source for i in load_sources([root])]
+    expected = {
+        f"{Path(tmp).resolve()}/{folder.decode('utf-8', 'backslashreplace')}/{name.decode('utf-8', 'backslashreplace')}"
+        for name in names if not name.startswith(b".")
+    }
+    docs = [i for i in items if isinstance(i, Document)]
+    assert [i for i in items if not isinstance(i, Document)] == []
+    assert {d.source for d in docs} == expected and len(docs) == len(expected)
+    assert again == [d.source for d in docs]
+    for doc in docs:
+        assert storable(doc.source) and storable(doc.id)
+        json.dumps(doc.source, ensure_ascii=False).encode("utf-8")
 
 
 # --- text in any script round-trips --------------------------------------------------------------------

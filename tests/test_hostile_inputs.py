@@ -25,6 +25,17 @@ Behaviours chosen where the requirement is silent (the loaders' docstrings say t
   files that vanish or change while the run is under way: one LoadError each (a changed file is indexed with
   the content read); folders thousands deep are walked without recursion; paths over PATH_MAX are an error
   for that folder;
+* a symbolic link whose target lies outside the folders being indexed (``/etc/passwd``, ``/dev/zero``, a
+  folder beside the tree) is not followed: one LoadError "symbolic link to ... outside the indexed folder;
+  not followed (use --follow-symlinks)". Links inside the tree are followed; ``follow_symlinks=True``
+  follows every link;
+* a binary file is refused from its first 8 KiB ("binary file, not text"), whatever its size: a zip bomb
+  renamed ``.txt`` is never decompressed, 100 MB of NUL bytes are never read;
+* a file name that is not valid UTF-8 (``b"caf\xe9.txt"``) is indexed with the source ``caf\\xe9.txt``
+  (each undecodable byte written ``\\xNN``): SQLite cannot store the lone surrogate Python decodes it to;
+* a PDF whose page tree loops (``/Kids`` leading back to an ancestor) or nests too deep: "corrupt PDF (...)";
+* HTML nested 50,000 deep: "HTML nested too deeply" in milliseconds;
+* a CSV of 10,000 columns: each row is a Document whose text is the text column, the other columns meta;
 * HTML: scripts, styles and inline ``data:`` blobs are never indexed, however big (lxml's 10 MB node limit
   is lifted so a huge inline script does not lose the page);
 * text in any script, right-to-left included, is indexed as is and is retrievable.
@@ -32,7 +43,6 @@ Behaviours chosen where the requirement is silent (the loaders' docstrings say t
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import stat
@@ -40,11 +50,13 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
+from cli_run import run_ragkit
 from pypdf import PdfWriter
-from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject
+from pypdf.generic import ArrayObject, DecodedStreamObject, DictionaryObject, NameObject, NumberObject
 
 from ragkit import Index, Settings
 from ragkit.connectors.loaders import load_file, load_sources
@@ -114,6 +126,66 @@ def make_pdf(path: Path, pages: list[str], password: str | None = None) -> bytes
     with path.open("wb") as handle:
         writer.write(handle)
     return path.read_bytes()
+
+
+def make_looped_pdf(path: Path, text: str, *, to_root: bool = True) -> Path:
+    """A one-page PDF whose page tree loops: the root ``/Pages`` lists itself among its ``/Kids``
+    (``to_root``), or lists an intermediate ``/Pages`` node whose ``/Kids`` lead back to the root."""
+    make_pdf(path, [text])
+    writer = PdfWriter(clone_from=str(path))
+    root_ref = writer._pages
+    pages = root_ref.get_object()
+    if to_root:
+        pages[NameObject("/Kids")].append(root_ref)
+    else:
+        middle = DictionaryObject(
+            {NameObject("/Type"): NameObject("/Pages"), NameObject("/Parent"): root_ref,
+             NameObject("/Count"): NumberObject(1), NameObject("/Kids"): ArrayObject([root_ref])}
+        )
+        pages[NameObject("/Kids")].append(writer._add_object(middle))
+        pages[NameObject("/Count")] = NumberObject(2)
+    with path.open("wb") as handle:
+        writer.write(handle)
+    return path
+
+
+def make_zip_bomb(path: Path, megabytes: int) -> Path:
+    """A real zip of one file of ``megabytes`` MiB of zeros (a few hundred KiB on disk), named ``path``."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        with archive.open("zeros.bin", "w", force_zip64=True) as member:
+            block = bytes(2**20)
+            for _ in range(megabytes):
+                member.write(block)
+    return path
+
+
+def make_sparse(path: Path, size: int, head: bytes = b"") -> Path:
+    """A file of ``size`` bytes: ``head``, then a hole (NUL bytes that cost no disk)."""
+    with path.open("wb") as handle:
+        handle.write(head)
+        handle.truncate(size)
+    return path
+
+
+def wide_csv(columns: int, rows: list[tuple[str, str]]) -> str:
+    """A CSV with ``_id``, ``text`` and ``columns - 2`` numbered columns; ``rows``: (id, text)."""
+    header = ["_id", "text", *(f"c{i}" for i in range(2, columns))]
+    values = ",".join(str(i) for i in range(2, columns))
+    return "\n".join([",".join(header), *(f"{row_id},{text},{values}" for row_id, text in rows)]) + "\n"
+
+
+NON_UTF8_NAME = os.fsdecode(b"caf\xe9.txt")  # the lone surrogate Python decodes the byte 0xe9 to
+NON_UTF8_SOURCE = "caf\\xe9.txt"  # as the index stores it
+EMOJI_LINE = "\U0001f989" * (2**20 // 4)  # 1 MB of one emoji (4 UTF-8 bytes each), one line
+ZERO_WIDTH = (
+    "Zero\u200bwidth spaces, jo\u200diners\u200c and combining marks: cafe\u0301, Z\u0351\u0352\u0353algo\u0301"
+    "\u0302\u0303\u0304, and the kingfisher\u2060 dives for minnows.\n"
+)
+MIXED_ENCODINGS = "Caf\u00e9 au lait, then ".encode() + "cr\u00e8me br\u00fbl\u00e9e".encode("latin-1") + b" and more"
+MIXED_REASON = "not valid UTF-8 text (invalid byte 0xe8 at offset 22)"
+OUTSIDE_LINK = "outside the indexed folder; not followed (use --follow-symlinks)"
 
 
 def make_deep(root: Path, depth: int, leaf: str, text: str) -> Path:
@@ -291,18 +363,46 @@ def build_tree(root: Path, *, locked: bool = True) -> dict[str, str]:
     expected["bad/utf16_surrogate.txt"] = "not valid UTF-16 text"
     write(root, "bad/utf16_odd.md", "odd length".encode("utf-16") + b"\x41")
     expected["bad/utf16_odd.md"] = "not valid UTF-16 text"
-    # Too big to be one document: a sparse 200 MB file (the streamed, measured case is a test of its own).
-    with (root / "bad" / "too_big.txt").open("wb") as handle:
-        handle.truncate(200 * 2**20)
+    write(root, "bad/mixed_encodings.txt", MIXED_ENCODINGS)
+    expected["bad/mixed_encodings.txt"] = MIXED_REASON
+    # Too big to be one document: a sparse 200 MB file that starts with text (the streamed, measured case is
+    # a test of its own).
+    make_sparse(root / "bad" / "too_big.txt", 200 * 2**20, b"Text at the start. " * 1000)
     expected["bad/too_big.txt"] = "file too large (200 MB, over the 64 MB limit)"
+    # Binary whatever the suffix and size: never read past the first 8 KiB, never decompressed.
+    make_sparse(root / "bad" / "nul_100mb.txt", 100 * 2**20)
+    expected["bad/nul_100mb.txt"] = "binary file, not text"
+    make_zip_bomb(root / "bad" / "zip_bomb.txt", 64)
+    expected["bad/zip_bomb.txt"] = "binary file, not text"
+    # Hostile structure.
+    make_looped_pdf(root / "bad" / "page_loop.pdf", "Looping pages.")
+    expected["bad/page_loop.pdf"] = "corrupt PDF (PdfReadError: Detected cyclic page references.)"
+    write(root, "bad/nested_50k.html", "<html><body>" + "<div>" * 50_000 + "x" + "</div>" * 50_000 + "</body></html>")
+    expected["bad/nested_50k.html"] = "HTML nested too deeply (the parser stops at"
     # A pipe would block a reader forever.
     os.mkfifo(root / "bad" / "pipe.txt")
     expected["bad/pipe.txt"] = "not a regular file (named pipe)"
-    if os.path.exists("/dev/zero"):  # an endless "file": reading it would never finish
+    if os.path.exists("/dev/zero"):  # an endless "file" outside the tree: never followed, so never read
         os.symlink("/dev/zero", root / "bad" / "endless.txt")
-        expected["bad/endless.txt"] = "not a regular file (device)"
+        expected["bad/endless.txt"] = f"symbolic link to /dev/zero {OUTSIDE_LINK}"
+    # Links out of the tree are not followed; links inside it are (their targets load once).
+    outside = root.parent / "outside"
+    write(outside, "secret.txt", "The private key is hunter2; nobody indexes this.")
+    (root / "links").mkdir()
+    os.symlink(outside / "secret.txt", root / "links" / "secret.txt")
+    expected["links/secret.txt"] = f"symbolic link to {outside.resolve() / 'secret.txt'} {OUTSIDE_LINK}"
+    os.symlink(outside, root / "links" / "outside_folder")
+    expected["links/outside_folder"] = f"symbolic link to {outside.resolve()} {OUTSIDE_LINK}"
+    os.symlink(root / "good" / "owls.txt", root / "links" / "owls_alias.txt")
+    os.symlink(root / "good", root / "links" / "good_alias")
+    # Strange but good text: indexed as written.
+    write(root, "long/emoji.txt", EMOJI_LINE + "\n")
+    write(root, "scripts/zero_width.txt", ZERO_WIDTH)
+    write(root, "names/" + NON_UTF8_NAME, "Grey herons nest in colonies called heronries.")
+    write(root, "rows/wide.csv", wide_csv(10_000, [("w1", "Avocets sweep their upturned bills through mud."),
+                                                   ("w2", "Oystercatchers prise mussels open.")]))
     # Links.
-    (root / "loop").mkdir()
+    (root / "loop").mkdir()  # (a link back to the root is inside the tree: a loop, not an outside link)
     os.symlink(root, root / "loop" / "back_to_root")
     expected["loop/back_to_root"] = "symbolic link loop"
     os.symlink(root / "loop" / "self.md", root / "loop" / "self.md")
@@ -363,7 +463,7 @@ def tree(tmp_path: Path):
     finally:
         remove_tree(root)
         if base != tmp_path:
-            base.rmdir()
+            remove_tree(base)  # and the folder beside the tree that links point to
 
 
 def settings() -> Settings:
@@ -423,21 +523,20 @@ def test_hostile_tree_through_the_api(tree: Path, tmp_path: Path, monkeypatch: p
     deep_leaf = "deep/" + "d/" * DEEP + "leaf.txt"
     assert indexed == {
         *GOOD, "good/wide.txt", "good/wide_be.md", "good/page.html", "good/report.pdf", "long/one_line.txt",
-        "long/one_word.md", "html/huge_inline.html", deep_leaf, "race/d_changes.txt", "rows/mixed.jsonl",
-        "rows/long_row.jsonl", "rows/mixed.csv",
+        "long/one_word.md", "long/emoji.txt", "scripts/zero_width.txt", f"names/{NON_UTF8_SOURCE}",
+        "html/huge_inline.html", deep_leaf, "race/d_changes.txt", "rows/mixed.jsonl", "rows/long_row.jsonl",
+        "rows/mixed.csv", "rows/wide.csv",
     }
     rows = index.catalog.sources()
     jsonl_ids = set(rows[str((tree / "rows" / "mixed.jsonl").resolve())])
     assert jsonl_ids == {"r1", "r9", "r10"}
     assert len(rows[str((tree / "rows" / "mixed.csv").resolve())]) == 4  # c1, c4, c6, c7
+    assert sorted(rows[str((tree / "rows" / "wide.csv").resolve())]) == ["w1", "w2"]
     assert report.added == sum(len(ids) for ids in rows.values())
 
-    # Chunks are exact spans of the documents the loaders produce.
-    by_source = {}
-    for path in {Path(s.rsplit(":", 1)[0]) for s in rows}:
-        for doc in load_file(path):
-            if isinstance(doc, Document):
-                by_source[doc.id] = doc
+    # Chunks are exact spans of the documents the loaders produce (loaded again: a source is not always a
+    # path, the non-UTF-8 name is escaped).
+    by_source = {doc.id: doc for doc in load_sources([tree]) if isinstance(doc, Document)}
     chunks = [c for batch in index.catalog.iter_chunks() for c in batch]
     assert chunks
     for chunk in chunks:
@@ -462,6 +561,13 @@ def test_hostile_tree_through_the_api(tree: Path, tmp_path: Path, monkeypatch: p
     assert top_source("gannets dive") == top_source("puffins burrows") == ["rows/mixed.jsonl"]
     assert top_source("swallows africa") == top_source("martins mud nests") == ["rows/mixed.csv"]
     assert top_source("peregrine falcons glove") == ["html/huge_inline.html"]
+    assert top_source("kingfisher minnows") == ["scripts/zero_width.txt"]
+    assert top_source("herons heronries") == [f"names/{NON_UTF8_SOURCE}"]
+    assert top_source("avocets upturned bills") == top_source("oystercatchers mussels") == ["rows/wide.csv"]
+    assert [c.text for c in chunks if "\U0001f989" in c.text]  # the emoji line is indexed
+    # Nothing behind a link out of the tree is indexed.
+    assert not [c for c in chunks if "hunter2" in c.text]
+    assert index.retrieve("private key hunter2", k=3, mode="bm25") == []
     # Scripts, styles and inline data never reach the index.
     for word in ("secretscript", "scriptonly", "trackingpixel", "QUJDQUJD"):
         assert not [c for c in chunks if word in c.text], word
@@ -481,22 +587,41 @@ def test_hostile_tree_through_the_api(tree: Path, tmp_path: Path, monkeypatch: p
 # --- the tree through the CLI, once ----------------------------------------------------------------------
 
 
-def _drop_file_permission_override() -> None:
-    """In the child, as root: drop CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH so mode 000 means unreadable."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    for capability in (1, 2):
-        if libc.prctl(24, capability, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
-            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
+# Put first on a child's PYTHONPATH, this runs at its start-up: as root with RAGKIT_TEST_DROP_DAC=1, it drops
+# CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from the bounding set and execs itself again, so that the CLI it
+# runs (through run_ragkit, as every CLI run in the suite does) is refused mode-000 files like a user is.
+DROP_DAC = textwrap.dedent(
+    """
+    import ctypes, os, sys
+
+    if os.environ.pop("RAGKIT_TEST_DROP_DAC", "") == "1":
+        libc = ctypes.CDLL(None, use_errno=True)
+        for capability in (1, 2):
+            if libc.prctl(24, capability, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+                raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
+        os.execv(sys.executable, sys.orig_argv)
+    """
+)
 
 
-def _permissions_enforced(probe: Path) -> bool:
+def _unprivileged_env(folder: Path) -> dict[str, str]:
+    """Environment for a child that, as root, cannot read mode-000 files (see DROP_DAC)."""
+    if not IS_ROOT:
+        return {}
+    folder.mkdir(exist_ok=True)
+    (folder / "sitecustomize.py").write_text(DROP_DAC)
+    path = os.pathsep.join(p for p in (str(folder), os.environ.get("PYTHONPATH", "")) if p)
+    return {"PYTHONPATH": path, "RAGKIT_TEST_DROP_DAC": "1"}
+
+
+def _permissions_enforced(probe: Path, env: dict[str, str]) -> bool:
     """Whether a child started like the CLI below is refused a mode-000 file."""
     probe.write_text("x")
     probe.chmod(0)
     try:
         result = subprocess.run(
             [sys.executable, "-c", f"open({str(probe)!r}).read()"],
-            preexec_fn=_drop_file_permission_override if IS_ROOT else None,
+            env={**os.environ, **env},
             capture_output=True,
             timeout=60,
         )
@@ -509,34 +634,24 @@ def _permissions_enforced(probe: Path) -> bool:
 
 
 def test_hostile_tree_through_the_cli_exits_partial_naming_each_bad_file(tree: Path, tmp_path: Path) -> None:
-    locked = _permissions_enforced(tmp_path / "probe.txt")
+    env = _unprivileged_env(tmp_path / "site")
+    locked = _permissions_enforced(tmp_path / "probe.txt", env)
     expected = build_tree(tree, locked=locked)
     for relative in [r for r in expected if r.startswith("race/")]:
         del expected[relative]  # unchanged here: the race files are good files
     (tmp_path / "ragkit.toml").write_text('[embedder]\nmodel = "hashing-64"\n\n[graph]\nenabled = false\n')
-    env = {**os.environ, "COLUMNS": "100000"}  # rich wraps stderr lines at 80 columns otherwise
-    env.pop(MAX_ENV, None)
-    result = subprocess.run(
-        [sys.executable, "-m", "ragkit.cli", "index", str(tree), "--index", str(tmp_path / "idx")],
-        cwd=tmp_path,
-        env=env,
-        preexec_fn=_drop_file_permission_override if locked and IS_ROOT else None,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    env[MAX_ENV] = ""  # the default limit
+    result = run_ragkit("index", tree, "--index", tmp_path / "idx", "--json", cwd=tmp_path, env=env, timeout=300)
     assert result.returncode == 3, result.stderr[-3000:]
-    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error ")]
-    named = {}
-    for line in error_lines:
-        source, _, reason = line.removeprefix("error ").partition(": ")
-        named[relative_source(source, tree)] = reason
+    summary = json.loads(result.stdout)
+    named = {relative_source(e["source"], tree): e["reason"] for e in summary["errors"]}
+    assert len(named) == len(summary["errors"]) == summary["failed"], "one error per bad file or row"
     assert sorted(named) == sorted(expected)
     for source, reason in expected.items():
         assert reason in named[source], (source, named[source])
-    files = len(GOOD) + 4 + 2 + 1 + 1 + 4  # good/, long/, html/, deep/ and the (unchanged) race/ files
-    good = files + 3 + 4 + 2  # and the good rows of mixed.jsonl, mixed.csv and long_row.jsonl
-    assert f"{good} added" in result.stdout and f"{len(expected)} failed" in result.stdout, result.stdout
+    files = len(GOOD) + 4 + 2 + 1 + 1 + 4 + 3  # good/, long/, html/, deep/, the (unchanged) race/ files, 3 more
+    good = files + 3 + 4 + 2 + 2  # and the good rows of mixed.jsonl, mixed.csv, long_row.jsonl and wide.csv
+    assert summary["added"] == summary["documents"] == good, summary
 
 
 # --- 200 MB: memory stays bounded -----------------------------------------------------------------------
@@ -763,3 +878,139 @@ def test_a_pipe_named_directly_is_reported_without_blocking(tmp_path: Path) -> N
         LoadError(str(tmp_path / "pipe.jsonl"), "not a regular file (named pipe)")
     ]
 
+
+
+# --- the issue's hostile inputs, one at a time ---------------------------------------------------------
+
+
+def _bytes_read() -> int:
+    """Bytes this process has read through system calls so far (Linux); -1 where unknown."""
+    try:
+        text = Path("/proc/self/io").read_text()
+    except OSError:
+        return -1
+    return int(next(line.split()[1] for line in text.splitlines() if line.startswith("rchar:")))
+
+
+def test_binary_files_are_refused_from_their_first_bytes_whatever_their_size(tmp_path: Path) -> None:
+    """100 MB of NUL bytes and a zip bomb renamed to a text suffix are refused after reading 8 KiB: never
+    read whole, never decompressed, whatever the size limit."""
+    make_sparse(tmp_path / "nul.txt", 100 * 2**20)
+    make_sparse(tmp_path / "nul_small.md", 10 * 2**20)  # under the size limit: still not read whole
+    make_zip_bomb(tmp_path / "bomb.zip", 128)
+    for suffix in ("txt", "md", "html", "jsonl", "csv"):
+        (tmp_path / f"bomb.{suffix}").write_bytes((tmp_path / "bomb.zip").read_bytes())
+    (tmp_path / "bomb.zip").unlink()
+    assert all(p.stat().st_size < 2**20 for p in tmp_path.glob("bomb.*"))
+    started, read_before = time.perf_counter(), _bytes_read()
+    items = list(load_sources([tmp_path], max_file_bytes=2**30))
+    elapsed, read = time.perf_counter() - started, _bytes_read() - read_before
+    assert [(Path(e.source).name, e.reason) for e in items] == [
+        (f"bomb.{suffix}", "binary file, not text") for suffix in ("csv", "html", "jsonl", "md", "txt")
+    ] + [("nul.txt", "binary file, not text"), ("nul_small.md", "binary file, not text")]
+    if read >= 0:
+        assert read < 2**20, read  # a few 8 KiB sniffs, not megabytes
+    assert elapsed < 2, elapsed
+    # And under the default limit the 100 MB file is binary, not "too large": raising the limit would not help.
+    assert list(load_file(tmp_path / "nul.txt")) == [LoadError(str(tmp_path / "nul.txt"), "binary file, not text")]
+
+
+def test_a_pdf_whose_page_tree_loops_is_corrupt_not_a_recursion_error(tmp_path: Path) -> None:
+    to_root = make_looped_pdf(tmp_path / "to_root.pdf", "Looping pages.")
+    via_child = make_looped_pdf(tmp_path / "via_child.pdf", "Looping pages.", to_root=False)
+    # A page tree 3,000 levels deep (no loop): deeper than Python's recursion limit.
+    deep = make_pdf(tmp_path / "deep.pdf", ["Deep pages."]) and tmp_path / "deep.pdf"
+    writer = PdfWriter(clone_from=str(deep))
+    root_ref = writer._pages
+    page_ref = root_ref.get_object()["/Kids"][0]
+    parent = root_ref
+    refs = []
+    for _ in range(3000):
+        ref = writer._add_object(
+            DictionaryObject({NameObject("/Type"): NameObject("/Pages"), NameObject("/Count"): NumberObject(1),
+                              NameObject("/Parent"): parent})
+        )
+        refs.append(ref)
+        parent = ref
+    for ref, child in zip(refs, [*refs[1:], page_ref], strict=True):
+        ref.get_object()[NameObject("/Kids")] = ArrayObject([child])
+    root_ref.get_object()[NameObject("/Kids")] = ArrayObject([refs[0]])
+    with deep.open("wb") as handle:
+        writer.write(handle)
+    started = time.perf_counter()
+    reasons = {path.name: [str(i) for i in load_file(path)] for path in (to_root, via_child, deep)}
+    assert time.perf_counter() - started < 10
+    for name, items in reasons.items():
+        [item] = items
+        assert ": corrupt PDF (" in item, (name, item)
+        assert "RecursionError" not in item
+    assert "cyclic page references" in reasons["to_root.pdf"][0]
+    assert "cyclic page references" in reasons["via_child.pdf"][0]
+    assert "page tree depth" in reasons["deep.pdf"][0]
+
+
+@pytest.mark.parametrize("tag", ["div", "span", "b", "table", "p", "li", "td", "a"])
+def test_html_nested_50k_deep_is_fast_and_reported_or_indexed(tmp_path: Path, tag: str) -> None:
+    """Tags libxml2 nests stop the parser at 2,048 levels: the file is reported. Tags it closes implicitly
+    (a ``<p>`` in a ``<p>``) become 50,000 siblings and load; either way in seconds, not minutes."""
+    path = write(tmp_path, "nested.html", f"<html><body>{f'<{tag}>' * 50_000}deep words{f'</{tag}>' * 50_000}"
+                 "<p>words after the nest</p></body></html>")
+    started = time.perf_counter()
+    [item] = load_file(path)
+    assert time.perf_counter() - started < 15
+    if isinstance(item, LoadError):
+        assert item.reason == "HTML nested too deeply (the parser stops at 2048 levels)"
+        assert tag not in ("p", "li", "td", "a")
+    else:
+        assert "deep words" in item.text and "words after the nest" in item.text
+
+
+def test_a_10000_column_csv_loads_its_text_column_fast(tmp_path: Path) -> None:
+    """Each row's text is its text column; the 9,998 other columns are meta. Parsing is linear in the file."""
+    rows = [(f"w{i}", f"Row {i} is about avocets.") for i in range(50)]
+    path = write(tmp_path, "wide.csv", wide_csv(10_000, rows))
+    started = time.perf_counter()
+    docs = list(load_file(path))
+    assert time.perf_counter() - started < 5
+    assert [(d.id, d.text) for d in docs] == rows
+    assert len(docs[0].meta) == 9_998 + 1 and docs[0].meta["c9999"] == "9999" and docs[0].meta["row"] == 1
+    # Without a text column: one error, whose reason names a few columns, not 10,000.
+    [error] = load_file(write(tmp_path, "no_text.csv", wide_csv(10_000, rows).replace("_id,text,", "_id,body,", 1)))
+    assert isinstance(error, LoadError) and "no 'text' column" in error.reason and "(10000 columns)" in error.reason
+    assert len(error.reason) < 1000
+
+
+def test_text_is_kept_as_written_zero_width_combining_emoji_and_mixed_encodings(tmp_path: Path) -> None:
+    [zero_width] = load_file(write(tmp_path, "zero_width.txt", ZERO_WIDTH))
+    assert zero_width.text == ZERO_WIDTH  # nothing normalized, nothing stripped
+    [emoji] = load_file(write(tmp_path, "emoji.md", EMOJI_LINE))
+    assert emoji.text == EMOJI_LINE and len(emoji.text.encode()) == 2**20
+    [mixed] = load_file(write(tmp_path, "mixed.txt", MIXED_ENCODINGS))
+    assert mixed == LoadError(str(tmp_path / "mixed.txt"), MIXED_REASON)
+    assert MIXED_ENCODINGS[22] == 0xE8  # the offset names the first Latin-1 byte
+
+
+def test_a_file_name_that_is_not_utf8_is_indexed_with_an_escaped_stable_source(tmp_path: Path) -> None:
+    """The catalog, JSON and the terminal cannot take the lone surrogate Python decodes ``0xe9`` to; the
+    source writes the byte as ``\\xe9``. The id follows from it, so a second run finds the document unchanged
+    and ``sync`` removes it when the file is gone. A bad file with such a name is reported under the same
+    escaped source."""
+    folder = tmp_path / "docs"
+    write(folder, NON_UTF8_NAME, "Grey herons nest in colonies called heronries.")
+    write(folder, os.fsdecode(b"bin\xff.txt"), b"\x00binary")
+    write(folder, "plain.txt", "Little egrets stir the mud with their feet.")
+    [error, doc, _] = load_sources([folder])  # sorted by name: "bin\udcff" before "caf\udce9"
+    assert doc.source == f"{folder}/{NON_UTF8_SOURCE}" and doc.source.encode("utf-8")
+    assert error == LoadError(f"{folder}/bin\\xff.txt", "binary file, not text")
+    json.dumps([doc.source, error.source], ensure_ascii=False).encode("utf-8")
+
+    index = Index.create(tmp_path / "idx", settings(), embedder=HashingEmbedder(64))
+    first = index.add([folder])
+    assert (first.added, first.failed) == (2, 1)
+    assert [h.source for h in index.retrieve("herons heronries", k=1, mode="bm25")] == [doc.source]
+    again = index.add([folder])
+    assert (again.added, again.updated, again.unchanged, again.failed) == (0, 0, 2, 1)
+    (folder / NON_UTF8_NAME).unlink()
+    synced = index.add([folder], sync=True)
+    assert synced.removed == 1 and index.retrieve("herons heronries", k=1, mode="bm25") == []
+    index.close()

@@ -70,7 +70,9 @@ def test_a_document_that_fails_to_embed_is_reported_and_the_rest_indexed(tmp_pat
 def test_a_later_run_retries_only_the_failed_documents(tmp_path: Path) -> None:
     with make(tmp_path) as index:
         index.add_documents(documents(("bad", "POISON-EMBED for now.")))
-    fixed = [d if d.id != "bad" else Document("bad", "Fixed text about owls.", d.source) for d in documents(("bad", ""))]
+    fixed = [
+        d if d.id != "bad" else Document("bad", "Fixed text about owls.", d.source) for d in documents(("bad", ""))
+    ]
     with Index.open(tmp_path / "idx", embedder=PoisonEmbedder()) as index:
         report = index.add_documents(fixed)
         assert (report.added, report.unchanged, report.failed) == (1, len(GOOD), 0)

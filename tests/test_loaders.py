@@ -339,6 +339,84 @@ def test_a_folder_reached_twice_through_links_loads_once(tmp_path: Path) -> None
     assert [d.text for d in docs] == ["only once"] and errors == []
 
 
+OUTSIDE = "outside the indexed folder; not followed (use --follow-symlinks)"
+
+
+def _link_tree(tmp_path: Path) -> tuple[Path, Path]:
+    """``tree/`` to index, with links in and out of it at several depths; ``outside/`` beside it."""
+    tree, outside = tmp_path / "tree", tmp_path / "outside"
+    (tree / "a" / "b").mkdir(parents=True)
+    (outside / "keys").mkdir(parents=True)
+    (outside / "keys" / "id_rsa.txt").write_text("PRIVATE KEY material")
+    (outside / "notes.md").write_text("# Outside\n\nnotes from outside")
+    (tree / "inside.txt").write_text("inside the tree")
+    (tree / "a" / "b" / "deep.md").write_text("# Deep\n\ndeep inside")
+    os.symlink(outside / "notes.md", tree / "notes_link.md")  # a file out of the tree, at the top
+    os.symlink(outside / "keys", tree / "a" / "b" / "keys")  # a folder out of the tree, two levels down
+    os.symlink("../../inside.txt", tree / "a" / "b" / "inside_link.txt")  # relative, stays inside
+    os.symlink(tree / "a" / "b", tree / "b_alias")  # a folder inside: followed (its files load once)
+    os.symlink(Path("..") / ".." / "outside" / "notes.md", tree / "a" / "up.md")  # relative, leaves the tree
+    return tree, outside
+
+
+def test_symlinks_out_of_the_tree_are_reported_not_followed(tmp_path: Path) -> None:
+    tree, outside = _link_tree(tmp_path)
+    docs, errors = split(list(load_sources([tree])))
+    assert sorted(Path(d.source).name for d in docs) == ["deep.md", "inside.txt"]
+    assert not [d for d in docs if "PRIVATE" in d.text or "outside" in d.text]
+    assert sorted((e.source, e.reason) for e in errors) == sorted([
+        (str(tree / "notes_link.md"), f"symbolic link to {outside.resolve() / 'notes.md'} {OUTSIDE}"),
+        (str(tree / "a" / "up.md"), f"symbolic link to {outside.resolve() / 'notes.md'} {OUTSIDE}"),
+        (str(tree / "a" / "b" / "keys"), f"symbolic link to {outside.resolve() / 'keys'} {OUTSIDE}"),
+    ])
+    assert all(e.stage == "load" for e in errors)
+
+
+def test_follow_symlinks_follows_every_link(tmp_path: Path) -> None:
+    tree, outside = _link_tree(tmp_path)
+    docs, errors = split(list(load_sources([tree], follow_symlinks=True)))
+    assert errors == []
+    assert sorted(Path(d.source).name for d in docs) == ["deep.md", "id_rsa.txt", "inside.txt", "notes.md"]
+    if os.path.exists("/dev/zero"):  # followed, a device is still never read
+        os.symlink("/dev/zero", tree / "zero.txt")
+        named = list(load_sources([tree / "zero.txt"]))  # a file named directly: its resolved path
+        assert named == [LoadError("/dev/zero", "not a regular file (device)")]
+        _, errors = split(list(load_sources([tree], follow_symlinks=True)))
+        assert [(e.source, e.reason) for e in errors] == [(str(tree / "zero.txt"), "not a regular file (device)")]
+        _, errors = split(list(load_sources([tree])))
+        reasons = {e.source: e.reason for e in errors}
+        assert reasons[str(tree / "zero.txt")] == f"symbolic link to /dev/zero {OUTSIDE}"
+
+
+def test_links_between_indexed_folders_and_to_named_files_are_inside(tmp_path: Path) -> None:
+    """A link from one source folder into another, or to a file also named as a source, stays in what is
+    being indexed: followed (and loaded once). A link named directly as a source is always followed."""
+    tree, outside = _link_tree(tmp_path)
+    docs, errors = split(list(load_sources([tree, outside])))
+    assert errors == []
+    assert sorted(Path(d.source).name for d in docs) == ["deep.md", "id_rsa.txt", "inside.txt", "notes.md"]
+    docs, errors = split(list(load_sources([tree, outside / "notes.md"])))
+    assert sorted(Path(d.source).name for d in docs) == ["deep.md", "inside.txt", "notes.md"]
+    assert [Path(e.source).name for e in errors] == ["keys"]  # the folder link still leads outside
+    docs, errors = split(list(load_sources([tree / "notes_link.md", tree / "a" / "b" / "keys"])))
+    assert sorted(d.text for d in docs) == ["# Outside\n\nnotes from outside", "PRIVATE KEY material"]
+    assert errors == []
+
+
+def test_a_link_out_of_a_link_loop_or_excluded_is_not_reported_twice(tmp_path: Path) -> None:
+    """Excluded paths and unsupported suffixes are skipped before links are judged; a loop stays a loop."""
+    tree, outside = _link_tree(tmp_path)
+    os.symlink(outside / "notes.md", tree / "data.xyz")  # unsupported suffix: skipped silently
+    os.symlink(tree, tree / "a" / "loop")  # back to the root: inside, a loop
+    _, errors = split(list(load_sources([tree], exclude=["a/b/*"])))
+    notes = f"symbolic link to {outside.resolve() / 'notes.md'} {OUTSIDE}"
+    assert sorted((Path(e.source).name, e.reason) for e in errors) == [
+        ("loop", f"symbolic link loop (leads back to {tree.resolve()})"),
+        ("notes_link.md", notes),
+        ("up.md", notes),
+    ]
+
+
 @pytest.mark.skipif(
     hasattr(os, "geteuid") and os.geteuid() == 0, reason="running as root: chmod 000 does not block reads"
 )
@@ -529,3 +607,65 @@ def test_any_bytes_give_documents_or_errors_never_exceptions(data: bytes, suffix
             assert item.text.strip()
         else:
             assert item.source.startswith(str(path)) and item.reason
+
+
+# --- large text files load as parts ----------------------------------------------------------------------
+
+
+def test_a_large_text_file_loads_as_parts_that_map_back(tmp_path: Path) -> None:
+    from ragkit.connectors.loaders.common import decode_text
+    from ragkit.connectors.loaders.text import load_text
+
+    path = tmp_path / "big.md"
+    text = "# Big\n\n" + "".join(f"Paragraph {i} about caf\u00e9s.\r\n\r\nA line\rthat ends.\n" for i in range(9000))
+    path.write_bytes(text.encode("utf-8"))
+    docs = list(load_text(path, part_chars=50_000))
+    assert len(docs) > 5 and all(isinstance(d, Document) for d in docs)
+    whole = decode_text(path.read_bytes())
+    assert "".join(d.text for d in docs) == whole
+    for number, doc in enumerate(docs):
+        assert len(doc.text) <= 50_000 and doc.title == "Big" and doc.meta["part"] == number
+        assert whole[doc.meta["offset"] : doc.meta["offset"] + len(doc.text)] == doc.text
+        assert doc.id == (docs[0].id if number == 0 else f"{docs[0].id}:part-{number}")
+    assert all(d.text.endswith("\n\n") for d in docs[:-1])  # cut after blank lines
+    again = list(load_text(path, part_chars=50_000))
+    assert [(d.id, d.content_hash) for d in again] == [(d.id, d.content_hash) for d in docs]
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"ok " * 100_000 + b"caf\xe9" + b" more" * 10, "not valid UTF-8 text (invalid byte 0xe9 at offset 300003)"),
+        (b"ok " * 100_000 + b"\x00", "binary file, not text"),
+        (b" \n" * 100_000, "empty file"),
+    ],
+)
+def test_a_bad_large_text_file_is_one_error_and_no_part(tmp_path: Path, data: bytes, reason: str) -> None:
+    from ragkit.connectors.loaders.text import load_text
+
+    path = tmp_path / "big.txt"
+    path.write_bytes(data)
+    (item,) = list(load_text(path, part_chars=50_000))
+    assert isinstance(item, LoadError) and item.reason == reason
+
+
+def test_a_large_text_file_indexes_in_parts_and_reindexes_incrementally(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ragkit import Index, Settings
+    from ragkit.connectors.loaders import text as text_loader
+    from ragkit.testing import HashingEmbedder
+
+    monkeypatch.setattr(text_loader, "TEXT_PART_CHARS", 20_000)
+    path = tmp_path / "log.txt"
+    lines = [f"Entry {i}: the heron number {i} waited by the weir." for i in range(2000)]
+    path.write_text("\n".join(lines))
+    settings = Settings().merged(graph={"enabled": False})
+    with Index.create(tmp_path / "idx", settings, embedder=HashingEmbedder(64)) as index:
+        first = index.add([path])
+        assert first.added > 3 and first.failed == 0
+        assert index.retrieve("Entry 1999", k=1, mode="bm25")[0].source == str(path.resolve())
+        lines[-1] = "Entry 1999: a kingfisher, not a heron."
+        path.write_text("\n".join(lines))
+        second = index.add([path])
+        assert (second.updated, second.added, second.unchanged) == (1, 0, first.added - 1)

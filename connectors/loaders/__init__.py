@@ -9,6 +9,7 @@ and never raises for bad input::
         ...
 """
 
+from ragkit.connectors.loaders.common import path_source
 from ragkit.connectors.loaders.rows import RowFields, load_csv, load_jsonl
 from ragkit.connectors.loaders.walk import SUPPORTED_SUFFIXES, glob_regex, load_file, load_sources
 
@@ -20,4 +21,5 @@ __all__ = [
     "load_file",
     "load_jsonl",
     "load_sources",
+    "path_source",
 ]

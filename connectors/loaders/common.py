@@ -5,7 +5,12 @@ Memory stays bounded whatever the input: a file that becomes one Document (text,
 refused with a LoadError when it is larger than the file size limit, before anything is read; JSON Lines and
 CSV files are streamed row by row, and only a single row (line) over the limit is refused. The limit is
 ``max_file_bytes`` argument of the loaders, else the environment variable ``RAGKIT_MAX_FILE_MB`` (in MiB),
-else ``DEFAULT_MAX_FILE_BYTES`` (64 MiB); see ``size_limit``.
+else ``DEFAULT_MAX_FILE_BYTES`` (64 MiB); see ``size_limit``. A text file is first sniffed (its first 8 KiB):
+a binary one is refused without reading the rest, whatever its size.
+
+Sources are text the catalog can store: a path whose name is not valid UTF-8 (``b"caf\\xe9.txt"``, which
+Python holds as the lone surrogate ``"caf\\udce9.txt"``, and SQLite and JSON cannot) gets the source
+``"caf\\xe9.txt"``, each undecodable byte written as ``\\xNN``; see ``path_source``.
 """
 
 from __future__ import annotations
@@ -69,12 +74,38 @@ class Unreadable(Exception):
         self.reason = reason
 
 
-def file_source(path: Path) -> str:
-    """The ``source`` of every document (and LoadError) from ``path``: its resolved absolute path."""
+def path_source(path: str | os.PathLike[str]) -> str:
+    """A path as a source: its text, with each byte of the name that is not UTF-8 written as ``\\xNN``.
+
+    Python decodes such bytes to lone surrogates (``os.fsdecode(b"caf\\xe9")`` is ``"caf\\udce9"``), which
+    cannot be encoded as UTF-8: the catalog (SQLite), JSON output and the terminal would all fail on them. The
+    escaped form is stable across runs, so the document keeps its id and incremental indexing and ``--sync``
+    work; it reads like Python's ``b"caf\\xe9"``. A name that holds a literal ``\\xe9`` gets the same source
+    (the second file then reports a duplicate id); such names are rare, and escaping every backslash would
+    change the source of ordinary files.
+    """
+    text = os.fspath(path)
+    if text.isascii():
+        return text
     try:
-        return str(path.resolve())
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        raw = text.encode("utf-8", "surrogateescape")  # the bytes the file system holds
+    except UnicodeEncodeError:  # a surrogate that did not come from undecodable bytes
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def file_source(path: Path) -> str:
+    """The ``source`` of every document (and LoadError) from ``path``: its resolved absolute path, made
+    storable by ``path_source``."""
+    try:
+        return path_source(path.resolve())
     except (OSError, RuntimeError):  # a symlink loop on Python < 3.13
-        return os.path.abspath(path)
+        return path_source(os.path.abspath(path))
 
 
 def file_doc_id(source: str) -> str:
@@ -93,24 +124,44 @@ def os_reason(exc: OSError) -> str:
     return (exc.strerror or str(exc) or type(exc).__name__).lower()
 
 
-def read_bytes(path: Path, limit: int | None = None) -> bytes:
+def read_bytes(path: Path, limit: int | None = None, *, text: bool = False) -> bytes:
     """The bytes of ``path``, at most the size limit; OS errors and bigger files become ``Unreadable``.
 
     The size is checked on the open file before reading, and the read stops one byte past the limit, so a
-    file that grows while it is read cannot make it unbounded either.
+    file that grows while it is read cannot make it unbounded either. ``text``: the first 8 KiB are read
+    first, and a binary file (a zip renamed ``.txt``, 100 MB of NUL bytes) is refused as
+    ``"binary file, not text"`` before the size check and without reading the rest.
     """
     limit = size_limit(limit)
     try:
         with path.open("rb") as handle:
             size = os.fstat(handle.fileno()).st_size
+            head = b""
+            if text:
+                head = handle.read(_SNIFF_BYTES)
+                if sniffs_binary(head):
+                    raise Unreadable("binary file, not text")
             if size > limit:
                 raise Unreadable(too_large(size, limit))
-            data = handle.read(limit + 1)
+            # Read what fstat announced (not a limit-sized buffer), then whatever the file grew by.
+            data = head + handle.read(max(min(size, limit) + 1 - len(head), 0))
+            if len(data) > size and len(data) <= limit:
+                data += handle.read(limit + 1 - len(data))
     except OSError as exc:
         raise Unreadable(os_reason(exc)) from None
     if len(data) > limit:
         raise Unreadable(too_large(None, limit) + " (it grew while it was read)")
     return data
+
+
+def sniffs_binary(head: bytes) -> bool:
+    """Whether a file's first bytes are binary: after a UTF-8 BOM, as ``looks_binary``; a UTF-16/32 BOM
+    means text (its NUL bytes are part of the encoding; ``decode_text`` checks the decoded text)."""
+    if head.startswith(_UTF32_BOMS) or head.startswith(_UTF16_BOMS):
+        return False
+    if head.startswith(codecs.BOM_UTF8):
+        head = head[len(codecs.BOM_UTF8) :]
+    return looks_binary(head)
 
 
 def looks_binary(sample: bytes) -> bool:

@@ -37,6 +37,8 @@ def _open(path: Path, max_file_bytes: int | None) -> Any:
 
 
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, RecursionError):
+        return "objects nested too deeply or in a loop"
     message = str(exc).strip()
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
@@ -52,7 +54,9 @@ def _title(reader: Any) -> str:
 def load_pdf(path: Path, max_file_bytes: int | None = None) -> Iterator[Document | LoadError]:
     """A ``.pdf`` file as one Document with ``meta["page_offsets"]`` (each page's start in ``text``).
 
-    Files over the size limit (see ``common.size_limit``) are a LoadError, so memory stays bounded.
+    Files over the size limit (see ``common.size_limit``) are a LoadError, so memory stays bounded. A damaged
+    file is a LoadError "corrupt PDF (...)" naming pypdf's finding: a page tree whose ``/Kids`` lead back to
+    an ancestor ("cyclic page references") or nest over 100 levels, a truncated file, a broken xref.
     """
     try:
         reader = _open(path, max_file_bytes)

@@ -214,6 +214,13 @@ def load_csv(
     The file is streamed. A malformed row (invalid UTF-8, NUL bytes, a line over the size limit, a quoted
     field left open to the end of the file) is a LoadError for that row, and the rows after it still load:
     after an unterminated quote, parsing starts again on the next line.
+
+    A row's text is its text column, and only that: the other columns (every one of them, however many: a
+    10,000-column export too) become ``meta``, keyed by the header, and are never joined into the text (a
+    sheet of numbers would index as noise, and the text of one row would grow with the column count). Meta
+    is stored once per document, not per chunk, and a row is bounded by the size limit, so a wide file
+    costs time and memory linear in its size, one row at a time. A file without the text column is one
+    LoadError naming it and the first 12 columns.
     """
     reader = _RowReader(path, fields)
     # Documents can be long: lift the csv module's 128 KiB field limit (a process-wide setting, only raised).

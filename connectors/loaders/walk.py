@@ -1,4 +1,9 @@
-"""Sources to Documents: files by suffix, directories walked recursively in a deterministic order."""
+"""Sources to Documents: files by suffix, directories walked recursively in a deterministic order.
+
+A symbolic link met while walking a folder is followed only when its target stays inside the folders (or is
+one of the files) being indexed, unless ``follow_symlinks``: a shared folder must not pull ``/etc/passwd`` or
+someone's keys into an index through a link.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import lru_cache
 from pathlib import Path
 
-from ragkit.connectors.loaders.common import file_source, os_reason
+from ragkit.connectors.loaders.common import file_source, os_reason, path_source
 from ragkit.connectors.loaders.html import load_html
 from ragkit.connectors.loaders.pdf import load_pdf
 from ragkit.connectors.loaders.rows import DEFAULT_FIELDS, RowFields, load_csv, load_jsonl
@@ -122,21 +127,51 @@ def _not_a_file(path: Path) -> str:
 
 DirKey = tuple[int, int]
 
+OUTSIDE_LINK = "symbolic link to {target} outside the indexed folder; not followed (use --follow-symlinks)"
+
+
+def _source(path: str | os.PathLike[str]) -> str:
+    """The source of a LoadError for a path that is not resolved (a link, a folder): absolute, storable."""
+    return path_source(os.path.abspath(path))
+
 
 class _Walk:
     """State of one ``load_sources`` call: the folders and files already seen, so nothing loads twice.
 
     Folders and files are known by ``(device, inode)``, so links and repeated sources are recognized without
-    resolving paths (which costs one system call per path component: quadratic in a deep tree).
+    resolving paths (which costs one system call per path component: quadratic in a deep tree). Only
+    symbolic links are resolved, to tell whether they lead out of ``roots`` (the resolved folders being
+    indexed) and ``named_files`` (the resolved files named as sources).
     """
 
     def __init__(
-        self, include: Sequence[str], exclude: Sequence[str], fields: RowFields, max_file_bytes: int | None
+        self,
+        include: Sequence[str],
+        exclude: Sequence[str],
+        fields: RowFields,
+        max_file_bytes: int | None,
+        *,
+        follow_symlinks: bool = False,
+        roots: Sequence[str] = (),
+        named_files: Iterable[str] = (),
     ) -> None:
         self.include, self.exclude, self.fields = tuple(include), tuple(exclude), fields
         self.max_file_bytes = max_file_bytes
+        self.follow_symlinks = follow_symlinks
+        self.roots = tuple(os.path.join(root, "") for root in roots)  # with a trailing separator
+        self.named_files = frozenset(named_files)
         self.visited_dirs: set[DirKey] = set()
         self.loaded_files: set[DirKey | str] = set()
+
+    def outside_link(self, entry: os.DirEntry[str]) -> LoadError | None:
+        """The LoadError for a link whose target lies outside the roots, unless links are followed."""
+        if self.follow_symlinks or not entry.is_symlink():
+            return None
+        target = os.path.realpath(entry.path)
+        inside = os.path.join(target, "")
+        if target in self.named_files or any(inside.startswith(root) for root in self.roots):
+            return None
+        return LoadError(_source(entry.path), OUTSIDE_LINK.format(target=path_source(target)))
 
     def file(self, path: Path, key: DirKey | None = None) -> Loaded:
         if key is None:
@@ -156,14 +191,14 @@ class _Walk:
             with os.scandir(folder) as scan:
                 return sorted(scan, key=lambda entry: entry.name)
         except OSError as exc:
-            return LoadError(os.path.abspath(folder), os_reason(exc))
+            return LoadError(_source(folder), os_reason(exc))
 
     def directory(self, root: Path) -> Loaded:
         """Walk ``root`` depth first in sorted order, without recursion (a tree may be thousands deep)."""
         try:
             info = os.stat(root)
         except OSError as exc:
-            yield LoadError(os.path.abspath(root), os_reason(exc))
+            yield LoadError(_source(root), os_reason(exc))
             return
         prefix = len(os.path.join(str(root), ""))
         top = (info.st_dev, info.st_ino)
@@ -193,17 +228,21 @@ class _Walk:
                     os.stat(entry.path)  # raises for a dangling link or a link loop
                 target = entry.stat() if is_dir or is_file else None
             except OSError as exc:
-                yield LoadError(os.path.abspath(entry.path), _link_reason(exc))
+                yield LoadError(_source(entry.path), _link_reason(exc))
                 continue
             if is_dir:
                 if self.exclude and _matches(relative, self.exclude):
+                    continue
+                outside = self.outside_link(entry)
+                if outside is not None:
+                    yield outside
                     continue
                 assert target is not None
                 child = (target.st_dev, target.st_ino)
                 if child in ancestors:
                     yield LoadError(
-                        os.path.abspath(entry.path),
-                        f"symbolic link loop (leads back to {os.path.realpath(entry.path)})",
+                        _source(entry.path),
+                        f"symbolic link loop (leads back to {path_source(os.path.realpath(entry.path))})",
                     )
                 elif child not in self.visited_dirs:
                     self.visited_dirs.add(child)
@@ -220,12 +259,16 @@ class _Walk:
                 continue
             if self.exclude and _matches(relative, self.exclude):
                 continue
+            outside = self.outside_link(entry)
+            if outside is not None:
+                yield outside
+                continue
             path = Path(entry.path)
             if is_file:
                 assert target is not None
                 yield from self.file(path, (target.st_dev, target.st_ino))
             else:  # a named pipe, socket or device: reading it could block the run (or never end)
-                yield LoadError(os.path.abspath(path), _not_a_file(path))  # the link, when it is one
+                yield LoadError(_source(path), _not_a_file(path))  # the link, when it is one
 
 
 def _link_reason(exc: OSError) -> str:
@@ -243,6 +286,7 @@ def load_sources(
     exclude: Sequence[str] = (),
     fields: RowFields = DEFAULT_FIELDS,
     max_file_bytes: int | None = None,
+    follow_symlinks: bool = False,
 ) -> Loaded:
     """Documents from files and folders, with one LoadError per file or row that cannot be read.
 
@@ -253,26 +297,43 @@ def load_sources(
     with a supported suffix are reported, not read. ``max_file_bytes`` limits the size of a one-document file
     and of one row (default: ``$RAGKIT_MAX_FILE_MB`` MiB, else 64 MiB); bigger ones are LoadErrors.
 
+    A symbolic link (to a file or a folder, at any depth) whose target resolves outside every folder given
+    as a source, and is not one of the files given, is not followed unless ``follow_symlinks``: it is one
+    LoadError "symbolic link to TARGET outside the indexed folder; not followed". Links that stay inside are
+    followed. A link named directly as a source is always followed. Sources of documents and errors are made
+    storable by ``common.path_source`` (a name that is not UTF-8 has its bad bytes written ``\\xNN``).
+
     Example::
 
         for item in load_sources(["docs/", "faq.md"], exclude=["drafts/*"]):
             print(item)
     """
-    walk = _Walk(include, exclude, fields, max_file_bytes)
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]  # one path, not an iterable of its characters
-    for source in sources:
-        path = Path(source).expanduser()
+    paths = [Path(source).expanduser() for source in sources]
+    roots: list[str] = []
+    named_files: list[str] = []
+    for path in paths:
+        try:
+            resolved = os.path.realpath(path)
+            (roots if os.path.isdir(resolved) else named_files).append(resolved)
+        except (OSError, ValueError):  # reported below, when the source is loaded
+            continue
+    walk = _Walk(
+        include, exclude, fields, max_file_bytes,
+        follow_symlinks=follow_symlinks, roots=roots, named_files=named_files,
+    )
+    for path in paths:
         try:
             is_dir, exists = path.is_dir(), path.exists()
             if not exists and path.is_symlink():
                 os.stat(path)  # raises: the link dangles or loops
         except OSError as exc:
-            yield LoadError(os.path.abspath(path), _link_reason(exc))
+            yield LoadError(_source(path), _link_reason(exc))
             continue
         if is_dir:
             yield from walk.directory(path)
         elif exists:
             yield from walk.file(path)
         else:
-            yield LoadError(os.path.abspath(path), "no such file or directory")
+            yield LoadError(_source(path), "no such file or directory")
