@@ -86,7 +86,10 @@ class Hit:
 
 @dataclass(frozen=True)
 class Answer:
-    """A generated answer. ``citations[i]`` is the hit that ``[i+1]`` in ``text`` refers to."""
+    """A generated answer. ``citations[i]`` is the hit that ``[i+1]`` in ``text`` refers to.
+
+    ``unsupported``: the sentences of ``text`` that no retrieved passage supports (see ``ragkit.grounding``).
+    """
 
     text: str
     citations: tuple[Hit, ...]
@@ -94,6 +97,7 @@ class Answer:
     degraded: bool = False
     reason: str = ""
     meta: Mapping[str, Any] = field(default_factory=dict)
+    unsupported: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
