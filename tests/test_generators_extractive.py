@@ -80,6 +80,37 @@ def test_extractive_is_deterministic_and_stream_matches_generate() -> None:
     assert many[0] == answer and many[1].citations == (HITS[2],)
 
 
+def titled_hit(index: int, title: str, text: str) -> Hit:
+    chunk = Chunk(f"chunk-{index}", f"doc-{index}", text, 0, len(text), {"title": title})
+    return Hit(chunk=chunk, score=1.0 / (index + 1), retriever="test", source=f"file{index}.txt")
+
+
+def test_extractive_follows_the_bridge_to_the_second_passage() -> None:
+    """A two-hop question: the first passage names the company, the second (about it) holds the answer."""
+    hits = [
+        titled_hit(0, "Kestrel Mixer", "The Kestrel Mixer is a kitchen appliance made by Halvorsen Works."),
+        titled_hit(1, "Blender", "A blender is a kitchen appliance that mixes food."),
+        titled_hit(2, "Halvorsen Works", "Halvorsen Works is a Norwegian manufacturer. It was founded by Ingrid Berg."),
+    ]
+    answer = ExtractiveGenerator().generate("Who founded the company that makes the Kestrel Mixer?", hits)
+    assert "founded by Ingrid Berg" in answer.text
+    assert answer.text.index("Ingrid Berg") < answer.text.index("made by Halvorsen")  # the answer first
+    assert "Blender" not in answer.text and "mixes food" not in answer.text
+    assert set(cited_numbers(answer.text)) == {1, 2}
+
+
+def test_extractive_prefers_a_sentence_with_what_the_question_asks_for() -> None:
+    hits = [make_hit(0, "The Halden bridge spans the river Tista. The Halden bridge opened in 1877 after a flood.")]
+    answer = ExtractiveGenerator(max_sentences=1).generate("When did the Halden bridge open?", hits)
+    assert answer.text == "The Halden bridge opened in 1877 after a flood. [1]"
+
+
+def test_extractive_skips_code_and_headings() -> None:
+    text = "def stable_id(doc): return sha1(doc)\n\n## Stable ids\n\nChunk ids stay stable across runs of the index."
+    answer = ExtractiveGenerator().generate("How do chunk ids stay stable?", [make_hit(0, text)])
+    assert answer.text == "Chunk ids stay stable across runs of the index. [1]"
+
+
 def test_split_sentences_keeps_closing_quotes() -> None:
     assert split_sentences('He said "stop." Then he left.\n\nNew para') == [
         'He said "stop."',

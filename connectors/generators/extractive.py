@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 from ragkit.types import Answer, Hit
 
@@ -41,6 +42,57 @@ def split_sentences(text: str) -> list[str]:
     return [" ".join(s.split()) for s in _SENTENCE_END.split(text) if s and s.strip()]
 
 
+_NAME = re.compile(r"\b[A-Z][\w'-]*")
+_YEAR = re.compile(r"\b(1[0-9]{3}|20[0-9]{2})\b")
+_MONTH = re.compile(r"\b(January|February|March|April|May|June|July|August|September|October|November|December)\b")
+_NUMBER = re.compile(r"\d")
+_CODE = re.compile(r"[{}`]|^\s*(def|class|import|from|return|\$|>>>|#+)\s|=>|::|\w\(\)")
+
+
+def answer_kind(question: str) -> str:
+    """What the question asks for: ``time``, ``number``, ``name`` (a person, place or thing), or ``other``."""
+    q = question.lower()
+    if re.search(r"\b(when|what year|which year|what date|in what year|how long ago)\b", q):
+        return "time"
+    if re.search(r"\b(how many|how much|what percentage|what percent|how old|how tall|how far|how long)\b", q):
+        return "number"
+    if re.search(r"\b(who|whom|whose|where|which|what (?:country|city|county|state|team|company|language))\b", q):
+        return "name"
+    return "other"
+
+
+def answer_type_bonus(kind: str, sentence: str, question_words: set[str]) -> float:
+    """1 when ``sentence`` holds something of the kind the question asks for that the question does not."""
+    if kind == "time":
+        new = [y for y in _YEAR.findall(sentence) if y not in question_words]
+        return 1.0 if new or _MONTH.search(sentence) else 0.0
+    if kind == "number":
+        return 1.0 if any(n.lower() not in question_words for n in re.findall(r"\d[\d,.]*", sentence)) else 0.0
+    if kind == "name":
+        names = [w for w in _NAME.findall(sentence)[1:] if w.lower() not in question_words]
+        return 1.0 if names else 0.0
+    return 0.0
+
+
+def not_prose(sentence: str) -> bool:
+    """Headings, code and boilerplate: lines an answer should not quote."""
+    if _CODE.search(sentence):
+        return True
+    letters = sum(ch.isalpha() for ch in sentence)
+    return letters < 0.6 * len(sentence.replace(" ", ""))
+
+
+@dataclass(eq=False)
+class _Sentence:
+    rank: int
+    position: int
+    text: str
+    words: set[str]
+    title: str
+    score: float
+    typed: float
+
+
 def rank_weight(rank: int) -> float:
     """How much a sentence from the hit at ``rank`` (0 = best) counts: 1, 0.8, 0.67, 0.57, ..."""
     return 1.0 / (1.0 + 0.25 * rank)
@@ -63,29 +115,74 @@ class ExtractiveGenerator:
         self.min_words = min_words
 
     def _select(self, question: str, hits: Sequence[Hit]) -> list[tuple[str, int]]:
-        """The chosen ``(sentence, hit index)`` pairs, best first."""
+        """The chosen ``(sentence, hit index)`` pairs, the most answer-like first."""
         terms = set(content_words(question))
-        scored: list[tuple[float, int, int, str]] = []  # (-score, hit rank, position, sentence)
+        question_words = {w.lower() for w in _WORD.findall(question)}
+        kind = answer_kind(question)
+        candidates: list[_Sentence] = []
         seen: set[str] = set()
         for rank, hit in enumerate(hits[: self.max_hits]):
+            title = str(hit.chunk.meta.get("title") or "")
             for position, sentence in enumerate(split_sentences(hit.chunk.text)):
-                words = content_words(sentence)
                 key = sentence.lower()
-                if len(sentence.split()) < self.min_words or key in seen:
+                if len(sentence.split()) < self.min_words or key in seen or not_prose(sentence):
                     continue
                 seen.add(key)
+                words = content_words(sentence)
                 overlap = len(terms.intersection(words))
                 # Dividing by log length keeps long run-on sentences from winning on size alone.
                 score = overlap * rank_weight(rank) / math.log2(2 + len(words))
-                scored.append((-score, rank, position, sentence))
-        if not scored:  # every sentence was too short: take the top hit's text as it is
+                typed = answer_type_bonus(kind, sentence, question_words)
+                candidates.append(_Sentence(rank, position, sentence, set(words), title, score, typed))
+        if not candidates:  # every sentence was too short or not prose: the top hit's text as it is
             return [(" ".join(hits[0].chunk.text.split()), 0)] if hits[0].chunk.text.strip() else []
-        scored.sort()
-        if scored[0][0] == 0:  # nothing overlaps the question: the lead sentence of the best hit
-            scored.sort(key=lambda item: (item[1], item[2]))
-            return [(scored[0][3], scored[0][1])]
-        chosen = [item for item in scored if item[0] < 0][: self.max_sentences]
-        return [(sentence, rank) for _, rank, _, sentence in chosen]
+        by_score = sorted(candidates, key=lambda c: (-(c.score * (1 + c.typed)), c.rank, c.position))
+        first = by_score[0]
+        if first.score == 0:  # nothing overlaps the question: the lead sentence of the best hit
+            lead = min(candidates, key=lambda c: (c.rank, c.position))
+            return [(lead.text, lead.rank)]
+        chosen = [first]
+        bridge = self._second_hop(first, candidates, terms, question_words, kind)
+        if bridge is not None:
+            chosen.append(bridge)
+        for candidate in by_score[1:]:
+            if len(chosen) >= self.max_sentences:
+                break
+            if candidate.score > 0 and candidate not in chosen:
+                chosen.append(candidate)
+        chosen.sort(key=lambda c: (c is not bridge, -c.typed))  # the most answer-like sentence first
+        return [(c.text, c.rank) for c in chosen]
+
+    @staticmethod
+    def _second_hop(
+        first: _Sentence, candidates: list[_Sentence], terms: set[str], question_words: set[str], kind: str
+    ) -> _Sentence | None:
+        """The best sentence of another passage about something the first sentence names (its bridge).
+
+        Multi-hop questions ("Who founded the company that makes X?") are answered in a passage that the
+        question does not name: the first hop's sentence names it (the company). A passage whose title, or
+        failing that whose sentence, mentions the first sentence's new names is that second passage; its best
+        sentence shares the question's other words and holds what the question asks for, beyond the bridge.
+        """
+        raw_names = {w.lower() for w in _NAME.findall(first.text)} - question_words
+        names = {_stem(w) for w in raw_names} - _STOPWORDS
+        if not names:
+            return None
+        best: tuple[float, _Sentence] | None = None
+        for candidate in candidates:
+            if candidate.rank == first.rank:
+                continue
+            title_words = {_stem(w.lower()) for w in _WORD.findall(candidate.title)}
+            linked = 2 * len(names & title_words) + len(names & candidate.words)
+            if not linked:
+                continue
+            typed = answer_type_bonus(kind, candidate.text, question_words | raw_names)
+            shared = len((terms & candidate.words) - names)
+            score = (linked + 2 * shared) * (1 + typed) / math.log2(2 + len(candidate.words))
+            score /= 1 + 0.1 * candidate.position
+            if best is None or score > best[0]:
+                best = (score, candidate)
+        return best[1] if best else None
 
     def generate(self, question: str, hits: Sequence[Hit]) -> Answer:
         hits = list(hits)
