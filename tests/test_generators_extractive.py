@@ -252,3 +252,19 @@ def test_importing_the_package_loads_no_model_library() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_auto_is_extractive_on_a_cpu_and_the_server_when_one_is_configured(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from ragkit.connectors.generators import resolve_name
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert GeneratorSettings().name == "auto"
+    assert resolve_name(GeneratorSettings()) == "extractive"
+    assert isinstance(from_settings(GeneratorSettings()), ExtractiveGenerator)
+    served = from_settings(GeneratorSettings(base_url="http://127.0.0.1:9/v1", model="m"))
+    assert isinstance(served, FallbackGenerator) and isinstance(served.primary, OpenAIGenerator)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_name(GeneratorSettings()) == "local"
+    assert resolve_name(GeneratorSettings(name="extractive")) == "extractive"

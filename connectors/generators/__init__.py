@@ -9,7 +9,7 @@ Backends are imported only when asked for, so ``import ragkit.connectors.generat
 from __future__ import annotations
 
 import inspect
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, cast, get_args
 
 from ragkit.errors import ConfigError
 
@@ -30,6 +30,7 @@ __all__ = [
     "VLLMGenerator",
     "from_settings",
     "make_generator",
+    "resolve_name",
 ]
 
 
@@ -70,13 +71,34 @@ def make_generator(name: GeneratorName, **options: Any) -> Generator:
     return cls(**options)
 
 
+def resolve_name(settings: GeneratorSettings) -> GeneratorName:
+    """The generator ``auto`` stands for: ``openai`` when a server is configured (``base_url``), ``local`` when
+    a CUDA GPU is present, else ``extractive``.
+
+    Measured on 2 CPU cores, the packaged SmolLM2-135M takes ~20 s an answer and often loops or invents; the
+    extractive answer takes milliseconds and every sentence is a cited source sentence. Other names pass through.
+    """
+    if settings.name != "auto":
+        return cast(GeneratorName, settings.name)
+    if settings.base_url:
+        return "openai"
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return "local"
+    except ImportError:
+        pass
+    return "extractive"
+
+
 def from_settings(settings: GeneratorSettings, *, degrade: bool = True) -> Generator:
     """The generator that a ``[generator]`` section of ragkit.toml describes.
 
     Model-backed generators are wrapped in :class:`FallbackGenerator` (unless ``degrade=False``), so a failure
     or a run past ``timeout_s`` yields the extractive answer marked degraded.
     """
-    name = settings.name
+    name = resolve_name(settings)
     if name == "extractive":
         return make_generator("extractive")
     options: dict[str, Any] = {
