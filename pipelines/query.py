@@ -1,4 +1,4 @@
-"""The query pipeline: dense, keyword and hybrid retrieval over an index, then answer generation."""
+"""The query pipeline: dense, keyword and hybrid retrieval over an index, then answer generation and grounding."""
 
 from __future__ import annotations
 
@@ -115,11 +115,31 @@ def resolve_generator(index: Index, generator: Generator | str | None = None) ->
     return generator
 
 
+def ground_answers(index: Index, answers: Sequence[Answer], hits: Sequence[Sequence[Hit]]) -> list[Answer]:
+    """Each answer checked against its hits with the index's embedder (``ragkit.grounding``), as configured.
+
+    The embedder is asked for only when some sentence is not quoted word for word from a passage, so grounding
+    an extractive answer never loads it, and a model generator's answer uses the one retrieval loaded.
+    """
+    settings = index.settings.grounding
+    if not settings.enabled:
+        return list(answers)
+    from ragkit.grounding import ground_many
+
+    def embed(texts: Sequence[str]) -> np.ndarray:
+        return index.embedder.embed_documents(texts)
+
+    return ground_many(answers, hits, embed, threshold=settings.threshold, min_overlap=settings.min_overlap)
+
+
 def answer_many(
     index: Index, questions: list[str], hits: list[list[Hit]], generator: Generator | str | None
 ) -> list[Answer]:
+    """One answer per question from its hits, grounded (see :func:`ground_answers`)."""
     resolved = resolve_generator(index, generator)
     generate_many = getattr(resolved, "generate_many", None)
     if generate_many is not None:
-        return list(generate_many(questions, hits))
-    return [resolved.generate(q, h) for q, h in zip(questions, hits, strict=False)]
+        answers = list(generate_many(questions, hits))
+    else:
+        answers = [resolved.generate(q, h) for q, h in zip(questions, hits, strict=False)]
+    return ground_answers(index, answers, hits)

@@ -10,7 +10,6 @@ import functools
 import json
 import logging
 import os
-import re
 import sys
 import time
 from collections.abc import Sequence
@@ -75,7 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--file", type=Path, help="answer every line of this file (JSON lines with --json)")
     ask.add_argument("--mode", choices=RETRIEVAL_MODES)
     ask.add_argument("--k", type=int)
-    ask.add_argument("--generator", choices=("extractive", "local", "openai", "vllm"))
+    ask.add_argument(
+        "--generator",
+        choices=("auto", "extractive", "local", "openai", "vllm"),
+        help="default auto: the --base-url server if set, the local model on a GPU, else extractive",
+    )
     ask.add_argument("--model", help="generator model (local directory, or the server's model name)")
     ask.add_argument("--base-url", help="OpenAI-compatible server URL, e.g. http://localhost:8000/v1")
     ask.add_argument("--where", action="append", metavar="KEY=VALUE", help="only chunks tagged so (repeatable)")
@@ -162,6 +165,7 @@ def _index_with_progress(index: Any, sources: list[str], tags: dict[str, str], s
 def cmd_ask(args: argparse.Namespace) -> int:
     from ragkit.connectors.generators import from_settings
     from ragkit.index import Index
+    from ragkit.pipelines.query import ground_answers
 
     if (args.question is None) == (args.file is None):
         print("ragkit ask: give a QUESTION or --file, not both", file=sys.stderr)
@@ -184,15 +188,21 @@ def cmd_ask(args: argparse.Namespace) -> int:
                 generator.generate(q, h) for q, h in zip(questions, hits, strict=False)
             ]
             generated = time.perf_counter()
-            timings = {"retrieve": (retrieved - started) * 1000, "generate": (generated - retrieved) * 1000}
+            answers = ground_answers(index, answers, hits)
+            timings = {
+                "retrieve": (retrieved - started) * 1000,
+                "generate": (generated - retrieved) * 1000,
+                "ground": (time.perf_counter() - generated) * 1000,
+            }
             for question, answer, question_hits in zip(questions, answers, hits, strict=False):
                 payload = _answer_json(question, answer, question_hits, timings, len(questions))
                 print(json.dumps(payload, ensure_ascii=False)) if args.json else _print_answer(
                     answer, question_hits, args.explain
                 )
             return EXIT_OK
-        answer, cited = _stream_answer(generator, questions[0], hits[0])
-        _print_answer(answer, hits[0], args.explain, numbered=cited)
+        answer = _stream_answer(generator, questions[0], hits[0])
+        answer = ground_answers(index, [answer], hits[:1])[0]
+        _print_answer(answer, hits[0], args.explain)
     return EXIT_OK
 
 
@@ -204,37 +214,35 @@ def _read_questions(path: Path) -> list[str]:
     return [line.strip() for line in lines if line.strip()]
 
 
-def _stream_answer(generator: Any, question: str, hits: list[Any]) -> tuple[Any, list[tuple[int, Any]]]:
-    """Print the answer as it is generated; return it with the (passage number, hit) pairs it cites.
+def _stream_answer(generator: Any, question: str, hits: list[Any]) -> Any:
+    """Show the answer on a terminal as it is generated; return it, its ``[n]`` indexing its citations.
 
-    Streamed text cites passages by their number in the prompt (the rank of the hit), so the sources printed
-    after it use those numbers too.
+    The streamed text is a draft: it is cleared when generation ends, and the caller prints the answer once it
+    has been checked against its sources (markers renumbered, unsupported sentences marked). Off a terminal only
+    that final answer is printed.
     """
+    from rich.console import Console
+    from rich.live import Live
+    from rich.text import Text
+
+    from ragkit.connectors.generators.prompt import parse_citations
     from ragkit.types import Answer
 
     if generator.name == "extractive":  # no model: nothing to wait for
-        answer = generator.generate(question, hits)
-        print(answer.text)
-        return answer, list(enumerate(answer.citations, start=1))
-    pieces = []
-    for piece in generator.stream(question, hits):
-        print(piece, end="", flush=True)
-        pieces.append(piece)
-    print()
-    text = "".join(pieces)
+        return generator.generate(question, hits)
+    pieces: list[str] = []
+    draft = Console(highlight=False)  # wraps long lines, so that clearing the draft clears all of it
+    with Live(Text(""), console=draft, auto_refresh=False, transient=True) as live:
+        for piece in generator.stream(question, hits):
+            pieces.append(piece)
+            live.update(Text("".join(pieces), style="dim"), refresh=True)
     reason = getattr(generator, "stream_degraded_reason", "")
     if reason:  # the extractive fallback streamed; its numbering is its own
         answer = generator.fallback.generate(question, hits)
-        return Answer(answer.text, answer.citations, answer.generator, True, reason), list(
-            enumerate(answer.citations, start=1)
-        )
-    numbers = sorted({int(n) for group in _CITED.findall(text) for n in re.findall(r"\d+", group)})
-    cited = [(n, hits[n - 1]) for n in numbers if 1 <= n <= len(hits)]
-    name = getattr(generator, "primary", generator).name
-    return Answer(text, tuple(hit for _, hit in cited), name), cited
-
-
-_CITED = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
+        return Answer(answer.text, answer.citations, answer.generator, True, reason, answer.meta)
+    # Streamed text cites passages by their number in the prompt, the rank of the hit: renumber as generate does.
+    text, citations = parse_citations("".join(pieces).strip(), hits)
+    return Answer(text, citations, getattr(generator, "primary", generator).name)
 
 
 def _answer_json(question: str, answer: Any, hits: list[Any], timings: dict[str, float], batch: int) -> dict:
@@ -249,6 +257,7 @@ def _answer_json(question: str, answer: Any, hits: list[Any], timings: dict[str,
             {"number": n, "chunk_id": h.chunk.id, "doc_id": h.chunk.doc_id, "source": h.source}
             for n, h in enumerate(answer.citations, start=1)
         ],
+        "unsupported": list(answer.unsupported),
         "hits": [
             {
                 "rank": rank, "chunk_id": h.chunk.id, "doc_id": h.chunk.doc_id, "source": h.source,
@@ -261,15 +270,36 @@ def _answer_json(question: str, answer: Any, hits: list[Any], timings: dict[str,
     }
 
 
-def _print_answer(
-    answer: Any, hits: list[Any], explain: bool, numbered: list[tuple[int, Any]] | None = None
-) -> None:
+UNSUPPORTED_MARK = " [unsupported]"
+
+
+def _marked_text(answer: Any) -> Any:
+    """The answer as rich Text, each sentence that no source supports followed by a yellow ``[unsupported]``."""
+    from rich.text import Text
+
+    text, cursor = Text(), 0
+    for sentence in answer.unsupported:
+        at = answer.text.find(sentence, cursor)
+        if at < 0:
+            continue
+        text.append(answer.text[cursor : at + len(sentence)])
+        text.append(UNSUPPORTED_MARK, style="yellow")
+        cursor = at + len(sentence)
+    text.append(answer.text[cursor:])
+    return text
+
+
+def _print_answer(answer: Any, hits: list[Any], explain: bool) -> None:
+    from rich.markup import escape
+
     out = _console()
-    if numbered is None:
-        out.print(answer.text, markup=False)
-        numbered = list(enumerate(answer.citations, start=1))
-    note = f" (degraded: {answer.reason})" if answer.degraded else ""
+    out.print(_marked_text(answer))
+    note = f" (degraded: {escape(answer.reason)})" if answer.degraded else ""
+    if answer.unsupported:
+        count = len(answer.unsupported)
+        note += f"; {count} sentence{'s' if count > 1 else ''} supported by no source"
     out.print(f"\n[dim]answered by {answer.generator}{note}[/dim]")
+    numbered = list(enumerate(answer.citations, start=1))
     if not numbered:  # the answer cites nothing: show what was retrieved
         out.print("[bold]Retrieved[/bold]")
         numbered = list(enumerate(hits, start=1))

@@ -56,13 +56,27 @@ class RetrievalSettings(_Section):
 
 
 class GeneratorSettings(_Section):
-    name: Literal["extractive", "local", "openai", "vllm"] = "local"
+    # auto: an OpenAI-compatible server when base_url is set, the local model on a GPU, else extractive (a
+    # 135M model on a CPU loops and invents; the extractive answer is instant, cited and grounded)
+    name: Literal["auto", "extractive", "local", "openai", "vllm"] = "auto"
     model: str | None = None
     max_new_tokens: int = Field(256, ge=1)
     context_tokens: int = Field(1536, ge=64)
     base_url: str | None = None
     api_key: str | None = None
     timeout_s: float = Field(120.0, gt=0)
+
+
+class GroundingSettings(_Section):
+    """How answers are checked against their sources (see ``ragkit.grounding``)."""
+
+    enabled: bool = True
+    threshold: float = Field(
+        0.55, ge=-1.0, le=1.0, description="embedding cosine a source sentence needs to support an answer sentence"
+    )
+    min_overlap: float = Field(
+        0.65, ge=0.0, le=1.0, description="share of the answer sentence's content words the source must hold"
+    )
 
 
 class LoaderSettings(_Section):
@@ -87,6 +101,7 @@ class Settings(_Section):
     vectors: VectorSettings = VectorSettings()
     retrieval: RetrievalSettings = RetrievalSettings()
     generator: GeneratorSettings = GeneratorSettings()
+    grounding: GroundingSettings = GroundingSettings()
     loaders: LoaderSettings = LoaderSettings()
     graph: GraphSection = GraphSection()
 

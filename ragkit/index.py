@@ -313,7 +313,11 @@ class Index:
         generator: Generator | str | None = None,
         where: Mapping[str, Any] | None = None,
     ) -> Answer:
-        """Retrieve, then answer with citations; falls back to the extractive answer if the generator fails."""
+        """Retrieve, then answer with citations; falls back to the extractive answer if the generator fails.
+
+        Every sentence of the answer is checked against the retrieved passages (``ragkit.grounding``): missing or
+        wrong citations are repaired, and the sentences no passage supports are listed in ``answer.unsupported``.
+        """
         return self.ask_many([question], k, mode, generator, where)[0]
 
     def ask_many(
