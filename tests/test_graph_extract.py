@@ -108,6 +108,25 @@ def test_worker_processes_match_in_process_extraction() -> None:
         assert list(parallel.extract(chunks)) == single
 
 
+def test_worker_processes_match_in_process_extraction_of_long_texts() -> None:
+    """The pieces of one long text are spread over batches and workers, and merged back in order."""
+    from ragkit.graph.extract import piece_starts
+
+    paragraphs = [text for _, text in TEXTS.values()]
+    long_text = "\n\n".join(paragraphs * 40) + " " + "\U0001f600" * 3000
+    chunks = [
+        Chunk("short", "d0", paragraphs[0], 0, len(paragraphs[0]), {"title": "Journal"}),
+        Chunk("long", "d1", long_text, 0, len(long_text), {"title": "Lothair II"}),
+    ]
+    settings = GraphSettings(batch_size=2, max_chars_per_text=1000, max_chars_per_batch=2500)
+    single = list(SpacyExtractor(settings.replace(n_process=1)).extract(chunks))
+    with SpacyExtractor(settings.replace(n_process=2)) as parallel:
+        assert parallel.uses_processes(1 + len(piece_starts(long_text, 1000)))  # two chunks, but many pieces
+        assert list(parallel.extract(chunks)) == single
+        assert parallel._pool is not None
+    assert sum(m.key == "lotharingia" for m in single[1].mentions) == 40
+
+
 def _annotations(doc: Any) -> list[tuple[Any, ...]]:
     return [(t.tag_, t.dep_, t.head.i, t.ent_iob_, t.ent_type_, t.is_sent_start) for t in doc]
 
@@ -158,3 +177,162 @@ def test_workers_skip_pytorch_only_for_pipelines_without_it(tmp_path: Any) -> No
     assert _needs_torch(str(tmp_path / "missing"))  # unknown: nothing is assumed
     assert _needs_torch("no_such_spacy_package")
     assert _needs_torch("no_such.package")
+
+
+# --- bounded work: long texts in pieces, rough runs in fixed tokens ------------------------------------------
+
+
+def test_piece_starts_cut_after_paragraphs_then_sentences_then_spaces() -> None:
+    from ragkit.graph.extract import piece_starts
+
+    assert piece_starts("short", 100) == [0]
+    text = "a" * 60 + "\n\n" + "b" * 30 + ". " + "c" * 20 + " " + "d" * 200
+    starts = piece_starts(text, 100)
+    assert starts[:2] == [0, 62]  # after the paragraph break, not after the later sentence end
+    assert piece_starts("a" * 60 + ". " + "b" * 20 + " " + "c" * 100, 100)[:2] == [0, 62]
+    assert piece_starts("a" * 70 + " " + "b" * 100, 100)[:2] == [0, 71]
+    assert piece_starts("x" * 250, 100) == [0, 100, 200]  # nowhere to cut but anywhere
+    assert piece_starts("a" * 10 + " " + "b" * 150, 100)[:2] == [0, 100]  # a space in the first half: too early
+
+
+def test_piece_starts_bound_every_piece() -> None:
+    import random
+
+    from ragkit.graph.extract import piece_starts
+
+    rng = random.Random(7)
+    for _ in range(200):
+        text = "".join(rng.choice(["word ", "x", ". ", "\n", "\n\n", "\U0001f600", "(("]) for _ in range(400))
+        limit = rng.randint(10, 300)
+        starts = piece_starts(text, limit)
+        ends = [*starts[1:], len(text)]
+        assert starts[0] == 0 and all(0 < end - start <= limit for start, end in zip(starts, ends, strict=True))
+
+
+def test_batch_bounds_limit_texts_and_characters() -> None:
+    from ragkit.graph.extract import batch_bounds
+
+    assert batch_bounds([10] * 5, 2, 1000) == [(0, 2), (2, 4), (4, 5)]
+    assert batch_bounds([40, 40, 40, 500, 10], 64, 100) == [(0, 2), (2, 3), (3, 4), (4, 5)]
+    assert batch_bounds([], 64, 100) == []
+
+
+def test_merge_pieces_shifts_offsets_and_sentences() -> None:
+    from ragkit.graph.extract import merge_pieces
+    from ragkit.graph.model import EntityMention, RelationMention
+
+    first = (
+        (EntityMention("a", "A", "ORG", "entity", 0, 1, 0), EntityMention("x", "x", "NOUN", "noun_phrase", 2, 3, 1)),
+        (RelationMention("a", "x", "is", "appos"), RelationMention("a", "b", "co-occurs with", "cooccur")),
+    )
+    second = (
+        (EntityMention("b", "B", "ORG", "entity", 4, 5, 0),),
+        (RelationMention("a", "x", "is", "appos"), RelationMention("b", "x", "of", "prep")),
+    )
+    mentions, relations = merge_pieces([(0, (first, 3)), (100, (second, 1))])
+    assert mentions == (
+        EntityMention("a", "A", "ORG", "entity", 0, 1, 0),
+        EntityMention("b", "B", "ORG", "entity", 104, 105, 3),
+        EntityMention("x", "x", "NOUN", "noun_phrase", 2, 3, 1),
+    )
+    assert relations == (
+        RelationMention("a", "x", "is", "appos"),
+        RelationMention("b", "x", "of", "prep"),
+        RelationMention("a", "b", "co-occurs with", "cooccur"),
+    )
+
+
+def test_extraction_settings_are_validated() -> None:
+    from ragkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="max_chars_per_text"):
+        GraphSettings.from_options({"max_chars_per_text": 2_000_000})
+    with pytest.raises(ConfigError, match="max_chars_per_batch"):
+        GraphSettings.from_options({"max_chars_per_batch": 0})
+
+
+def test_bounded_tokenizer_keeps_normal_text_and_coarsens_rough_runs() -> None:
+    from ragkit.graph.extract import ROUGH_TOKEN_CHARS, BoundedTokenizer
+
+    nlp = load_pipeline()
+    make_doc = BoundedTokenizer(nlp)
+    normal = [text for _, text in TEXTS.values()] + [
+        "See https://en.wikipedia.org/wiki/Lothair_II_(king)?action=history#top for more.",
+        "x" * 5000 + " then words",  # long but no symbols: spaCy's tokenizer is fast on it
+        "  two  spaces\n\nand lines \t",
+    ]
+    for text in normal:
+        expected = [(t.text, t.whitespace_) for t in nlp.make_doc(text)]
+        assert [(t.text, t.whitespace_) for t in make_doc(text)] == expected
+    rough = "Lothair II " + "(" * 200 + ")" * 100 + " was king.  " + "\U0001f600" * 130
+    doc = make_doc(rough)
+    assert doc.text == rough
+    assert [t.text for t in doc][:2] == ["Lothair", "II"]
+    assert [len(t.text) for t in doc][2:7] == [ROUGH_TOKEN_CHARS] * 4 + [300 - 4 * ROUGH_TOKEN_CHARS]
+    assert doc[6].whitespace_ == " " and doc[7].text == "was"
+
+
+def test_long_texts_are_extracted_in_pieces_with_text_offsets() -> None:
+    """A text longer than ``max_chars_per_text`` gives the merged extraction of its pieces (cut on the paragraph
+    breaks here), annotated in one batch: offsets into the whole text, sentence numbers counted through it."""
+    from ragkit.graph.extract import BoundedTokenizer, extract_batch, merge_pieces, piece_starts
+
+    paragraphs = [text for _, text in TEXTS.values()] * 3
+    text = "\n\n".join(paragraphs)
+    limit = max(map(len, paragraphs)) + 2
+    starts = piece_starts(text, limit)
+    assert len(starts) == len(paragraphs)
+    pieces = [text[a:b] for a, b in zip(starts, [*starts[1:], len(text)], strict=True)]
+    with SpacyExtractor(GraphSettings(n_process=1, max_chars_per_text=limit)) as split:
+        [(mentions, relations)] = list(split._raw_extractions([text]))
+        alone = extract_batch(split.nlp, BoundedTokenizer(split.nlp), split._options(), pieces)
+    assert (mentions, relations) == merge_pieces(list(zip(starts, alone, strict=True)))
+    assert sum(count for _, count in alone) == 3 * 4  # two sentences a paragraph
+    assert {m.sentence for m in mentions} == set(range(12))
+    for m in mentions:
+        assert text[m.start : m.end] == m.surface
+    assert [m.start for m in mentions if m.key == "lotharingia"] == [
+        i + paragraphs[1].index("Lotharingia") for i in starts[1::2]
+    ]
+
+
+def test_normal_texts_are_extracted_as_before(extractor: SpacyExtractor) -> None:
+    """Texts under the bounds: the extractor's pieces and batches are ``annotate``'s batches of 64 texts (as
+    before pieces existed), so the extractions are those of ``extract_doc`` on them."""
+    from pathlib import Path
+
+    from ragkit.graph.extract import annotate
+
+    docs_dir = Path(__file__).resolve().parents[1] / "docs"
+    texts = [p for f in sorted(docs_dir.glob("*.md")) for p in f.read_text().split("\n\n") if p.strip()][:150]
+    options = extractor._options()
+    expected = [extract_doc(doc, *options) for doc in annotate(extractor.nlp, texts, batch_size=64)]
+    assert list(extractor._raw_extractions(texts)) == expected
+
+
+HOSTILE = {
+    "one 5 MB line without spaces": "x" * 5_000_000,
+    "1 MB of one emoji": "\U0001f600" * 1_000_000,
+    "100k nested brackets": "[" * 100_000 + "]" * 100_000,
+    "zero-width and combining characters": "Paris\u200b\u200d\u0301\u0327\ufeff" * 100_000,
+    "hyphenated run": "a-" * 500_000,
+    "NUL bytes": "\x00" * 1_000_000,
+    "prose with a long rough word": "Lothair II was king. " + ":" * 300_000 + " He ruled Lotharingia.",
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE))
+def test_hostile_texts_go_through_quickly(extractor: SpacyExtractor, name: str) -> None:
+    import time
+
+    text = HOSTILE[name]
+    chunk = Chunk("c", "d", text, 0, len(text), {"title": "T"})
+    started = time.perf_counter()
+    [extraction] = list(extractor.extract([chunk]))
+    seconds = time.perf_counter() - started
+    assert seconds < 60, f"{name}: {seconds:.1f} s"
+    for m in extraction.mentions:
+        if m.start >= 0:
+            assert text[m.start : m.end] == m.surface
+    if name.startswith("prose"):
+        assert {"lothair ii", "lotharingia"} <= {m.key for m in extraction.mentions}
