@@ -10,6 +10,7 @@ A reader that finds a derived store behind the catalog brings it up to date from
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ragkit.bm25 import BM25Index
-from ragkit.errors import RagkitError
+from ragkit.errors import ConfigError, RagkitError
 from ragkit.types import Chunk, Document, LoadError, sha1_hex
 
 if TYPE_CHECKING:
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 BATCH_CHUNKS = 512  # chunks per embed -> extract -> commit batch
 TRIAGE_DOCUMENTS = 1000  # documents looked up in the catalog at once
 TRIAGE_CHARS = 32 * 2**20  # ... or fewer, when they are long
+STAGE_FAILURE_DOCUMENTS = 8  # a stage failing this many documents of a batch alike is itself broken
 
 
 @dataclass
@@ -133,6 +135,7 @@ def add_items(
     """
     started = time.perf_counter()
     report = IndexReport()
+    check_tags(tags)
     with index.writer_lock():
         vectors = index.vectors  # reconciles an interrupted earlier run first
         writer = _BatchWriter(index, vectors, tags, report, progress)
@@ -147,6 +150,11 @@ def add_items(
                     report.errors.append(item)
                     failed_sources.add(item.source.rsplit(":", 1)[0] if ":" in item.source else item.source)
                     failed_sources.add(item.source)
+                    continue
+                problem = _unstorable(item)
+                if problem:
+                    report.failed += 1
+                    report.errors.append(LoadError(item.source, problem))
                     continue
                 if item.id in seen:
                     report.failed += 1
@@ -172,6 +180,31 @@ def add_items(
         _finish(index, vectors)
     report.seconds = time.perf_counter() - started
     return report
+
+
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _unstorable(doc: Document) -> str:
+    """Why ``doc`` cannot be indexed as it is, or ``""``: SQLite stores neither lone surrogates (half of a
+    UTF-16 pair, which a JSON string or a decoded file name can carry) nor reads NUL characters back from JSON
+    (a ``doc_id`` or ``where`` filter would miss the document or match another one)."""
+    for what, value in (("id", doc.id), ("title", doc.title), ("text", doc.text)):
+        found = _UNSTORABLE.search(value)
+        if found is None or (what == "text" and found.group() == "\x00"):
+            continue
+        char = found.group()
+        kind = "a NUL character" if char == "\x00" else f"a lone surrogate (U+{ord(char):04X})"
+        return f"document {what} holds {kind} at position {found.start()}; it is not valid text"
+    return ""
+
+
+def check_tags(tags: Mapping[str, Any]) -> None:
+    """Tags are matched by ``where`` filters through SQLite's JSON functions, which stop at a NUL character."""
+    for key, value in tags.items():
+        for part in (key, value if isinstance(value, str) else ""):
+            if _UNSTORABLE.search(part):
+                raise ConfigError(f"tag {key!r}: NUL characters and lone surrogates cannot be stored or matched")
 
 
 def _triage(
@@ -212,9 +245,9 @@ class _BatchWriter:
     """Chunks changed documents as they arrive and writes them in batches of about ``BATCH_CHUNKS`` chunks.
 
     Each batch goes through embed -> extract -> commit. When a stage fails on a batch, it runs again document by
-    document, so only the documents that fail it are left out (reported with the stage); a failure of every
-    document of a batch is a failure of the stage itself and stops the run, as do failures of the machine or of
-    the index (``_systemic``).
+    document, so only the documents that fail it are left out (reported with the stage). When every document
+    of a batch of at least ``STAGE_FAILURE_DOCUMENTS`` fails with one and the same error, the stage itself is
+    broken and the run stops, as it does for failures of the machine or of the index (``_systemic``).
     """
 
     def __init__(
@@ -308,6 +341,7 @@ class _BatchWriter:
                 return []
             first = exc
         kept = []
+        errors: list[Exception] = []
         for entry in batch:
             try:
                 run([entry])
@@ -315,10 +349,11 @@ class _BatchWriter:
                 if _systemic(exc):
                     raise
                 self._fail(entry, stage, exc)
+                errors.append(exc)
                 continue
             kept.append(entry)
-        if not kept:
-            raise first
+        if not kept and len(batch) >= STAGE_FAILURE_DOCUMENTS and len({str(e) for e in errors}) == 1:
+            raise first  # every document, with one and the same error: the stage is broken, not the documents
         return kept
 
     def _fail(self, entry: _Entry, stage: str, exc: BaseException) -> None:
@@ -420,9 +455,13 @@ def delete_documents(index: Index, doc_id_or_source: str) -> list[str]:
         if index.catalog.has_document(target):
             doc_ids = [target]
         else:
-            candidates = {target, path_source(Path(doc_id_or_source).resolve())}
+            candidates = {target}
+            try:
+                candidates.add(path_source(Path(doc_id_or_source).resolve()))
+            except (OSError, ValueError):  # not a path at all (a NUL character)
+                pass
             doc_ids = index.catalog.documents_of_sources(candidates)
-            if not doc_ids:
+            if not doc_ids and not _UNSTORABLE.search(doc_id_or_source):
                 scope = _scope([doc_id_or_source])
                 doc_ids = [
                     d for source, ids in index.catalog.sources().items() if _in_scope(source, scope) for d in ids

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from ragkit import Index, Settings
+from ragkit.errors import ConfigError
 from ragkit.pipelines import indexing
 from ragkit.testing import HashingEmbedder
 from ragkit.types import Document
@@ -164,3 +165,29 @@ def test_documents_stream_through_in_bounded_batches(tmp_path: Path, monkeypatch
         assert report.added == 60 and len(indexed_ids(index)) == 60
     assert committed_while_loading[0] > 0 and committed_while_loading == sorted(committed_while_loading)
     assert committed_while_loading[-1] < 60
+
+
+def test_documents_that_cannot_be_stored_are_reported_before_any_stage(tmp_path: Path) -> None:
+    docs = documents()
+    docs[2:2] = [
+        Document("half-emoji", "A lone surrogate \ud83d in the text.", "/corpus/a.jsonl"),
+        Document("nul\x00id", "An id with a NUL.", "/corpus/b.jsonl"),
+    ]
+    with make(tmp_path) as index:
+        report = index.add_documents(docs)
+        reasons = sorted(e.reason for e in report.errors)
+        assert reasons == [
+            "document id holds a NUL character at position 3; it is not valid text",
+            "document text holds a lone surrogate (U+D83D) at position 17; it is not valid text",
+        ]
+        assert indexed_ids(index) == set(GOOD)
+        with pytest.raises(ConfigError, match="tag 'tenant'"):
+            index.add_documents(documents(), meta={"tenant": "acme\x00x"})
+        assert index.delete("no\x00such") == [] and index.delete("\ud83d") == []
+
+
+def test_a_few_bad_documents_failing_alike_are_reported_not_fatal(tmp_path: Path) -> None:
+    bad = [Document(f"bad-{i}", "POISON-EMBED", f"/corpus/bad-{i}.txt") for i in range(3)]
+    with make(tmp_path) as index:
+        report = index.add_documents(bad)
+        assert (report.failed, report.added) == (3, 0) and {e.stage for e in report.errors} == {"embed"}

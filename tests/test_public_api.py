@@ -25,3 +25,17 @@ def test_import_is_light():
     code = "import sys, ragkit; print(sorted(m for m in ('faiss', 'torch', 'bm25s', 'spacy') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_testing_helpers_are_exactly_all():
+    import types
+
+    import ragkit.testing as testing
+
+    assert testing.__all__ == sorted(testing.__all__)
+    defined = {
+        name for name, value in vars(testing).items()
+        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+        and getattr(value, "__module__", None) == "ragkit.testing"
+    }
+    assert defined == set(testing.__all__), defined ^ set(testing.__all__)
