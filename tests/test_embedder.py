@@ -42,3 +42,14 @@ def test_cache_embeds_each_text_once(minilm, tmp_path):
     np.testing.assert_array_equal(first[0], again[1])
     reopened = EmbeddingCache(tmp_path / "e.sqlite", minilm.name, minilm.dim)
     assert set(reopened.get_many([__import__("ragkit.types").types.sha1_hex("c")])) != set()
+
+
+@pytest.mark.slow
+def test_loading_the_embedder_prints_no_progress_bar() -> None:
+    import subprocess
+    import sys
+
+    code = "from ragkit.connectors.embedders import SentenceTransformerEmbedder; SentenceTransformerEmbedder()"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "Loading weights" not in result.stderr and "it/s" not in result.stderr, result.stderr

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,20 @@ def pick_device(device: str = "auto") -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+@contextmanager
+def quiet_progress_bars() -> Iterator[None]:
+    """No "Loading weights" bar from transformers while a model loads; the user's setting is restored after."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
 class SentenceTransformerEmbedder:
     """Normalized float32 embeddings from a sentence-transformers model; CUDA (fp16) when present.
 
@@ -51,7 +66,8 @@ class SentenceTransformerEmbedder:
         path = resolve_model(model)
         local_only = Path(path).exists() or os.environ.get("HF_HUB_OFFLINE") == "1"
         try:
-            self.model = SentenceTransformer(path, device=self.device, local_files_only=local_only)
+            with quiet_progress_bars():
+                self.model = SentenceTransformer(path, device=self.device, local_files_only=local_only)
         except OSError as exc:
             raise OSError(
                 f"embedder {model!r}: cannot load it offline ({exc}); pass a local model directory or a name "
