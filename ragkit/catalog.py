@@ -17,7 +17,7 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
-from ragkit.errors import IndexFormatError, sqlite_damage
+from ragkit.errors import IndexClosedError, IndexFormatError, sqlite_damage
 from ragkit.types import Chunk, Document, vector_id
 
 SCHEMA = """
@@ -56,6 +56,7 @@ class Catalog:
         if not create and not path.exists():
             raise IndexFormatError(f"{path}: catalog is missing")
         self._lock = threading.RLock()
+        self._closed = False
         try:
             self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
             self._conn.execute("PRAGMA journal_mode=WAL")
@@ -76,11 +77,17 @@ class Catalog:
     @property
     def connection(self) -> sqlite3.Connection:
         """The raw connection, for stores that keep their tables in the catalog (the knowledge graph)."""
+        self._check_open()
         return self._conn
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise IndexClosedError(f"{self.path.parent}: the index was closed; open it again with Index.open")
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """One atomic write: everything inside commits together and bumps the generation, or nothing does."""
+        self._check_open()
         with self._lock, self._damaged():
             self._conn.execute("BEGIN IMMEDIATE")
             try:
@@ -116,11 +123,13 @@ class Catalog:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             self._conn.close()
 
     # -- reads -------------------------------------------------------------------------------------------
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        self._check_open()
         with self._lock, self._damaged():
             return self._conn.execute(sql, params).fetchall()
 

@@ -28,6 +28,10 @@ class DimensionMismatchError(RagkitError, ValueError):
     """Vectors whose dimension differs from the index's."""
 
 
+class IndexClosedError(RagkitError):
+    """An index used after ``close()`` (or after its ``with`` block ended)."""
+
+
 class GeneratorError(RagkitError):
     """A generation backend failed (server down, timeout, malformed response)."""
 

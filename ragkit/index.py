@@ -299,6 +299,8 @@ class Index:
         where: Mapping[str, Any] | None = None,
     ) -> list[list[Hit]]:
         """Batched :meth:`retrieve`: one embedding batch for all queries."""
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+            raise ConfigError(f"k must be a positive integer (got {k!r})")
         from ragkit.pipelines.query import retrieve_many
 
         return retrieve_many(

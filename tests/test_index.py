@@ -173,3 +173,18 @@ def test_no_pickle_on_disk(tmp_path, corpus):
             head = path.read_bytes()[:2]
             assert head not in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05"), path
             assert path.suffix not in (".pkl", ".pickle"), path
+
+
+def test_k_below_one_raises_and_a_closed_index_says_so(tmp_path: Path, corpus: Path) -> None:
+    from ragkit.errors import IndexClosedError
+
+    index = make(tmp_path)
+    index.add([corpus])
+    for k in (0, -1):
+        with pytest.raises(ConfigError, match="k must be a positive integer"):
+            index.retrieve("apples", k=k)
+    index.close()
+    with pytest.raises(IndexClosedError, match="the index was closed"):
+        index.retrieve("apples")
+    with pytest.raises(IndexClosedError):
+        index.stats()
