@@ -443,7 +443,8 @@ def _finish(index: Index, vectors: Any) -> None:
     vectors.save()
     index.mark_vectors_saved(generation)
     if BM25Index.saved_generation(index.path) != generation:
-        BM25Index.build((c for batch in index.catalog.iter_chunks() for c in batch), generation).save(index.path)
+        chunks = lambda: (c for batch in index.catalog.iter_chunks() for c in batch)  # noqa: E731 - read twice
+        BM25Index.build(chunks, generation).save(index.path)
 
 
 def delete_documents(index: Index, doc_id_or_source: str) -> list[str]:

@@ -3,26 +3,38 @@
 The index is rebuilt from the catalog after each write and saved as plain numpy arrays and JSON in a
 directory named by the catalog generation; ``bm25.json`` points at the current one and is replaced
 atomically, so a reader always loads a complete index.
+
+``BM25Index.build`` streams: it reads the chunks twice, a batch at a time (vocabulary, document frequencies and
+lengths, then the scores, written straight into their place in the CSC arrays), so its memory is the index
+itself plus one batch, and the index is exactly the one ``bm25s.BM25.index`` builds from all texts at once.
 """
 
 from __future__ import annotations
 
 import inspect
+import itertools
 import json
+import math
 import os
 import re
 import shutil
-from collections.abc import Iterable, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import bm25s
 import numpy as np
 import Stemmer
+from bm25s.stopwords import STOPWORDS_EN
 
 from ragkit.errors import IndexFormatError
 from ragkit.types import Chunk
 
 POINTER = "bm25.json"
+
+ChunkSource = Iterable[Chunk] | Callable[[], Iterable[Chunk]]
+"""Chunks to index, or (better for large inputs) a callable returning a fresh iterator over them."""
+BATCH_SIZE = 5_000  # texts tokenized at once while building (the catalog reads 5,000 chunks at a time)
 
 
 class BM25Index:
@@ -35,17 +47,134 @@ class BM25Index:
         self._stemmer = Stemmer.Stemmer("english")
 
     @classmethod
-    def build(cls, chunks: Iterable[Chunk], generation: int, k1: float = 0.9, b: float = 0.4) -> BM25Index:
-        ids, texts = [], []
-        for chunk in chunks:
-            ids.append(chunk.id)
-            texts.append(chunk.embed_text)
-        if not texts:
-            return cls(None, [], generation)
-        stemmer = Stemmer.Stemmer("english")
-        tokens = bm25s.tokenize(texts, stopwords="en", stemmer=stemmer, show_progress=False)
+    def build(
+        cls,
+        chunks: ChunkSource,
+        generation: int,
+        k1: float = 0.9,
+        b: float = 0.4,
+        batch_size: int = BATCH_SIZE,
+    ) -> BM25Index:
+        """The index of ``chunks``, built in memory bounded by the index itself (not by the corpus).
+
+        ``chunks`` is best a callable returning a fresh iterator over the same chunks each time it is called
+        (the texts are read twice, ``batch_size`` at a time); a list or other re-iterable collection works too,
+        and a one-shot iterator is read into a list first. Should the chunks change between the two passes
+        (a writer committing meanwhile), the build starts again, and after a few tries indexes a list of them.
+        The result is the index ``bm25s.BM25.index`` builds from ``bm25s.tokenize`` of all texts: the same
+        vocabulary (ids included), the same float32 scores in the same order.
+        """
+        if callable(chunks):
+            source: Callable[[], Iterable[Chunk]] = chunks
+        else:
+            items = chunks if iter(chunks) is not chunks else list(chunks)  # a one-shot iterator: keep it
+            source = lambda: items  # noqa: E731
+        batch_size = max(1, batch_size)
+        for _ in range(_ATTEMPTS):
+            try:
+                return cls._build(source, generation, k1, b, batch_size)
+            except _CorpusChanged:
+                continue  # the chunks changed between the two passes (a writer committed): read them again
+        snapshot = list(source())  # they keep changing: index one reading of them, held in memory
+        return cls._build(lambda: snapshot, generation, k1, b, batch_size)
+
+    @classmethod
+    def _build(
+        cls, source: Callable[[], Iterable[Chunk]], generation: int, k1: float, b: float, batch_size: int
+    ) -> BM25Index:
         retriever = bm25s.BM25(k1=k1, b=b)
-        retriever.index(tokens, show_progress=False)
+        if retriever.method != "lucene" or retriever.idf_method != "lucene":  # what the scores below compute
+            raise AssertionError(f"bm25s's default BM25 method is now {retriever.method!r}, not 'lucene'")
+        # pass 1: vocabulary (stem -> id in order of first occurrence), document frequencies, document lengths
+        encoder = _Encoder()
+        ids: list[str] = []
+        lengths: list[np.ndarray] = []
+        df = np.zeros(0, dtype=np.int64)
+        for batch in _batches(source(), batch_size):
+            ids.extend(chunk.id for chunk in batch)
+            terms, doc_lengths = encoder.encode([chunk.embed_text for chunk in batch], grow=True)
+            lengths.append(doc_lengths.astype(np.int32))
+            pairs, _ = _term_doc_pairs(terms, doc_lengths)
+            counts = np.bincount(pairs // len(batch), minlength=len(encoder.ids))
+            if len(df) < len(counts):
+                df = np.concatenate([df, np.zeros(len(counts) - len(df), dtype=np.int64)])
+            df += counts
+        if not ids:
+            return cls(None, [], generation)
+        n_docs = len(ids)
+        doc_lengths = np.concatenate(lengths)
+        del lengths
+
+        # bm25s numbers the stems in the iteration order of a set built from them in order of first occurrence
+        # (``tokenize``: ``set(stemmed)``, then ``enumerate``); ``iter`` keeps CPython from presizing the set
+        # from a dict's size, so the set (and its order) is the one bm25s builds in this process
+        vocab = {token: i for i, token in enumerate(set(iter(encoder.ids)))}
+        n_vocab = len(vocab)
+        renumber = np.fromiter(map(vocab.__getitem__, encoder.ids), dtype=np.int64, count=n_vocab)
+        doc_freqs = np.zeros(n_vocab, dtype=np.int64)
+        doc_freqs[renumber] = df
+        del df
+        if not n_vocab:
+            # no chunk has a searchable word (bm25s itself fails here): an index in which "" matches nothing
+            vocab = {"": 0}
+            doc_freqs = np.zeros(1, dtype=np.int64)
+        elif "" not in vocab:
+            vocab[""] = n_vocab  # what ``BM25.index(create_empty_token=True)`` adds, with no column of its own
+        indptr = np.zeros(len(doc_freqs) + 1, dtype=np.int64)
+        np.cumsum(doc_freqs, out=indptr[1:])
+        data = np.empty(int(indptr[-1]), dtype=np.float32)
+        indices = np.empty(int(indptr[-1]), dtype=np.int32)
+        idf = _lucene_idf(doc_freqs, n_docs)
+        avg_doc_len = doc_lengths.mean()  # as bm25s: float64 mean of the token counts
+        del doc_freqs
+
+        # pass 2: tokenize again and write each (term, doc) score at its term's cursor (a counting sort by term)
+        cursor = indptr[:-1].copy()
+        end = 0
+        for batch in _batches(source(), batch_size):
+            start, end = end, end + len(batch)
+            if [chunk.id for chunk in batch] != ids[start:end]:
+                raise _CorpusChanged
+            try:
+                terms, batch_lengths = encoder.encode([chunk.embed_text for chunk in batch], grow=False)
+            except KeyError:  # a stem pass 1 did not see
+                raise _CorpusChanged from None
+            if not np.array_equal(batch_lengths, doc_lengths[start:end]):
+                raise _CorpusChanged
+            pairs, tf = _term_doc_pairs(renumber[terms], batch_lengths)  # sorted by term, then by doc
+            if not len(pairs):
+                continue  # no searchable word in this batch
+            term = pairs // len(batch)
+            doc = pairs - term * len(batch)
+            first = np.flatnonzero(np.concatenate(([True], term[1:] != term[:-1])))  # each term's first pair
+            group_terms = term[first]
+            group_sizes = np.diff(np.append(first, len(term)))
+            if (cursor[group_terms] + group_sizes > indptr[group_terms + 1]).any():
+                raise _CorpusChanged
+            at = np.repeat(cursor[group_terms] - first, group_sizes) + np.arange(len(term))
+            cursor[group_terms] += group_sizes
+            # bm25s (method "lucene"): idf * tf / (k1 * (1 - b + b * |d| / avgdl) + tf), in float64 from the
+            # float32 idf and float32 tf, stored as float32: the same operations in the same order, so the same bits
+            # (in place: IEEE addition and multiplication commute exactly, so only the grouping matters)
+            tf64 = tf.astype(np.float32).astype(np.float64)
+            del tf
+            norm = batch_lengths[doc].astype(np.float64)  # |d|
+            norm *= b
+            norm /= avg_doc_len
+            norm += 1 - b
+            norm *= k1
+            norm += tf64
+            np.divide(tf64, norm, out=norm)
+            norm *= idf[term]
+            data[at] = norm
+            indices[at] = doc + start
+        if end != n_docs or not np.array_equal(cursor, indptr[1:]):
+            raise _CorpusChanged
+
+        retriever.scores = {"data": data, "indices": indices, "indptr": indptr, "num_docs": n_docs}
+        retriever.vocab_dict = vocab
+        retriever.nonoccurrence_array = None
+        retriever.unique_token_ids_set = set(vocab.values())
         return cls(retriever, ids, generation)
 
     def __len__(self) -> int:
@@ -156,6 +285,78 @@ class BM25Index:
         if problem is not None:
             raise _Damaged(folder / problem[0], problem[1])
         return cls(retriever, chunk_ids, generation)
+
+
+# -- building ---------------------------------------------------------------------------------------------
+
+_ATTEMPTS = 3  # streaming builds tried while the chunks keep changing between the two passes
+# bm25s.tokenize's default pattern is r"(?u)\b\w\w+\b": every maximal run of two or more word characters
+# (\b is defined by \w); this pattern finds the same runs about twice as fast
+_SPLIT = re.compile(r"\w{2,}").findall
+_STOPWORDS = frozenset(STOPWORDS_EN)  # bm25s.tokenize(stopwords="en")
+
+
+class _CorpusChanged(Exception):
+    """The second pass over the chunks did not see what the first one saw."""
+
+
+class _Encoder:
+    """``bm25s.tokenize(texts, stopwords="en", stemmer=<English PyStemmer>)`` a batch at a time, as numbers.
+
+    Lower-cases, splits on the same pattern, drops stop words before stemming and stems each distinct word
+    once, as bm25s does; the stems get ids in order of first occurrence across all batches (``ids``)."""
+
+    def __init__(self) -> None:
+        self.stemmer = Stemmer.Stemmer("english")
+        self.ids: dict[str, int] = {}
+
+    def encode(self, texts: Sequence[str], grow: bool) -> tuple[np.ndarray, np.ndarray]:
+        """(stem id of every kept token, the texts one after another; kept tokens per text), both int64.
+
+        KeyError for a stem not seen before unless ``grow``."""
+        counts: list[int] = []
+
+        def split() -> Iterator[list[str]]:
+            for text in texts:
+                words = _SPLIT(text.lower())
+                counts.append(len(words))
+                yield words
+
+        numbers: defaultdict[str, int] = defaultdict(itertools.count().__next__)  # word -> first-occurrence id
+        tokens = np.fromiter(map(numbers.__getitem__, itertools.chain.from_iterable(split())), dtype=np.int64)
+        words = [word for word in numbers if word not in _STOPWORDS]
+        stems = self.stemmer.stemWords(words)
+        if grow:
+            stem_ids = [self.ids.setdefault(stem, len(self.ids)) for stem in stems]
+        else:
+            stem_ids = [self.ids[stem] for stem in stems]
+        table = np.full(len(numbers), -1, dtype=np.int64)
+        table[[numbers[word] for word in words]] = stem_ids
+        tokens = table[tokens]
+        kept = tokens >= 0
+        doc = np.repeat(np.arange(len(texts), dtype=np.int64), np.asarray(counts, dtype=np.int64))
+        return tokens[kept], np.bincount(doc[kept], minlength=len(texts))
+
+
+def _term_doc_pairs(terms: np.ndarray, doc_lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct ``term * n_docs + doc`` of a batch (sorted: by term, then doc) and how often each occurs."""
+    n_docs = len(doc_lengths)
+    doc = np.repeat(np.arange(n_docs, dtype=np.int64), doc_lengths)
+    pairs, tf = np.unique(terms * n_docs + doc, return_counts=True)
+    return pairs, tf
+
+
+def _lucene_idf(doc_freqs: np.ndarray, n_docs: int) -> np.ndarray:
+    """float32 ``log(1 + (N - df + 0.5) / (df + 0.5))`` per term (0 where df is 0), with ``math.log`` as bm25s."""
+    values, where = np.unique(doc_freqs, return_inverse=True)
+    logs = [math.log(1 + (n_docs - df + 0.5) / (df + 0.5)) if df else 0.0 for df in values.tolist()]
+    return np.asarray(logs, dtype=np.float32)[where.reshape(-1)]
+
+
+def _batches(chunks: Iterable[Chunk], size: int) -> Iterator[list[Chunk]]:
+    iterator = iter(chunks)
+    while batch := list(itertools.islice(iterator, size)):
+        yield batch
 
 
 _FOLDER = re.compile(r"bm25-\d+")

@@ -213,7 +213,7 @@ class Index:
                 loaded = BM25Index.load(self.path)
                 if loaded is None or loaded.generation != generation:
                     loaded = BM25Index.build(
-                        (c for batch in self.catalog.iter_chunks() for c in batch), generation
+                        lambda: (c for batch in self.catalog.iter_chunks() for c in batch), generation
                     )
                     with self.writer_lock(blocking=False) as locked:
                         # only when no writer runs, and never over a copy readers may be loading (another
