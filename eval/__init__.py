@@ -1,10 +1,25 @@
-"""Measure retrieval quality: metrics checked against trec_eval, BEIR readers, the runner and its reports.
+"""Measure retrieval and answer quality: metrics checked against trec_eval, answer metrics (SQuAD/HotpotQA
+normalisation, citations), BEIR readers, the runner and its reports.
 
 >>> from ragkit.eval import evaluate_run
 >>> evaluate_run({"q1": ["d3", "d1"]}, {"q1": {"d1": 1}}, ks=[1, 2], metrics=["recall", "mrr"])
 {'recall@1': 0.0, 'recall@2': 1.0, 'mrr@1': 0.0, 'mrr@2': 0.5}
 """
 
+from ragkit.eval.answers import (
+    AnswerMetrics,
+    AnswerScore,
+    aggregate_answers,
+    citation_precision,
+    citation_recall,
+    contains,
+    exact_match,
+    f1,
+    normalize_answer,
+    score_answer,
+    strip_citations,
+    unsupported_share,
+)
 from ragkit.eval.datasets import (
     BeirDataset,
     DatasetFormatError,
@@ -42,6 +57,8 @@ from ragkit.eval.report import (
 from ragkit.eval.runner import BatchRetriever, run_eval
 
 __all__ = [
+    "AnswerMetrics",
+    "AnswerScore",
     "BatchRetriever",
     "BeirDataset",
     "DatasetFormatError",
@@ -49,9 +66,15 @@ __all__ = [
     "METRIC_NAMES",
     "ModeResult",
     "QueryResult",
+    "aggregate_answers",
     "all_recall_at_k",
     "average_precision_at_k",
+    "citation_precision",
+    "citation_recall",
+    "contains",
     "evaluate_run",
+    "exact_match",
+    "f1",
     "format_markdown",
     "format_table",
     "hit_at_k",
@@ -59,6 +82,7 @@ __all__ = [
     "load_gold_dataset",
     "load_gold_jsonl",
     "ndcg_at_k",
+    "normalize_answer",
     "normalize_ks",
     "per_query_metrics",
     "plot_recall",
@@ -71,5 +95,8 @@ __all__ = [
     "reciprocal_rank_at_k",
     "relevant_count",
     "run_eval",
+    "score_answer",
+    "strip_citations",
+    "unsupported_share",
     "write_report",
 ]

@@ -1,4 +1,7 @@
-"""``ragkit eval``: build (or reuse) an index of a dataset's corpus and score every retrieval mode on it."""
+"""``ragkit eval``: build (or reuse) an index of a dataset's corpus and score every retrieval mode on it.
+
+With ``--answers`` it also answers each question and scores the answers against the gold answers.
+"""
 
 from __future__ import annotations
 
@@ -10,15 +13,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ragkit.connectors.generators import GENERATOR_NAMES
 from ragkit.types import RETRIEVAL_MODES, sha1_hex
 
 GRAPH_MODES = {"graph", "multihop", "graph_hybrid"}
+DEFAULT_ANSWER_K = 5
 
 
 def add_eval_parser(commands: Any, parents: Sequence[Any] = ()) -> None:
     sub = commands.add_parser(
         "eval",
-        parents=list(parents), help="measure recall@k, hit@k, MRR, nDCG... of each retrieval mode on a dataset",
+        parents=list(parents),
+        help="measure recall@k, hit@k, MRR, nDCG... of each retrieval mode on a dataset; --answers: the answers too",
         description="DATASET is a BEIR folder (corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv), or a JSONL file "
         'of {"query": ..., "gold": [doc ids]} lines evaluated against an existing --index.',
     )
@@ -33,6 +39,25 @@ def add_eval_parser(commands: Any, parents: Sequence[Any] = ()) -> None:
     sub.add_argument("--latency-queries", type=int, default=None, help="queries timed alone (default: all)")
     sub.add_argument("--json", action="store_true", help="print the results as JSON")
     sub.add_argument("--report", type=Path, help="write JSON, Markdown, a recall@k plot and per-query results here")
+    sub.add_argument("--limit", type=int, help="evaluate only the first N queries (file order)")
+    answers = sub.add_argument_group(
+        "answers", "score generated answers against the dataset's gold answers (queries' metadata.answer)"
+    )
+    answers.add_argument(
+        "--answers", action="store_true",
+        help="also answer each question and report exact match, F1, containment, citations, unsupported share "
+        "and latency",
+    )
+    answers.add_argument(
+        "--generator", choices=("auto", *GENERATOR_NAMES),
+        help="generator for --answers (default: the configured one; auto: the --base-url server if set, the local "
+        "model on a GPU, else extractive)",
+    )
+    answers.add_argument("--model", help="generator model (local directory, or the server's model name)")
+    answers.add_argument("--base-url", help="OpenAI-compatible server URL, e.g. http://localhost:8000/v1")
+    answers.add_argument(
+        "--answer-k", type=int, help=f"chunks retrieved for each answer (default: {DEFAULT_ANSWER_K})"
+    )
 
 
 def _csv(value: str, flag: str, cast: Any = str) -> list[Any]:
@@ -64,6 +89,41 @@ def eval_index_dir(dataset: Any, settings: Any) -> Path:
     return _cache_root() / f"{dataset.name}-{sha1_hex(key)[:12]}"
 
 
+def _check_answers(dataset: Any, args: argparse.Namespace) -> None:
+    """``--answers`` on a dataset without gold answers is an error, said before any work is done."""
+    from ragkit.eval.datasets import DatasetFormatError
+
+    if args.answers and not dataset.has_answers:
+        raise DatasetFormatError(
+            f"--answers: dataset {dataset.name!r} has no gold answers (no query carries metadata.answer); "
+            "answer metrics need a question-answering set such as hotpotqa-train100 or musique-train100"
+        )
+
+
+def _generator_label(settings: Any) -> str:
+    """How the report names the generator: the one that runs (``auto`` resolved), and its model when chosen."""
+    from ragkit.connectors.generators import resolve_name
+
+    generator = settings.generator
+    name = resolve_name(generator)
+    if generator.name == "auto":
+        name = f"{name} (auto)"
+    return f"{name}:{generator.model}" if generator.model else name
+
+
+def _answerer(index: Any, settings: Any) -> Any:
+    """``answerer(questions, hits)`` for the runner: the configured generator through the query pipeline.
+
+    The generator is built once (a local model loads once) and answers through ``answer_many``, the path
+    ``Index.ask_many`` takes, so whatever that path adds to an answer (grounding) is measured too.
+    """
+    from ragkit.connectors.generators import from_settings
+    from ragkit.pipelines.query import answer_many
+
+    generator = from_settings(settings.generator)
+    return lambda questions, hits: answer_many(index, list(questions), list(hits), generator)
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from ragkit.config import load_settings
     from ragkit.eval.datasets import load_beir, load_gold_dataset
@@ -76,37 +136,55 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if unknown:
         raise argparse.ArgumentTypeError(f"--modes: unknown {unknown} (valid: {', '.join(RETRIEVAL_MODES)})")
     ks = _csv(args.k, "--k", int)
+    answer_options = {"--generator": args.generator, "--model": args.model, "--base-url": args.base_url,
+                      "--answer-k": args.answer_k}
+    given = [flag for flag, value in answer_options.items() if value is not None]
+    if given and not args.answers:
+        raise argparse.ArgumentTypeError(f"{', '.join(given)}: only used with --answers; add --answers")
+    answer_k = DEFAULT_ANSWER_K if args.answer_k is None else args.answer_k
+    if answer_k < 1 or (args.limit is not None and args.limit < 1):
+        raise argparse.ArgumentTypeError("--answer-k and --limit must be at least 1")
     settings = load_settings(args.config)
     needs_graph = bool(GRAPH_MODES & set(modes))
     settings = settings.merged(
         chunking={} if args.chunking else {"strategy": "none"},
         vectors={"backend": args.backend},
         graph={"enabled": needs_graph},
+        generator={"name": args.generator, "model": args.model, "base_url": args.base_url},
     )
     if args.dataset.is_file():
         if args.index is None:
             raise argparse.ArgumentTypeError("a gold JSONL file is evaluated against an existing index: pass --index")
         index = Index.open(args.index, settings)
-        dataset = load_gold_dataset(args.dataset, passages=index.catalog.counts()["documents"])
+        try:
+            dataset = load_gold_dataset(args.dataset, passages=index.catalog.counts()["documents"])
+            _check_answers(dataset, args)
+        except BaseException:
+            index.close()
+            raise
     else:
         dataset = load_beir(args.dataset, split=args.split)
+        _check_answers(dataset, args)  # before the index is built: that can take minutes
         path = args.index or eval_index_dir(dataset, settings)
         index = Index.create(path, settings, exist_ok=True)
         report = index.add([dataset.corpus_path])
         if report.failed:
             for error in report.errors[:10]:
                 print(f"warning: {error}", file=sys.stderr)
+    if args.limit is not None:
+        dataset = dataset.first(args.limit)
     with index:
+        answerer = _answerer(index, settings) if args.answers else None
         result = run_eval(
             dataset, index, modes, ks, batch_size=args.batch_size,
             overfetch=3 if args.chunking else 1, latency_queries=args.latency_queries,
+            answerer=answerer, answer_k=answer_k, generator_name=_generator_label(settings),
         )
     if args.report:
         write_report(result, args.report)
     if args.json:
         print(result.to_json())
     else:
-        print(f"{dataset.name}: {result.queries} queries, {result.passages} passages")
         print(format_table(result))
         if args.report:
             print(f"report written to {args.report}")

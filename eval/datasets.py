@@ -1,11 +1,13 @@
 """Readers for evaluation data: BEIR folders and a plain JSONL of users' own questions and gold passages.
 
 BEIR layout (https://github.com/beir-cellar/beir): ``corpus.jsonl`` (``_id``, ``title``, ``text``),
-``queries.jsonl`` (``_id``, ``text``) and ``qrels/<split>.tsv`` (``query-id``, ``corpus-id``, ``score``,
-tab-separated, one header line). ``\\r\\n`` line endings and a UTF-8 byte-order mark are accepted. Every
-malformed line is an error naming the file and the line number.
+``queries.jsonl`` (``_id``, ``text``, optional ``metadata``) and ``qrels/<split>.tsv`` (``query-id``,
+``corpus-id``, ``score``, tab-separated, one header line). ``\\r\\n`` line endings and a UTF-8 byte-order
+mark are accepted. Every malformed line is an error naming the file and the line number.
 
-Gold are corpus ids: the evaluation ranks corpus passages, whatever chunks the index holds.
+Gold are corpus ids: the evaluation ranks corpus passages, whatever chunks the index holds. Gold *answers*
+(for ``ragkit eval --answers``) come from each query's ``metadata``: ``answer`` (a string, or a list of them),
+plus ``answer_aliases`` or ``answers`` (lists of strings), as HotpotQA and MuSiQue ship them.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import json
 import logging
 import os
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,8 @@ from ragkit.types import Document
 logger = logging.getLogger("ragkit.eval")
 
 Qrels = Mapping[str, Mapping[str, int]]
+
+ANSWER_KEYS: tuple[str, ...] = ("answer", "answers", "answer_aliases")
 
 
 class DatasetFormatError(RagkitError, ValueError):
@@ -38,7 +42,8 @@ class BeirDataset:
     (query id -> {corpus id: grade}) holds the judgements of those queries. ``passages`` counts the corpus.
     ``corpus_path`` is None for gold sets evaluated against an existing index (:func:`load_gold_dataset`).
     ``unknown_gold`` lists ``(query id, corpus id)`` judgements whose passage is not in the corpus: they can
-    never be retrieved and still count in recall's denominator, as in BEIR.
+    never be retrieved and still count in recall's denominator, as in BEIR. ``query_metadata`` keeps the
+    non-empty ``metadata`` object of each kept query; :meth:`gold_answers` reads the gold answers from it.
 
     >>> ds = load_beir("shared/data/scifact")            # doctest: +SKIP
     >>> len(ds.queries), ds.passages                      # doctest: +SKIP
@@ -52,6 +57,29 @@ class BeirDataset:
     corpus_path: Path | None = None
     split: str = "test"
     unknown_gold: tuple[tuple[str, str], ...] = ()
+    query_metadata: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def gold_answers(self, qid: str) -> tuple[str, ...]:
+        """The gold answer of query ``qid`` followed by its aliases (no duplicates); ``()`` when it has none."""
+        return _answers_of(self.query_metadata.get(qid, {}))
+
+    @property
+    def has_answers(self) -> bool:
+        """Whether any query carries a gold answer (``metadata.answer``): what ``--answers`` needs."""
+        return any(self.gold_answers(qid) for qid in self.queries)
+
+    def first(self, n: int) -> BeirDataset:
+        """The same dataset limited to its first ``n`` queries (file order), e.g. to time a slow generator."""
+        if n < 1:
+            raise ValueError(f"n must be at least 1 (got {n})")
+        kept = dict(list(self.queries.items())[:n])
+        return replace(
+            self,
+            queries=kept,
+            qrels={q: self.qrels[q] for q in kept if q in self.qrels},
+            unknown_gold=tuple(pair for pair in self.unknown_gold if pair[0] in kept),
+            query_metadata={q: m for q, m in self.query_metadata.items() if q in kept},
+        )
 
     def documents(self) -> Iterator[Document]:
         """The corpus as Documents (id = corpus id; title kept apart, so chunks embed title + " " + text)."""
@@ -100,6 +128,28 @@ def _text_field(path: Path, number: int, record: Mapping[str, Any], key: str, re
     if not isinstance(value, str):
         raise DatasetFormatError(f"{path}:{number}: missing or invalid {key!r} (expected a string)")
     return value
+
+
+def _answers_of(metadata: Mapping[str, Any]) -> tuple[str, ...]:
+    answers: list[str] = []
+    for key in ANSWER_KEYS:
+        value = metadata.get(key)
+        for item in [value] if isinstance(value, str) else value if isinstance(value, list) else []:
+            if isinstance(item, str) and item.strip() and item not in answers:
+                answers.append(item)
+    return tuple(answers)
+
+
+def _check_answers(path: Path, number: int, metadata: Mapping[str, Any]) -> None:
+    """Gold answers must be strings or lists of strings; anything else is an error naming file and line."""
+    for key in ANSWER_KEYS:
+        value = metadata.get(key)
+        if value is None or isinstance(value, str):
+            continue
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise DatasetFormatError(
+                f"{path}:{number}: {key!r} must be a string or a list of strings (got {value!r:.60})"
+            )
 
 
 def _read_corpus(path: Path) -> Iterator[tuple[int, Document]]:
@@ -194,6 +244,7 @@ def load_beir(directory: str | os.PathLike[str], split: str = "test") -> BeirDat
         logger.info("%s: %d queries have no relevant judgement and are not evaluated", qrels_path, dropped)
 
     queries: dict[str, str] = {}
+    metadata: dict[str, Mapping[str, Any]] = {}
     seen: dict[str, int] = {}
     for number, record in _json_lines(queries_path):
         qid = _id_field(queries_path, number, record, "_id")
@@ -203,8 +254,12 @@ def load_beir(directory: str | os.PathLike[str], split: str = "test") -> BeirDat
             )
         seen[qid] = number
         text = _text_field(queries_path, number, record, "text", required=True)
+        meta = record.get("metadata")
         if qid in qrels:
             queries[qid] = text
+            if meta and isinstance(meta, dict):  # BEIR leaves it out or {}; only the answer keys are read
+                _check_answers(queries_path, number, meta)
+                metadata[qid] = meta
     missing = [qid for qid in qrels if qid not in queries]
     if missing:
         raise DatasetFormatError(
@@ -228,6 +283,7 @@ def load_beir(directory: str | os.PathLike[str], split: str = "test") -> BeirDat
         corpus_path=corpus_path,
         split=split,
         unknown_gold=unknown,
+        query_metadata=metadata,
     )
 
 
@@ -235,13 +291,22 @@ def load_gold_jsonl(path: str | os.PathLike[str]) -> tuple[dict[str, str], dict[
     """Users' own gold: one ``{"query": "...", "gold": ["doc id", ...]}`` per line.
 
     Returns ``(queries, qrels)`` with query ids ``q1``, ``q2``, ... in file order. ``gold`` may also map
-    doc id -> integer grade for graded relevance. Other keys (an answer, notes) are ignored.
+    doc id -> integer grade for graded relevance. Other keys are ignored here; :func:`load_gold_dataset` also
+    keeps a gold ``answer`` (and ``answer_aliases``) for ``ragkit eval --answers``.
     """
+    queries, qrels, _ = _read_gold_jsonl(path)
+    return queries, qrels
+
+
+def _read_gold_jsonl(
+    path: str | os.PathLike[str],
+) -> tuple[dict[str, str], dict[str, dict[str, int]], dict[str, Mapping[str, Any]]]:
     path = Path(path)
     if not path.is_file():
         raise DatasetFormatError(f"{path}: no such gold file (one JSON object per line: query, gold)")
     queries: dict[str, str] = {}
     qrels: dict[str, dict[str, int]] = {}
+    answers: dict[str, Mapping[str, Any]] = {}
     for number, record in _json_lines(path):
         query = record.get("query")
         if not isinstance(query, str) or not query.strip():
@@ -267,15 +332,22 @@ def load_gold_jsonl(path: str | os.PathLike[str]) -> tuple[dict[str, str], dict[
         qid = f"q{len(queries) + 1}"
         queries[qid] = query
         qrels[qid] = judgements
+        answer_fields = {key: record[key] for key in ANSWER_KEYS if key in record}
+        if answer_fields:
+            _check_answers(path, number, answer_fields)
+            answers[qid] = answer_fields
     if not queries:
         raise DatasetFormatError(f"{path}: no questions (one JSON object per line: query, gold)")
-    return queries, qrels
+    return queries, qrels, answers
 
 
 def load_gold_dataset(path: str | os.PathLike[str], passages: int, name: str | None = None) -> BeirDataset:
     """:func:`load_gold_jsonl` wrapped as a corpus-less :class:`BeirDataset` for ``run_eval`` on an index.
 
-    ``passages`` is the number of documents in the index being evaluated (reported, not checked).
+    ``passages`` is the number of documents in the index being evaluated (reported, not checked). A line's
+    ``answer`` (and ``answer_aliases``) become its gold answers, for ``ragkit eval --answers``.
     """
-    queries, qrels = load_gold_jsonl(path)
-    return BeirDataset(name=name or Path(path).stem, queries=queries, qrels=qrels, passages=passages)
+    queries, qrels, answers = _read_gold_jsonl(path)
+    return BeirDataset(
+        name=name or Path(path).stem, queries=queries, qrels=qrels, passages=passages, query_metadata=answers
+    )

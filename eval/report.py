@@ -7,6 +7,10 @@ The JSON shape (``EvalReport.to_dict``) is the one ``ragkit eval --json`` prints
                         "mrr@10": ..., "ndcg@10": ..., "map@10": ...,
                         "latency_ms": {"p50": ..., "p90": ..., "p99": ...}, "queries_per_s": ...}}}
 
+With ``--answers`` each mode also carries ``"answers": {...}`` (:meth:`AnswerMetrics.to_dict`: generator, k,
+questions, exact_match, f1, contains, citation_precision, citation_recall, cited, unsupported_share, degraded,
+latency_ms {retrieve_p50, generate_p50, total_p50}), and each per-query row an ``"answer"`` object.
+
 Metric values are fractions in [0, 1]; latency is in milliseconds (``null`` when it was not measured).
 """
 
@@ -21,21 +25,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ragkit.eval.answers import AnswerMetrics, AnswerScore
+
 _METRIC_ORDER = ("recall", "hit", "all_recall", "precision", "mrr", "ndcg", "map")
 
 
 @dataclass(frozen=True)
 class ModeResult:
-    """One retrieval mode's scores: mean metrics, per-query latency percentiles and batch throughput."""
+    """One retrieval mode's scores: mean metrics, per-query latency percentiles and batch throughput.
+
+    ``answers`` holds the answer metrics when the evaluation also generated answers (``--answers``).
+    """
 
     metrics: Mapping[str, float]
     latency_p50_ms: float | None
     latency_p90_ms: float | None
     latency_p99_ms: float | None
     queries_per_s: float
+    answers: AnswerMetrics | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        result = {
             **{key: float(value) for key, value in self.metrics.items()},
             "latency_ms": {
                 "p50": self.latency_p50_ms,
@@ -44,6 +54,9 @@ class ModeResult:
             },
             "queries_per_s": self.queries_per_s,
         }
+        if self.answers is not None:
+            result["answers"] = self.answers.to_dict()
+        return result
 
 
 @dataclass(frozen=True)
@@ -57,6 +70,7 @@ class QueryResult:
     retrieved: tuple[str, ...]
     recall: Mapping[int, float]
     latency_ms: float | None = None
+    answer: AnswerScore | None = None
 
     @property
     def first_gold_rank(self) -> int | None:
@@ -81,6 +95,7 @@ class QueryResult:
             "first_gold_rank": self.first_gold_rank,
             "missing_gold": list(self.missing_gold),
             "latency_ms": self.latency_ms,
+            **({"answer": self.answer.to_dict()} if self.answer is not None else {}),
         }
 
 
@@ -143,7 +158,35 @@ def _rows(report: EvalReport) -> tuple[list[str], list[list[str]]]:
     rows.append(["latency p90 (ms)", *(_fmt(report.results[m].latency_p90_ms, 1) for m in modes)])
     rows.append(["latency p99 (ms)", *(_fmt(report.results[m].latency_p99_ms, 1) for m in modes)])
     rows.append(["queries/s", *(_fmt(report.results[m].queries_per_s, 1) for m in modes)])
+    if any(report.results[m].answers is not None for m in modes):
+        rows += _answer_rows(report, modes)
     return ["metric", *modes], rows
+
+
+_ANSWER_ROWS: tuple[tuple[str, str, int], ...] = (
+    ("answer exact match", "exact_match", 3),
+    ("answer F1", "f1", 3),
+    ("answer contains gold", "contains", 3),
+    ("citation precision", "citation_precision", 3),
+    ("citation recall", "citation_recall", 3),
+    ("answers citing", "cited", 3),
+    ("unsupported share", "unsupported_share", 3),
+    ("degraded share", "degraded", 3),
+    ("answer retrieve p50 (ms)", "retrieve_p50_ms", 1),
+    ("answer generate p50 (ms)", "generate_p50_ms", 1),
+    ("answer total p50 (ms)", "total_p50_ms", 1),
+)
+
+
+def _answer_rows(report: EvalReport, modes: Sequence[str]) -> list[list[str]]:
+    answers = [report.results[m].answers for m in modes]
+    rows = [
+        ["answers by", *(f"{a.generator} k={a.k}" if a else "-" for a in answers)],
+        ["answered questions", *(str(a.questions) if a else "-" for a in answers)],
+    ]
+    for label, attribute, digits in _ANSWER_ROWS:
+        rows.append([label, *(_fmt(getattr(a, attribute), digits) if a else "-" for a in answers)])
+    return rows
 
 
 def format_table(report: EvalReport) -> str:
@@ -192,6 +235,19 @@ def format_markdown(report: EvalReport, plot_file: str | None = "recall_at_k.png
                     out.append("| " + " | ".join(_md_cell(c) for c in cells) + " |")
                 if len(failed) > misses:
                     out.append(f"\n{len(failed) - misses} more in per_query.jsonl.")
+    answered = [(r, r.answer) for r in report.per_query if r.answer is not None]
+    if answered:
+        out += ["", "## Answers that do not contain the gold answer"]
+        for mode in report.results:
+            wrong = [(r, a) for r, a in answered if r.mode == mode and not a.contains]
+            out += ["", f"### {_md_cell(mode)}: {len(wrong)} answers", ""]
+            if wrong:
+                out += ["| qid | query | gold answer | answer |", "|---|---|---|---|"]
+                for r, a in wrong[:misses]:
+                    cells = [r.qid, r.query, " / ".join(a.gold_answers), a.answer[:300]]
+                    out.append("| " + " | ".join(_md_cell(c) for c in cells) + " |")
+                if len(wrong) > misses:
+                    out.append(f"\n{len(wrong) - misses} more in per_query.jsonl.")
     return "\n".join(out) + "\n"
 
 

@@ -14,10 +14,14 @@ would look faster than it is for new questions (ragkit's ``Index`` caches neithe
 Chunks are collapsed to corpus ids (a passage scores as its best chunk) before scoring, because gold are
 corpus ids; ask for ``overfetch`` times more chunks than the deepest cutoff when passages are split into
 several chunks.
+
+With an ``answerer`` (``ragkit eval --answers``) a third pass answers every query that has a gold answer, one
+question at a time: retrieve ``answer_k`` chunks, generate, each step timed (see ``ragkit.eval.answers``).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -25,6 +29,7 @@ from typing import Protocol
 
 import numpy as np
 
+from ragkit.eval.answers import AnswerCase, Answerer, AnswerScore, aggregate_answers, answer_questions
 from ragkit.eval.datasets import BeirDataset
 from ragkit.eval.metrics import (
     evaluate_run,
@@ -69,6 +74,14 @@ def _retrieve(index: BatchRetriever, queries: list[str], k: int, mode: str) -> l
     return hits
 
 
+def _answer_progress(progress: ProgressCallback | None, mode: str, total: int) -> Callable[[int], None] | None:
+    """``progress`` for the answer pass of ``mode``, reported as ``"MODE answers"``."""
+    if progress is None:
+        return None
+    report = progress
+    return lambda done: report(f"{mode} answers", done, total)
+
+
 def run_eval(
     dataset: BeirDataset,
     index: BatchRetriever,
@@ -81,6 +94,9 @@ def run_eval(
     latency_queries: int | None = None,
     progress: ProgressCallback | None = None,
     clock: Callable[[], float] = time.perf_counter,
+    answerer: Answerer | None = None,
+    answer_k: int = 5,
+    generator_name: str = "",
 ) -> EvalReport:
     """Evaluate ``index`` on ``dataset`` in each of ``modes``.
 
@@ -89,6 +105,10 @@ def run_eval(
     to at most ``max(ks + rank_ks)`` passages. ``latency_queries`` limits how many queries are also timed
     alone, spread evenly over the set (None: all; 0: latency not measured). ``progress(mode, done, total)``
     is called as work advances. ``clock`` returns seconds (tests pass a fake one to check the arithmetic).
+
+    ``answerer(questions, hits)`` also answers each query that has a gold answer from its top ``answer_k``
+    chunks; the mode's :class:`ModeResult` then carries ``answers`` (reported as made by ``generator_name``)
+    and its per-query rows an ``answer``.
 
     >>> report = run_eval(load_beir("shared/data/scifact"), index, ["dense", "bm25"])   # doctest: +SKIP
     >>> print(format_table(report))                                                      # doctest: +SKIP
@@ -109,6 +129,17 @@ def run_eval(
     depth = max(cutoffs + rank_cutoffs)
     chunk_k = depth * overfetch
     timed = _latency_sample(len(qids), latency_queries)
+    cases: list[AnswerCase] = []
+    if answerer is not None:
+        if answer_k < 1:
+            raise ValueError(f"answer_k must be >= 1 (got {answer_k})")
+        cases = [
+            AnswerCase(q, dataset.queries[q], dataset.gold_answers(q), frozenset(d for d, g in qrels[q].items() if g))
+            for q in qids
+            if dataset.gold_answers(q)
+        ]
+        if not cases:
+            raise ValueError(f"dataset {dataset.name!r} has no query with a gold answer (metadata.answer)")
 
     results: dict[str, ModeResult] = {}
     rows: list[QueryResult] = []
@@ -147,6 +178,21 @@ def run_eval(
             if progress is not None:
                 progress(mode, len(qids) + done, total)
 
+        answer_scores: dict[str, AnswerScore] = {}
+        answer_metrics = None
+        if answerer is not None:
+            scores = answer_questions(
+                cases,
+                functools.partial(_retrieve, index),
+                answerer,
+                mode,
+                answer_k,
+                clock=clock,
+                progress=_answer_progress(progress, mode, len(cases)),
+            )
+            answer_scores = {score.qid: score for score in scores}
+            answer_metrics = aggregate_answers(scores, generator_name, answer_k, skipped=len(qids) - len(cases))
+
         metrics = evaluate_run(rankings, qrels, cutoffs, SET_METRICS)
         metrics.update(evaluate_run(rankings, qrels, rank_cutoffs, RANK_METRICS))
         p50 = p90 = p99 = None
@@ -158,6 +204,7 @@ def run_eval(
             latency_p90_ms=p90,
             latency_p99_ms=p99,
             queries_per_s=len(qids) / max(elapsed, 1e-9),
+            answers=answer_metrics,
         )
         recalls = per_query_metrics(rankings, qrels, cutoffs, ["recall"])
         for qid, text in zip(qids, texts, strict=True):
@@ -170,6 +217,7 @@ def run_eval(
                     retrieved=tuple(rankings[qid]),
                     recall={k: recalls[qid][f"recall@{k}"] for k in cutoffs},
                     latency_ms=latencies.get(qid),
+                    answer=answer_scores.get(qid),
                 )
             )
     return EvalReport(

@@ -15,7 +15,6 @@ from ragkit.types import Answer, Hit
 
 NO_ANSWER = "No relevant passages were found."
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|(?<=[.!?][\"')\]])\s+|\n\s*\n")
 _WORD = re.compile(r"\w+", re.UNICODE)
 _STOPWORDS = frozenset(
     """a an and are as at be been but by can could did do does for from had has have how i if in into is it
@@ -38,8 +37,12 @@ def content_words(text: str) -> list[str]:
 
 
 def split_sentences(text: str) -> list[str]:
-    """Sentences of a passage: split after ``.!?`` followed by space, and at blank lines."""
-    return [" ".join(s.split()) for s in _SENTENCE_END.split(text) if s and s.strip()]
+    """Sentences of a passage: split after ``.!?`` followed by space (not after an initial or an abbreviation
+    such as "U.S." or "c."), and at blank lines. The same splitter grounding checks answers with, so every
+    sentence this generator quotes is one sentence of its source."""
+    from ragkit.grounding import passage_sentences
+
+    return passage_sentences(text)
 
 
 _NAME = re.compile(r"\b[A-Z][\w'-]*")
