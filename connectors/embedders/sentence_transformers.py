@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from ragkit.connectors.huggingface import quiet_progress_bars
 
 from .wordpiece import WordPieceBatcher
 
@@ -33,20 +34,6 @@ def pick_device(device: str = "auto") -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-@contextmanager
-def quiet_progress_bars() -> Iterator[None]:
-    """No "Loading weights" bar from transformers while a model loads; the user's setting is restored after."""
-    from transformers.utils import logging as hf_logging
-
-    enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if enabled:
-            hf_logging.enable_progress_bar()
 
 
 class SentenceTransformerEmbedder:

@@ -9,7 +9,6 @@ Nothing is ever downloaded: hub names must already be in the local Hugging Face 
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
 import os
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ragkit.connectors.generators.prompt import SYSTEM_PROMPT, Messages, build_messages, parse_citations
+from ragkit.connectors.huggingface import quiet_progress_bars
 from ragkit.errors import ConfigError, GeneratorError
 from ragkit.types import Answer, Hit
 
@@ -113,20 +113,6 @@ def convert_gguf(gguf_file: Path, target: Path) -> Path:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return target
-
-
-@contextlib.contextmanager
-def _quiet_progress() -> Iterator[None]:
-    """Hide transformers' per-load progress bars (the library stays quiet unless asked)."""
-    from transformers.utils import logging as hf_logging
-
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
 
 
 def _is_current(directory: Path, gguf_file: Path) -> bool:
@@ -230,7 +216,7 @@ class LocalGenerator:
         self.path = resolve_local_model(model, Path(cache_dir) if cache_dir is not None else None)
         dtype_key = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
         try:
-            with _quiet_progress():
+            with quiet_progress_bars():
                 self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
                 self.model = AutoModelForCausalLM.from_pretrained(
                     self.path, local_files_only=True, **{dtype_key: self.dtype}
