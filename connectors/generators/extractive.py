@@ -153,7 +153,11 @@ class ExtractiveGenerator:
                 break
             if candidate.score > 0 and candidate not in chosen:
                 chosen.append(candidate)
-        chosen.sort(key=lambda c: (c is not bridge, -c.typed))  # the most answer-like sentence first
+        # the most answer-like sentence first: the second hop's, when the question asks for something it holds
+        if bridge is not None and kind != "other" and bridge.typed:
+            chosen.sort(key=lambda c: c is not bridge)
+        else:
+            chosen.sort(key=lambda c: -c.typed)
         return [(c.text, c.rank) for c in chosen]
 
     @staticmethod
