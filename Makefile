@@ -7,7 +7,8 @@ TORCH ?= torch==2.13.0
 DEMO_INDEX := .ragkit-demo
 DEMO_QUESTION ?= How does ragkit keep chunk ids stable when a folder is indexed again?
 # mypy cannot follow the editable install's import hook, which maps connectors/, graph/, pipelines/ and eval/
-# to ragkit.connectors and so on, so `make lint` checks a tree of symlinks laid out like the installed package.
+# to ragkit.connectors and so on, so `make lint` checks a tree of symlinks laid out like the installed package:
+# every package (ragkit, connectors, graph, pipelines, eval).
 MYPY_TREE := build/mypy
 
 export HF_HUB_OFFLINE := 1
@@ -35,12 +36,12 @@ test: install
 	$(BIN)/pytest -q -p no:cacheprovider
 
 lint: install
-	$(BIN)/ruff check ragkit connectors graph pipelines eval tests bench
+	$(BIN)/ruff check ragkit connectors graph pipelines eval tests bench examples
 	rm -rf $(MYPY_TREE) && mkdir -p $(MYPY_TREE)/ragkit
 	ln -s $(CURDIR)/ragkit/*.py $(MYPY_TREE)/ragkit/
 	for pkg in connectors graph pipelines eval; do ln -s $(CURDIR)/$$pkg $(MYPY_TREE)/ragkit/$$pkg; done
 	cd $(MYPY_TREE) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml \
-		--cache-dir $(CURDIR)/.mypy_cache ragkit/*.py
+		--cache-dir $(CURDIR)/.mypy_cache ragkit
 
 bench: install
 	$(BIN)/python bench/index_throughput.py

@@ -9,18 +9,26 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, TypeVar
 
-from ragkit.connectors.generators import GENERATOR_NAMES
-from ragkit.types import RETRIEVAL_MODES, sha1_hex
+from ragkit import registry
+from ragkit.types import sha1_hex
 
-GRAPH_MODES = {"graph", "multihop", "graph_hybrid"}
+if TYPE_CHECKING:
+    from ragkit.config import Settings
+    from ragkit.eval.answers import Answerer
+    from ragkit.eval.datasets import BeirDataset
+    from ragkit.index import Index
+
+T = TypeVar("T")
 DEFAULT_ANSWER_K = 5
 
 
-def add_eval_parser(commands: Any, parents: Sequence[Any] = ()) -> None:
+def add_eval_parser(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], parents: Sequence[argparse.ArgumentParser] = ()
+) -> None:
     sub = commands.add_parser(
         "eval",
         parents=list(parents),
@@ -34,7 +42,7 @@ def add_eval_parser(commands: Any, parents: Sequence[Any] = ()) -> None:
     sub.add_argument("--split", default="test")
     sub.add_argument("--index", type=Path, help="index to use or build (default: a cache keyed by the settings)")
     sub.add_argument("--chunking", action="store_true", help="use the configured chunker, not one chunk per passage")
-    sub.add_argument("--backend", choices=("faiss", "milvus", "chroma"), help="vector backend of a new index")
+    sub.add_argument("--backend", choices=registry.vector_backends.names(), help="vector backend of a new index")
     sub.add_argument("--batch-size", type=int, default=64)
     sub.add_argument("--latency-queries", type=int, default=None, help="queries timed alone (default: all)")
     sub.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -49,7 +57,7 @@ def add_eval_parser(commands: Any, parents: Sequence[Any] = ()) -> None:
         "and latency",
     )
     answers.add_argument(
-        "--generator", choices=("auto", *GENERATOR_NAMES),
+        "--generator", choices=("auto", *registry.generators.names()),
         help="generator for --answers (default: the configured one; auto: the --base-url server if set, the local "
         "model on a GPU, else extractive)",
     )
@@ -60,7 +68,7 @@ def add_eval_parser(commands: Any, parents: Sequence[Any] = ()) -> None:
     )
 
 
-def _csv(value: str, flag: str, cast: Any = str) -> list[Any]:
+def _csv(value: str, flag: str, cast: Callable[[str], T]) -> list[T]:
     try:
         items = [cast(part.strip()) for part in value.split(",") if part.strip()]
     except ValueError:
@@ -77,9 +85,9 @@ def _cache_root() -> Path:
     return Path(base) / "eval"
 
 
-def eval_index_dir(dataset: Any, settings: Any) -> Path:
+def eval_index_dir(dataset: BeirDataset, settings: Settings) -> Path:
     """A cache directory for the index of ``dataset`` built with ``settings``: same inputs, same index."""
-    corpus = Path(dataset.corpus_path).resolve()
+    corpus = dataset.corpus_file().resolve()
     stat = corpus.stat()
     key = json.dumps(
         [str(corpus), stat.st_size, int(stat.st_mtime), settings.embedder.model,
@@ -89,7 +97,7 @@ def eval_index_dir(dataset: Any, settings: Any) -> Path:
     return _cache_root() / f"{dataset.name}-{sha1_hex(key)[:12]}"
 
 
-def _check_answers(dataset: Any, args: argparse.Namespace) -> None:
+def _check_answers(dataset: BeirDataset, args: argparse.Namespace) -> None:
     """``--answers`` on a dataset without gold answers is an error, said before any work is done."""
     from ragkit.eval.datasets import DatasetFormatError
 
@@ -100,7 +108,7 @@ def _check_answers(dataset: Any, args: argparse.Namespace) -> None:
         )
 
 
-def _generator_label(settings: Any) -> str:
+def _generator_label(settings: Settings) -> str:
     """How the report names the generator: the one that runs (``auto`` resolved), and its model when chosen."""
     from ragkit.connectors.generators import resolve_name
 
@@ -111,7 +119,7 @@ def _generator_label(settings: Any) -> str:
     return f"{name}:{generator.model}" if generator.model else name
 
 
-def _answerer(index: Any, settings: Any) -> Any:
+def _answerer(index: Index, settings: Settings) -> Answerer:
     """``answerer(questions, hits)`` for the runner: the configured generator through the query pipeline.
 
     The generator is built once (a local model loads once) and answers through ``answer_many``, the path
@@ -121,7 +129,7 @@ def _answerer(index: Any, settings: Any) -> Any:
     from ragkit.pipelines.query import answer_many
 
     generator = from_settings(settings.generator)
-    return lambda questions, hits: answer_many(index, list(questions), list(hits), generator)
+    return lambda questions, hits: answer_many(index.store, list(questions), list(hits), generator)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -131,10 +139,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ragkit.eval.runner import run_eval
     from ragkit.index import Index
 
-    modes = _csv(args.modes, "--modes")
-    unknown = [m for m in modes if m not in RETRIEVAL_MODES]
+    modes = _csv(args.modes, "--modes", str)
+    unknown = [m for m in modes if m not in registry.retrieval_modes]
     if unknown:
-        raise argparse.ArgumentTypeError(f"--modes: unknown {unknown} (valid: {', '.join(RETRIEVAL_MODES)})")
+        valid = ", ".join(registry.retrieval_modes.names())
+        raise argparse.ArgumentTypeError(f"--modes: unknown {unknown} (valid: {valid})")
     ks = _csv(args.k, "--k", int)
     answer_options = {"--generator": args.generator, "--model": args.model, "--base-url": args.base_url,
                       "--answer-k": args.answer_k}
@@ -145,7 +154,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if answer_k < 1 or (args.limit is not None and args.limit < 1):
         raise argparse.ArgumentTypeError("--answer-k and --limit must be at least 1")
     settings = load_settings(args.config)
-    needs_graph = bool(GRAPH_MODES & set(modes))
+    needs_graph = any(getattr(registry.retrieval_modes.get(mode), "needs_graph", False) for mode in modes)
     settings = settings.merged(
         chunking={} if args.chunking else {"strategy": "none"},
         vectors={"backend": args.backend},
@@ -167,7 +176,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         _check_answers(dataset, args)  # before the index is built: that can take minutes
         path = args.index or eval_index_dir(dataset, settings)
         index = Index.create(path, settings, exist_ok=True)
-        report = index.add([dataset.corpus_path])
+        report = index.add([dataset.corpus_file()])
         if report.failed:
             for error in report.errors[:10]:
                 print(f"warning: {error}", file=sys.stderr)

@@ -81,13 +81,17 @@ class BeirDataset:
             query_metadata={q: m for q, m in self.query_metadata.items() if q in kept},
         )
 
-    def documents(self) -> Iterator[Document]:
-        """The corpus as Documents (id = corpus id; title kept apart, so chunks embed title + " " + text)."""
+    def corpus_file(self) -> Path:
+        """``corpus_path``, or a DatasetFormatError for a gold set that has none."""
         if self.corpus_path is None:
             raise DatasetFormatError(
                 f"dataset {self.name!r} has no corpus file; evaluate it against an index"
             )
-        for _, doc in _read_corpus(self.corpus_path):
+        return self.corpus_path
+
+    def documents(self) -> Iterator[Document]:
+        """The corpus as Documents (id = corpus id; title kept apart, so chunks embed title + " " + text)."""
+        for _, doc in _read_corpus(self.corpus_file()):
             yield doc
 
 

@@ -34,13 +34,18 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from multiprocessing.context import SpawnContext, SpawnProcess
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ragkit.graph.model import ChunkExtraction, EntityMention, RelationMention
+from ragkit.graph.model import ChunkExtraction, EntityMention, RelationKind, RelationMention
 from ragkit.graph.normalize import normalize_name
 from ragkit.graph.resolve import resolve_document
 from ragkit.graph.settings import GraphSettings
 from ragkit.types import Chunk
+
+if TYPE_CHECKING:
+    from spacy.language import Language
+    from spacy.tokens import Doc, Token
+    from thinc.api import Ops
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +88,7 @@ def default_model() -> str:
     )
 
 
-def load_pipeline(model: str = "", fast_gemm: bool = True) -> Any:
+def load_pipeline(model: str = "", fast_gemm: bool = True) -> Language:
     """The spaCy pipeline with the pipes extraction does not read disabled.
 
     With ``fast_gemm`` the pipeline's dense layers multiply through numpy's BLAS instead of thinc's bundled
@@ -107,11 +112,11 @@ def load_pipeline(model: str = "", fast_gemm: bool = True) -> Any:
         set_current_ops(previous)
 
 
-def _numpy_blas_ops() -> Any:
+def _numpy_blas_ops() -> Ops:
     import numpy as np
     from thinc.api import NumpyOps
 
-    class NumpyBlasOps(NumpyOps):  # type: ignore[misc]
+    class NumpyBlasOps(NumpyOps):
         """thinc's NumpyOps with ``gemm`` through ``numpy.matmul`` (OpenBLAS) rather than blis."""
 
         def gemm(self, x: Any, y: Any, out: Any = None, trans1: bool = False, trans2: bool = False) -> Any:
@@ -126,8 +131,8 @@ def _numpy_blas_ops() -> Any:
 
 
 def annotate(
-    nlp: Any, texts: Sequence[str], batch_size: int = 64, make_doc: Callable[[str], Any] | None = None
-) -> Iterator[Any]:
+    nlp: Language, texts: Sequence[str], batch_size: int = 64, make_doc: Callable[[str], Doc] | None = None
+) -> Iterator[Doc]:
     """``nlp.pipe(texts)`` with the same annotations, about twice as fast for spaCy's transition-based parser and
     entity recognizer. ``make_doc`` tokenizes a text (default ``nlp.make_doc``; the extractor passes a
     :class:`BoundedTokenizer`).
@@ -169,10 +174,10 @@ class BoundedTokenizer:
         doc = make_doc("\U0001F600" * 1_000_000)  # 15,625 tokens, in well under a second
     """
 
-    def __init__(self, nlp: Any) -> None:
+    def __init__(self, nlp: Language) -> None:
         self.nlp = nlp
 
-    def __call__(self, text: str) -> Any:
+    def __call__(self, text: str) -> Doc:
         rough = [m.span() for m in _LONG_RUN.finditer(text) if _is_rough(m.group())]
         if not rough:
             return self.nlp.tokenizer(text)  # nlp.make_doc without its max_length check: the caller bounds text
@@ -264,7 +269,7 @@ def merge_pieces(pieces: Sequence[tuple[int, PieceExtraction]]) -> RawExtraction
     return tuple(entities + phrases), tuple(dict.fromkeys(parsed + cooccurrences))
 
 
-def _greedy_states(parser: Any, docs: list[Any]) -> list[Any]:
+def _greedy_states(parser: Any, docs: list[Doc]) -> list[Any]:
     """Final parser states of ``docs``: the best valid move of each state at each step, as spaCy's greedy parse."""
     states = parser.moves.init_batch(docs)
     if not any(len(doc) for doc in docs):
@@ -297,13 +302,13 @@ class SpacyExtractor:
 
     def __init__(self, settings: GraphSettings | None = None) -> None:
         self.settings = settings or GraphSettings()
-        self._nlp: Any = None
+        self._nlp: Language | None = None
         self._tokenizer: BoundedTokenizer | None = None
         self._pool: ProcessPoolExecutor | None = None
         self._in_process = False  # workers could not be used: everything is extracted here
 
     @property
-    def nlp(self) -> Any:
+    def nlp(self) -> Language:
         if self._nlp is None:
             self._nlp = load_pipeline(self.settings.model, self.settings.fast_gemm)
         return self._nlp
@@ -564,7 +569,7 @@ def _work(texts: list[str]) -> list[PieceExtraction]:
 
 
 def extract_batch(
-    nlp: Any, tokenizer: BoundedTokenizer, options: tuple[Any, ...], texts: Sequence[str]
+    nlp: Language, tokenizer: BoundedTokenizer, options: tuple[Any, ...], texts: Sequence[str]
 ) -> list[PieceExtraction]:
     """The extraction and the sentence count of each text of one batch (annotated together)."""
     return [_extract(doc, *options) for doc in annotate(nlp, texts, len(texts), tokenizer)]
@@ -597,14 +602,14 @@ def assemble_chunk(
 
 
 def extract_doc(
-    doc: Any, excluded: frozenset[str], noun_phrases: bool, max_phrase_words: int, max_cooccur: int
+    doc: Doc, excluded: frozenset[str], noun_phrases: bool, max_phrase_words: int, max_cooccur: int
 ) -> RawExtraction:
     """Mentions and relations of one parsed spaCy Doc (a pure function of the Doc)."""
     return _extract(doc, excluded, noun_phrases, max_phrase_words, max_cooccur)[0]
 
 
 def _extract(
-    doc: Any, excluded: frozenset[str], noun_phrases: bool, max_phrase_words: int, max_cooccur: int
+    doc: Doc, excluded: frozenset[str], noun_phrases: bool, max_phrase_words: int, max_cooccur: int
 ) -> PieceExtraction:
     sentence_of = [0] * len(doc)
     sentences = 0
@@ -652,9 +657,9 @@ def _extract(
 
 
 def _dependency_relations(
-    doc: Any, mentions: list[EntityMention], token_mention: dict[int, int]
+    doc: Doc, mentions: list[EntityMention], token_mention: dict[int, int]
 ) -> list[RelationMention]:
-    def key_of(tok: Any) -> str | None:
+    def key_of(tok: Token) -> str | None:
         index = token_mention.get(tok.i)
         if index is not None:
             return mentions[index].key
@@ -662,14 +667,14 @@ def _dependency_relations(
             return TITLE_SUBJECT
         return None
 
-    def with_conjuncts(tok: Any) -> list[Any]:
+    def with_conjuncts(tok: Token) -> list[Token]:
         return [tok, *tok.conjuncts] if tok.dep_ != "conj" else [tok]
 
     relations: list[RelationMention] = []
 
-    def add(source: str | None, target: str | None, label: str, kind: str) -> None:
+    def add(source: str | None, target: str | None, label: str, kind: RelationKind) -> None:
         if source and target and source != target and target != TITLE_SUBJECT:
-            relations.append(RelationMention(source, target, label, kind))  # type: ignore[arg-type]
+            relations.append(RelationMention(source, target, label, kind))
 
     for tok in doc:
         if tok.tag_.startswith("VB"):
@@ -684,7 +689,7 @@ def _dependency_relations(
                 continue
             particle = "".join(f" {c.lower_}" for c in tok.children if c.dep_ == "prt")
             verb = tok.lower_ + particle
-            targets: list[tuple[str, Any]] = []
+            targets: list[tuple[str, Token]] = []
             for child in tok.children:
                 if child.dep_ in _OBJECTS:
                     for obj in with_conjuncts(child):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -21,6 +21,9 @@ from ragkit.graph.matrices import GraphMatrices
 from ragkit.graph.normalize import STOPWORDS, normalize_name
 from ragkit.graph.settings import GraphSettings
 from ragkit.linalg import inner_products
+
+if TYPE_CHECKING:
+    from spacy.language import Language
 
 LinkMethod = Literal["name", "alias", "embedding"]
 
@@ -44,7 +47,7 @@ class EntityLink:
     method: LinkMethod
 
 
-def query_phrases(nlp: Any, query: str, settings: GraphSettings) -> list[QueryPhrase]:
+def query_phrases(nlp: Language, query: str, settings: GraphSettings) -> list[QueryPhrase]:
     """Named entities and noun phrases of the question (deduplicated by key)."""
     doc = nlp(query)
     mentions, _ = extract_doc(

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
+from numpy.typing import ArrayLike
 
 
 def column_stochastic(adjacency: sp.spmatrix) -> sp.csc_matrix:
@@ -181,12 +182,12 @@ class SparseVector:
         return cls(np.zeros(0, dtype=np.int64), np.zeros(0))
 
     @classmethod
-    def of(cls, nodes: np.ndarray, values: np.ndarray) -> SparseVector:
+    def of(cls, nodes: ArrayLike, values: ArrayLike) -> SparseVector:
         """From distinct ``nodes`` in any order; zero values are dropped."""
-        nodes, values = np.asarray(nodes, dtype=np.int64), np.asarray(values, dtype=np.float64)
-        order = np.argsort(nodes, kind="stable")
-        keep = values[order] != 0
-        return cls(nodes[order][keep], values[order][keep])
+        node_array, value_array = np.asarray(nodes, dtype=np.int64), np.asarray(values, dtype=np.float64)
+        order = np.argsort(node_array, kind="stable")
+        keep = value_array[order] != 0
+        return cls(node_array[order][keep], value_array[order][keep])
 
     @classmethod
     def from_dense(cls, vector: np.ndarray) -> SparseVector:
@@ -201,13 +202,13 @@ class SparseVector:
         keep = values != 0
         return SparseVector(self.nodes[keep], values[keep])
 
-    def at(self, nodes: np.ndarray) -> np.ndarray:
-        """The values at ``nodes`` (0 where the vector has no entry)."""
-        nodes = np.asarray(nodes, dtype=np.int64)
+    def at(self, nodes: ArrayLike) -> np.ndarray:
+        """The values at ``nodes`` (0 where the vector has no entry; a 0-d array for one node)."""
+        node_array = np.asarray(nodes, dtype=np.int64)
         if not len(self.nodes):
-            return np.zeros(nodes.shape)
-        where = np.minimum(np.searchsorted(self.nodes, nodes), len(self.nodes) - 1)
-        return np.where(self.nodes[where] == nodes, self.values[where], 0.0)
+            return np.zeros(node_array.shape)
+        where = np.minimum(np.searchsorted(self.nodes, node_array), len(self.nodes) - 1)
+        return np.where(self.nodes[where] == node_array, self.values[where], 0.0)
 
     def dense(self, n: int) -> np.ndarray:
         out = np.zeros(n)

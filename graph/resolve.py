@@ -40,7 +40,7 @@ class NameForm:
 def alias_map(names: Iterable[NameForm]) -> dict[str, str]:
     """Which keys of one document are aliases of which longer keys: ``{"holmes": "sherlock holmes"}``."""
     forms: dict[str, NameForm] = {}
-    classes: dict[str, set[str | None]] = {}
+    classes: dict[str, set[str]] = {}
     for name in names:
         forms.setdefault(name.key, name)
         cls = type_class(name.label)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import scipy.sparse as sp
@@ -29,8 +29,17 @@ from ragkit.graph.pagerank import SparseVector, column_stochastic, sparse_max_pr
 from ragkit.graph.settings import GraphSettings
 from ragkit.graph.store import GraphStore
 
+if TYPE_CHECKING:
+    from spacy.language import Language
+
 DenseSearch = Callable[[str, int], Sequence[tuple[str, float]]]
 ChunkResult = tuple[str, float, dict[str, Any]]
+
+
+class MatrixSource(Protocol):
+    """Where a retriever gets the compiled graph: ``MatrixCache``, or an index's graph state."""
+
+    def get(self) -> GraphMatrices: ...
 
 
 class NameEmbedder(Protocol):
@@ -62,21 +71,38 @@ class _GraphSearchBase:
         embedder: NameEmbedder | None,
         dense: DenseSearch | None,
         settings: GraphSettings | None = None,
-        nlp: Any = None,
+        nlp: Language | None = None,
         embedder_name: str = "",
+        *,
+        matrices: MatrixSource | None = None,
+        shared: _GraphSearchBase | None = None,
     ) -> None:
+        """``matrices``: where the compiled graph comes from (default: compiled from ``store`` when its
+        generation moves on). ``shared``: another retriever of the same graph whose compiled matrices, derived
+        data and question pipeline this one uses too, so switching mode costs nothing."""
         self.store = store
         self.embedder = embedder
         self.dense = dense
         self.settings = settings or GraphSettings()
-        self._cache = MatrixCache(store, self.settings)
-        self._nlp = nlp
         self._embedder_name = embedder_name or getattr(embedder, "name", "") or type(embedder).__name__
+        self._cache: MatrixSource
+        self._derived: dict[str, Any]
+        self._lock: threading.Lock
+        if shared is not None:
+            self._cache, self._derived, self._lock = shared._cache, shared._derived, shared._lock
+            self._shared: _GraphSearchBase | None = shared
+            self._nlp = nlp
+            return
+        self._shared = None
+        self._cache = matrices if matrices is not None else MatrixCache(store, self.settings)
+        self._nlp = nlp
         self._lock = threading.Lock()
-        self._derived: dict[str, Any] = {}
+        self._derived = {}
 
     @property
-    def nlp(self) -> Any:
+    def nlp(self) -> Language:
+        if self._nlp is None and self._shared is not None:
+            self._nlp = self._shared.nlp
         if self._nlp is None:
             from ragkit.graph.extract import load_pipeline
 

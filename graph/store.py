@@ -122,6 +122,19 @@ class GraphStore:
         else:
             conn.executescript(SCHEMA)
 
+    @classmethod
+    def reader(cls, conn: sqlite3.Connection) -> GraphStore:
+        """A store that only reads ``conn`` (a read-only connection): an empty in-memory graph when no writer has
+        created the tables yet, so opening and querying never write."""
+        store = cls.__new__(cls)
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "graph_entities" in tables:
+            store.conn = conn
+        else:
+            store.conn = sqlite3.connect(":memory:", check_same_thread=False)
+            store.conn.executescript(SCHEMA)
+        return store
+
     @property
     def generation(self) -> int:
         """Bumped by every add or delete, so derived matrices know when to rebuild."""

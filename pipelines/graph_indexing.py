@@ -11,26 +11,27 @@ import sqlite3
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from ragkit.config import Settings
 from ragkit.graph.extract import SpacyExtractor
 from ragkit.graph.model import ChunkExtraction
 from ragkit.graph.settings import GraphSettings
-from ragkit.graph.store import GraphStore
 from ragkit.types import Chunk
 
 if TYPE_CHECKING:
-    from ragkit.index import Index
+    from ragkit.store import IndexWriter
 
 
-def graph_settings(index: Index) -> GraphSettings:
-    return GraphSettings.from_options(index.settings.graph.options, origin="ragkit.toml [graph] options")
+def graph_settings(settings: Settings) -> GraphSettings:
+    """The ``[graph] options`` of ragkit.toml, validated."""
+    return GraphSettings.from_options(settings.graph.options, origin="ragkit.toml [graph] options")
 
 
 class GraphWriter:
     """Extracts entities and relations from chunks and writes them to the index's graph store."""
 
-    def __init__(self, index: Index, expected_chunks: int = 0) -> None:
-        self.store = GraphStore(index.catalog.connection)
-        self.extractor = SpacyExtractor(graph_settings(index))
+    def __init__(self, writer: IndexWriter, expected_chunks: int = 0) -> None:
+        self.store = writer.graph_store()
+        self.extractor = SpacyExtractor(graph_settings(writer.store.settings))
         if self.extractor.uses_processes(expected_chunks):
             self.extractor.start()  # the workers load spaCy while the first batch is embedded
 

@@ -1,11 +1,14 @@
-"""The index pipeline: load -> chunk -> embed -> (extract graph) -> write, incrementally and transactionally.
+"""The index pipeline, top to bottom: load -> chunk -> embed -> extract (graph) -> commit, incrementally.
 
-Order of writes, chosen so an interrupted run always leaves a readable index:
+Everything runs inside ``IndexStore.writer()`` (``ragkit.store``), in this order of writes, chosen so an
+interrupted run always leaves a readable index:
 1. embeddings go to the on-disk cache as they are computed (a rerun never embeds them again);
-2. each batch of documents commits to the catalog in one transaction (chunks, graph, generation bump);
-3. vectors are applied and saved, then ``vectors.json`` records the catalog generation they match;
-4. the BM25 index is rebuilt from the catalog and saved under the same generation.
-A reader that finds a derived store behind the catalog brings it up to date from the catalog and the cache.
+2. each batch of documents commits to the catalog in one transaction (chunks, graph facts, generation bump),
+   then the same change is applied to the writer's copy of the vectors;
+3. when the run ends, the writer saves the derived states: vectors (then ``vectors.json`` records the catalog
+   generation they match), then BM25, rebuilt from the catalog.
+A reader that finds a derived state behind the catalog brings its own copy up to date in memory; the next
+writer (or ``ragkit repair``) saves it.
 """
 
 from __future__ import annotations
@@ -20,12 +23,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ragkit.bm25 import BM25Index
 from ragkit.errors import ConfigError, RagkitError
+from ragkit.protocols import Chunker
 from ragkit.types import Chunk, Document, LoadError, sha1_hex
 
 if TYPE_CHECKING:
-    from ragkit.index import Index, Progress
+    from ragkit.pipelines.graph_indexing import GraphWriter
+    from ragkit.store import IndexStore, IndexWriter
+
+Progress = Callable[[str, int, int], None]
 
 BATCH_CHUNKS = 512  # chunks per embed -> extract -> commit batch
 TRIAGE_DOCUMENTS = 1000  # documents looked up in the catalog at once
@@ -60,16 +66,16 @@ def _document_hash(doc: Document, tags: Mapping[str, Any]) -> str:
     return sha1_hex(doc.content_hash + repr(sorted(tags.items())))
 
 
-def _make_chunker(index: Index) -> Any:
+def _make_chunker(store: IndexStore) -> Chunker:
     from ragkit.chunking import DEFAULT_MAX_CHARS, make_chunker
 
-    settings = index.manifest.chunking
+    settings = store.manifest.chunking
     strategy = settings.get("strategy", "auto")
     if strategy == "none":
         return WholeDocumentChunker()
-    max_tokens = settings.get("max_tokens") or max(8, index.manifest.max_tokens - 2)
+    max_tokens = settings.get("max_tokens") or max(8, store.manifest.max_tokens - 2)
     max_chars = settings.get("max_chars") or DEFAULT_MAX_CHARS  # an index made before the setting existed
-    return make_chunker(strategy, index.embedder, max_tokens, settings.get("overlap", 32), max_chars)
+    return make_chunker(strategy, store.embedder, max_tokens, settings.get("overlap", 32), max_chars)
 
 
 class WholeDocumentChunker:
@@ -100,12 +106,12 @@ def _in_scope(source: str, scope: Sequence[Path]) -> bool:
 
 
 def add_sources(
-    index: Index, sources: Sequence[str], *, tags: Mapping[str, Any], sync: bool, progress: Progress | None
+    store: IndexStore, sources: Sequence[str], *, tags: Mapping[str, Any], sync: bool, progress: Progress | None
 ) -> IndexReport:
     """Load files, directories and row files, then index what changed (see :func:`add_items`)."""
     from ragkit.connectors.loaders import RowFields, load_sources
 
-    loaders = index.settings.loaders
+    loaders = store.settings.loaders
     fields = RowFields(id=loaders.id_field, title=loaders.title_field, text=loaders.text_field)
     items = load_sources(
         sources,
@@ -114,11 +120,11 @@ def add_sources(
         fields=fields,
         follow_symlinks=loaders.follow_symlinks,
     )
-    return add_items(index, items, tags=tags, sync_scope=sources if sync else None, progress=progress)
+    return add_items(store, items, tags=tags, sync_scope=sources if sync else None, progress=progress)
 
 
 def add_items(
-    index: Index,
+    store: IndexStore,
     items: Iterable[Document | LoadError],
     *,
     tags: Mapping[str, Any],
@@ -136,9 +142,8 @@ def add_items(
     started = time.perf_counter()
     report = IndexReport()
     check_tags(tags)
-    with index.writer_lock():
-        vectors = index.vectors  # reconciles an interrupted earlier run first
-        writer = _BatchWriter(index, vectors, tags, report, progress)
+    with store.writer() as index_writer:  # catches up with an interrupted earlier run first
+        writer = _BatchWriter(index_writer, tags, report, progress)
         seen: set[str] = set()
         failed_sources: set[str] = set()
         pending: list[Document] = []
@@ -151,33 +156,32 @@ def add_items(
                     failed_sources.add(item.source.rsplit(":", 1)[0] if ":" in item.source else item.source)
                     failed_sources.add(item.source)
                     continue
-                problem = _unstorable(item)
-                if problem:
-                    report.failed += 1
-                    report.errors.append(LoadError(item.source, problem))
-                    continue
                 if item.id in seen:
                     report.failed += 1
                     report.errors.append(
                         LoadError(item.source, f"duplicate document id {item.id!r}; kept the first")
                     )
                     continue
-                seen.add(item.id)
+                seen.add(item.id)  # also when it cannot be stored: --sync keeps what an earlier run indexed
+                problem = _unstorable(item)
+                if problem:
+                    report.failed += 1
+                    report.errors.append(LoadError(item.source, problem))
+                    continue
                 pending.append(item)
                 pending_chars += len(item.text)
                 if progress:
                     progress("load", len(seen), 0)
                 if len(pending) >= TRIAGE_DOCUMENTS or pending_chars >= TRIAGE_CHARS:
-                    _triage(index, pending, tags, report, writer)
+                    _triage(store, pending, tags, report, writer)
                     pending, pending_chars = [], 0
-            _triage(index, pending, tags, report, writer)
+            _triage(store, pending, tags, report, writer)
             writer.flush()
         finally:
             writer.close()
         failed_sources.update(writer.failed_sources)
         if sync_scope is not None:
-            report.removed = _sync_removed(index, vectors, sync_scope, seen, failed_sources)
-        _finish(index, vectors)
+            report.removed = _sync_removed(index_writer, sync_scope, seen, failed_sources)
     report.seconds = time.perf_counter() - started
     return report
 
@@ -208,10 +212,10 @@ def check_tags(tags: Mapping[str, Any]) -> None:
 
 
 def _triage(
-    index: Index, batch: list[Document], tags: Mapping[str, Any], report: IndexReport, writer: _BatchWriter
+    store: IndexStore, batch: list[Document], tags: Mapping[str, Any], report: IndexReport, writer: _BatchWriter
 ) -> None:
     """Counts unchanged documents and hands new and changed ones to the writer."""
-    known = index.catalog.content_hashes(d.id for d in batch)
+    known = store.catalog.content_hashes(d.id for d in batch)
     for doc in batch:
         digest = _document_hash(doc, tags)
         if known.get(doc.id) == digest:
@@ -251,17 +255,13 @@ class _BatchWriter:
     """
 
     def __init__(
-        self,
-        index: Index,
-        vectors: Any,
-        tags: Mapping[str, Any],
-        report: IndexReport,
-        progress: Progress | None,
+        self, writer: IndexWriter, tags: Mapping[str, Any], report: IndexReport, progress: Progress | None
     ) -> None:
-        self.index, self.vectors, self.tags, self.report, self.progress = index, vectors, tags, report, progress
+        self.writer, self.store = writer, writer.store
+        self.tags, self.report, self.progress = tags, report, progress
         self.failed_sources: set[str] = set()
-        self._chunker: Any = None
-        self._graph: Any = None
+        self._chunker: Chunker | None = None
+        self._graph: GraphWriter | None = None
         self._pending: list[_Entry] = []
         self._pending_chunks = 0
         self._chunked = 0
@@ -269,7 +269,7 @@ class _BatchWriter:
 
     def add(self, doc: Document, digest: str) -> None:
         if self._chunker is None:
-            self._chunker = _make_chunker(self.index)
+            self._chunker = _make_chunker(self.store)
         entry = _Entry(doc, digest, [])
         try:
             entry.chunks = self._chunker.split(doc)
@@ -289,13 +289,15 @@ class _BatchWriter:
         batch, self._pending, self._pending_chunks = self._pending, [], 0
         if not batch:
             return
-        if self._graph is None and self.index.manifest.graph:
-            self._graph = _graph_writer(self.index, sum(len(e.chunks) for e in batch))
+        if self._graph is None and self.store.manifest.graph:
+            from ragkit.pipelines.graph_indexing import GraphWriter
+
+            self._graph = GraphWriter(self.writer, sum(len(e.chunks) for e in batch))
         computed = 0
 
         def embed(chunks: list[Chunk]) -> list[Any]:
             nonlocal computed
-            vectors, fresh = self.index.embed([c.embed_text for c in chunks])
+            vectors, fresh = self.store.embed([c.embed_text for c in chunks])
             computed += fresh
             return list(vectors)
 
@@ -368,7 +370,7 @@ class _BatchWriter:
         self.report.errors.append(LoadError(source, f"could not {verb} it ({type(exc).__name__}: {exc})", stage))
         self.failed_sources.add(doc.source)
         # it was counted as added or updated when it was triaged; it is neither now
-        if self.index.catalog.content_hashes([doc.id]):
+        if self.store.catalog.content_hashes([doc.id]):
             self.report.updated -= 1
         else:
             self.report.added -= 1
@@ -377,83 +379,50 @@ class _BatchWriter:
         """One catalog transaction for the batch's documents, chunks and graph facts; then their vectors."""
         from ragkit.types import vector_id
 
-        index, graph = self.index, self._graph
+        store, catalog, graph = self.store, self.writer.catalog, self._graph
         removed: list[int] = []
-        with index.catalog.transaction() as conn:
+        with catalog.transaction() as conn:
             for entry in batch:
                 doc = entry.doc
                 stored = Document(id=doc.id, text=doc.text, source=doc.source, title=doc.title, meta=doc.meta)
-                removed += index.catalog.put_document(conn, stored, entry.chunks, self.tags)
-                conn.execute("UPDATE documents SET content_hash = ? WHERE id = ?", (entry.digest, doc.id))
+                removed += catalog.put_document(conn, stored, entry.chunks, self.tags, content_hash=entry.digest)
             if graph is not None:
                 graph.replace(conn, [e.doc.id for e in batch], [x for e in batch for x in e.results["graph"]])
                 # entity names are embedded now, once, so that a question's first graph search does not pay for it
-                graph.store.embed_names(index.manifest.embedder, lambda names: index.embed(names)[0])
+                graph.store.embed_names(store.manifest.embedder, lambda names: store.embed(names)[0])
         chunks = [c for e in batch for c in e.chunks]
         ids = np.array([vector_id(c.id) for c in chunks], dtype=np.int64)
         stale = np.setdiff1d(np.array(removed, dtype=np.int64), ids)
-        self.vectors.delete(stale)
+        vectors = self.writer.vectors
+        vectors.delete(stale)
         sources = {e.doc.id: e.doc.source for e in batch}
         rows = np.array([v for e in batch for v in e.results["embed"]], dtype=np.float32)
-        rows = rows.reshape(len(chunks), self.index.manifest.dimension)
-        self.vectors.add(ids, rows, [{**self.tags, "doc_id": c.doc_id, "source": sources[c.doc_id]} for c in chunks])
+        rows = rows.reshape(len(chunks), store.manifest.dimension)
+        vectors.add(ids, rows, [{**self.tags, "doc_id": c.doc_id, "source": sources[c.doc_id]} for c in chunks])
 
 
-def _graph_writer(index: Index, expected_chunks: int) -> Any:
-    if not index.manifest.graph:
-        return None
-    from ragkit.pipelines.graph_indexing import GraphWriter
-
-    return GraphWriter(index, expected_chunks)
-
-
-def _sync_removed(
-    index: Index, vectors: Any, sources: Sequence[str], seen: set[str], failed_sources: set[str]
-) -> int:
+def _sync_removed(writer: IndexWriter, sources: Sequence[str], seen: set[str], failed_sources: set[str]) -> int:
     """Remove documents under the given sources that this run did not see (their files are gone)."""
     scope = _scope(sources)
     gone = [
         doc_id
-        for source, doc_ids in index.catalog.sources().items()
+        for source, doc_ids in writer.catalog.sources().items()
         if _in_scope(source, scope) and source not in failed_sources
         for doc_id in doc_ids
         if doc_id not in seen
     ]
-    if gone:
-        _delete_ids(index, vectors, gone)
+    writer.delete_documents(gone)
     return len(gone)
 
 
-def _delete_ids(index: Index, vectors: Any, doc_ids: list[str]) -> None:
-    graph = None
-    if index.manifest.graph:
-        from ragkit.graph.store import GraphStore
+def delete_documents(store: IndexStore, doc_id_or_source: str) -> list[str]:
+    """Delete a document by id, or every document a file or folder produced; returns the ids removed."""
+    from ragkit.connectors.loaders import path_source
 
-        graph = GraphStore(index.catalog.connection)
-    with index.catalog.transaction() as conn:
-        removed = index.catalog.delete_documents(conn, doc_ids)
-        if graph is not None:
-            graph.delete_documents(doc_ids)
-    vectors.delete(np.array(removed, dtype=np.int64))
-
-
-def _finish(index: Index, vectors: Any) -> None:
-    """Persist derived stores and record the catalog generation they now match."""
-    generation = index.catalog.generation
-    vectors.save()
-    index.mark_vectors_saved(generation)
-    if BM25Index.saved_generation(index.path) != generation:
-        chunks = lambda: (c for batch in index.catalog.iter_chunks() for c in batch)  # noqa: E731 - read twice
-        BM25Index.build(chunks, generation).save(index.path)
-
-
-def delete_documents(index: Index, doc_id_or_source: str) -> list[str]:
-    with index.writer_lock():
-        from ragkit.connectors.loaders import path_source
-
-        vectors = index.vectors
+    with store.writer() as writer:
+        catalog = writer.catalog
         target = path_source(doc_id_or_source)  # a file name that is not UTF-8 is stored escaped
-        if index.catalog.has_document(target):
+        if catalog.has_document(target):
             doc_ids = [target]
         else:
             candidates = {target}
@@ -461,41 +430,9 @@ def delete_documents(index: Index, doc_id_or_source: str) -> list[str]:
                 candidates.add(path_source(Path(doc_id_or_source).resolve()))
             except (OSError, ValueError):  # not a path at all (a NUL character)
                 pass
-            doc_ids = index.catalog.documents_of_sources(candidates)
+            doc_ids = catalog.documents_of_sources(candidates)
             if not doc_ids and not _UNSTORABLE.search(doc_id_or_source):
                 scope = _scope([doc_id_or_source])
-                doc_ids = [
-                    d for source, ids in index.catalog.sources().items() if _in_scope(source, scope) for d in ids
-                ]
-        if doc_ids:
-            _delete_ids(index, vectors, doc_ids)
-        _finish(index, vectors)
+                doc_ids = [d for source, ids in catalog.sources().items() if _in_scope(source, scope) for d in ids]
+        writer.delete_documents(doc_ids)
     return doc_ids
-
-
-def reconcile_vectors(index: Index, save: bool) -> tuple[int, int]:
-    """Make the vector store hold exactly the catalog's chunks (after an interrupted run); returns (added, removed)."""
-    vectors = index._vectors
-    assert vectors is not None
-    generation = index.catalog.generation
-    wanted = index.catalog.vector_ids()
-    stored = set(vectors.ids().tolist())
-    extra = np.array(sorted(stored - wanted), dtype=np.int64)
-    missing = sorted(wanted - stored)
-    vectors.delete(extra)
-    for start in range(0, len(missing), 4096):
-        batch = missing[start : start + 4096]
-        chunks = index.catalog.chunks_by_vector_ids(batch)
-        tags = index.catalog.vector_tags(batch)
-        ordered = [chunks[v] for v in batch]
-        embeddings, _ = index.embed([c.embed_text for c in ordered])
-        vectors.add(np.array(batch, dtype=np.int64), embeddings, [tags[v] for v in batch])
-    if save:
-        vectors.save()
-        index.mark_vectors_saved(generation)
-    return len(missing), len(extra)
-
-
-def iter_all_chunks(index: Index) -> Iterable[Chunk]:
-    for batch in index.catalog.iter_chunks():
-        yield from batch

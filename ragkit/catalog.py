@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ragkit.errors import IndexClosedError, IndexFormatError, sqlite_damage
+from ragkit.sqlitedb import connect
 from ragkit.types import Chunk, Document, vector_id
 
 SCHEMA = """
@@ -57,16 +58,22 @@ class Catalog:
             raise IndexFormatError(f"{path}: catalog is missing")
         self._lock = threading.RLock()
         self._closed = False
+        self._writer: sqlite3.Connection | None = None
         try:
-            self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.execute("PRAGMA foreign_keys=ON")
             if create:
-                self._conn.executescript(SCHEMA)
+                self._write_connection().executescript(SCHEMA)
+            self._conn = connect(path, read_only=True)  # every read goes through this one: it cannot write
             self._check_schema()
         except sqlite3.DatabaseError as exc:
             raise IndexFormatError(f"{path}: not a readable ragkit catalog ({exc})") from None
+
+    def _write_connection(self) -> sqlite3.Connection:
+        """The read-write connection, opened by the first write (readers never open one)."""
+        if self._writer is None:
+            self._writer = connect(self.path, read_only=False)
+            self._writer.execute("PRAGMA synchronous=NORMAL")
+            self._writer.execute("PRAGMA foreign_keys=ON")
+        return self._writer
 
     def _check_schema(self) -> None:
         tables = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
@@ -76,9 +83,16 @@ class Catalog:
 
     @property
     def connection(self) -> sqlite3.Connection:
-        """The raw connection, for stores that keep their tables in the catalog (the knowledge graph)."""
+        """The read-only connection, for stores that keep their tables in the catalog (the knowledge graph)."""
         self._check_open()
         return self._conn
+
+    @property
+    def write_connection(self) -> sqlite3.Connection:
+        """The read-write connection, for a writer's stores (the knowledge graph's tables), under the writer lock."""
+        self._check_open()
+        with self._lock, self._damaged():
+            return self._write_connection()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -89,17 +103,18 @@ class Catalog:
         """One atomic write: everything inside commits together and bumps the generation, or nothing does."""
         self._check_open()
         with self._lock, self._damaged():
-            self._conn.execute("BEGIN IMMEDIATE")
+            conn = self._write_connection()
+            conn.execute("BEGIN IMMEDIATE")
             try:
-                yield self._conn
-                self._conn.execute(
+                yield conn
+                conn.execute(
                     "INSERT INTO state(key, value) VALUES('generation', '1') ON CONFLICT(key) "
                     "DO UPDATE SET value = CAST(value AS INTEGER) + 1"
                 )
-                self._conn.execute("COMMIT")
+                conn.execute("COMMIT")
             except BaseException:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
                 raise
 
     def _damaged(self) -> AbstractContextManager[None]:
@@ -125,6 +140,9 @@ class Catalog:
         with self._lock:
             self._closed = True
             self._conn.close()
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
 
     # -- reads -------------------------------------------------------------------------------------------
 
@@ -264,18 +282,79 @@ class Catalog:
         rows = self._query("SELECT value FROM state WHERE key = ?", (key,))
         return rows[0][0] if rows else None
 
+    def documents(self, doc_ids: Iterable[str]) -> dict[str, Document]:
+        """The stored documents with these ids (unknown ids are left out), by id.
+
+        ``meta`` is the metadata the document was indexed with; ``text`` is rebuilt from its chunks, each placed
+        at its offsets: overlaps are kept once, a gap between chunks becomes one space, and the whitespace
+        chunkers strip from the ends is lost (a document without chunks has the text ``""``).
+        """
+        result: dict[str, Document] = {}
+        for batch in _batches(list(dict.fromkeys(doc_ids))):
+            marks = ",".join("?" * len(batch))
+            rows = self._query(  # one statement, so the chunks are those of the document row read
+                "SELECT d.id, d.source, d.title, d.meta, c.text, c.start, c.end FROM documents d "
+                f"LEFT JOIN chunks c ON c.doc_id = d.id WHERE d.id IN ({marks}) ORDER BY d.id, c.start, c.end",
+                batch,
+            )
+            spans: dict[str, list[tuple[str, int, int]]] = {}
+            heads: dict[str, tuple[str, str, str]] = {}
+            for doc_id, source, title, meta, text, start, end in rows:
+                heads.setdefault(doc_id, (source, title, meta))
+                if text is not None:
+                    spans.setdefault(doc_id, []).append((text, start, end))
+            for doc_id, (source, title, meta) in heads.items():
+                result[doc_id] = Document(
+                    id=doc_id,
+                    text=self._joined_chunks(spans.get(doc_id, [])),
+                    source=source,
+                    title=title,
+                    meta=self._json(meta, f"metadata of document {doc_id!r}"),
+                )
+        return result
+
+    @staticmethod
+    def _joined_chunks(spans: Sequence[tuple[str, int, int]]) -> str:
+        """Chunk texts ``(text, start, end)``, sorted by offsets, laid back over the document they came from."""
+        if len(spans) == 1:
+            return spans[0][0]
+        pieces: list[str] = []
+        covered = 0  # the document offset the pieces reach so far
+        for text, start, end in spans:
+            if not pieces:
+                pieces.append(text)
+            elif start >= covered:
+                pieces.append((" " if start > covered else "") + text)
+            elif end > covered:
+                pieces.append(text[covered - start :])  # the part past what the previous chunks hold
+            else:
+                continue  # inside text already placed
+            covered = max(covered, end)
+        return "".join(pieces)
+
     # -- writes (inside ``transaction()``) ---------------------------------------------------------------
 
     def put_document(
-        self, conn: sqlite3.Connection, doc: Document, chunks: Sequence[Chunk], tags: Mapping[str, Any]
+        self,
+        conn: sqlite3.Connection,
+        doc: Document,
+        chunks: Sequence[Chunk],
+        tags: Mapping[str, Any],
+        *,
+        content_hash: str | None = None,
     ) -> list[int]:
-        """Insert or replace a document and its chunks; returns the vector ids of the chunks it replaced."""
+        """Insert or replace a document and its chunks; returns the vector ids of the chunks it replaced.
+
+        ``content_hash``: what a later run compares to tell whether the document changed (default: its text's)."""
         old = [r[0] for r in conn.execute("SELECT vector_id FROM chunks WHERE doc_id = ?", (doc.id,))]
         conn.execute("DELETE FROM chunks WHERE doc_id = ?", (doc.id,))
         conn.execute(
             "INSERT OR REPLACE INTO documents(id, source, title, content_hash, meta, tags, indexed_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (doc.id, doc.source, doc.title, doc.content_hash, _dumps(doc.meta), _dumps(tags), time.time()),
+            (
+                doc.id, doc.source, doc.title, content_hash or doc.content_hash,
+                _dumps(doc.meta), _dumps(tags), time.time(),
+            ),
         )
         conn.executemany(
             "INSERT INTO chunks(id, doc_id, ord, text, start, end, meta, vector_id) VALUES (?,?,?,?,?,?,?,?)",

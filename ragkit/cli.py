@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ragkit import registry
 from ragkit.config import Settings, default_index_dir, load_settings
 from ragkit.errors import RagkitError
-from ragkit.types import RETRIEVAL_MODES
 
 EXIT_OK, EXIT_FATAL, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 
@@ -58,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     with_index(index)
     index.add_argument("--sync", action="store_true", help="also remove documents whose files are gone")
     index.add_argument("--no-graph", action="store_true", help="skip knowledge-graph extraction (new index only)")
-    index.add_argument("--backend", choices=("faiss", "milvus", "chroma"), help="vector backend (new index only)")
+    index.add_argument(
+        "--backend", choices=registry.vector_backends.names(), help="vector backend (new index only)"
+    )
     index.add_argument("--uri", help="Milvus or Chroma server URI (new index only)")
     index.add_argument("--shards", type=int, help="number of vector shards (new index only)")
     index.add_argument("--meta", action="append", metavar="KEY=VALUE", help="tag every chunk (repeatable)")
@@ -72,11 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("question", nargs="?", help="the question")
     with_index(ask)
     ask.add_argument("--file", type=Path, help="answer every line of this file (JSON lines with --json)")
-    ask.add_argument("--mode", choices=RETRIEVAL_MODES)
+    ask.add_argument("--mode", choices=registry.retrieval_modes.names())
     ask.add_argument("--k", type=int)
     ask.add_argument(
         "--generator",
-        choices=("auto", "extractive", "local", "openai", "vllm"),
+        choices=("auto", *registry.generators.names()),
         help="default auto: the --base-url server if set, the local model on a GPU, else extractive",
     )
     ask.add_argument("--model", help="generator model (local directory, or the server's model name)")
@@ -90,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     delete = add_parser("delete", help="delete a document by id, or every document of a source")
     delete.add_argument("target", metavar="DOC_ID_OR_SOURCE")
     with_index(delete)
+
+    repair = add_parser(
+        "repair", help="bring the saved vectors and BM25 index up to the catalog (after a crash); readers never do"
+    )
+    with_index(repair)
 
     from ragkit.eval.cli import add_eval_parser
 
@@ -188,7 +195,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
                 generator.generate(q, h) for q, h in zip(questions, hits, strict=False)
             ]
             generated = time.perf_counter()
-            answers = ground_answers(index, answers, hits)
+            answers = ground_answers(index.store, answers, hits)
             timings = {
                 "retrieve": (retrieved - started) * 1000,
                 "generate": (generated - retrieved) * 1000,
@@ -201,7 +208,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
                 )
             return EXIT_OK
         answer = _stream_answer(generator, questions[0], hits[0])
-        answer = ground_answers(index, [answer], hits[:1])[0]
+        answer = ground_answers(index.store, [answer], hits[:1])[0]
         _print_answer(answer, hits[0], args.explain)
     return EXIT_OK
 
@@ -343,7 +350,24 @@ def cmd_delete(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"index": cmd_index, "ask": cmd_ask, "stats": cmd_stats, "delete": cmd_delete}
+def cmd_repair(args: argparse.Namespace) -> int:
+    from ragkit.index import Index
+
+    with Index.open(_index_dir(args), _settings(args)) as index:
+        before = index.repair()
+        after = index.store.saved_generations()
+    if args.json:
+        print(json.dumps({"before": before, "after": after}))
+        return EXIT_OK
+    behind = [name for name in ("vectors", "bm25") if before[name] != before["catalog"]]
+    if behind:
+        print(f"repaired {' and '.join(behind)}: now at catalog generation {after['catalog']}")
+    else:
+        print(f"nothing to repair: everything is at catalog generation {after['catalog']}")
+    return EXIT_OK
+
+
+COMMANDS = {"index": cmd_index, "ask": cmd_ask, "stats": cmd_stats, "delete": cmd_delete, "repair": cmd_repair}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

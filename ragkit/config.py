@@ -11,9 +11,10 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from pydantic_core import ErrorDetails
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import ErrorDetails, PydanticCustomError
 
+from ragkit import registry
 from ragkit.errors import ConfigError
 
 CONFIG_FILE = "ragkit.toml"
@@ -23,6 +24,16 @@ DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _one_of(value: str, names: tuple[str, ...]) -> str:
+    """``value`` when it is one of ``names`` (a registry's, read when validating: plugins' names count), else the
+    error a ``Literal`` of those names gives."""
+    if value not in names:
+        quoted = [repr(name) for name in names]
+        expected = f"{', '.join(quoted[:-1])} or {quoted[-1]}" if len(quoted) > 1 else "".join(quoted)
+        raise PydanticCustomError("literal_error", "Input should be {expected}", {"expected": expected})
+    return value
 
 
 class EmbedderSettings(_Section):
@@ -41,30 +52,45 @@ class ChunkingSettings(_Section):
 
 
 class VectorSettings(_Section):
-    backend: Literal["faiss", "milvus", "chroma"] = "faiss"
+    backend: str = Field("faiss", description="a name of ragkit.registry.vector_backends: faiss, milvus, chroma...")
     kind: Literal["flat", "hnsw", "ivfpq"] = "flat"
     shards: int = Field(0, ge=0, description="0: one shard per 100k chunks, decided when the index is created")
     uri: str | None = None
     token: str | None = None
 
+    @field_validator("backend")
+    @classmethod
+    def _registered_backend(cls, value: str) -> str:
+        return _one_of(value, registry.vector_backends.names())
+
 
 class RetrievalSettings(_Section):
-    mode: Literal["dense", "bm25", "hybrid", "graph", "multihop", "graph_hybrid"] = "hybrid"
+    mode: str = Field("hybrid", description="a name of ragkit.registry.retrieval_modes: dense, bm25, hybrid...")
     k: int = Field(5, ge=1)
     rrf_constant: float = Field(60.0, gt=0)
     candidates: int = Field(50, ge=1, description="per-retriever depth before fusion")
+
+    @field_validator("mode")
+    @classmethod
+    def _registered_mode(cls, value: str) -> str:
+        return _one_of(value, registry.retrieval_modes.names())
 
 
 class GeneratorSettings(_Section):
     # auto: an OpenAI-compatible server when base_url is set, the local model on a GPU, else extractive (a
     # 135M model on a CPU loops and invents; the extractive answer is instant, cited and grounded)
-    name: Literal["auto", "extractive", "local", "openai", "vllm"] = "auto"
+    name: str = Field("auto", description="auto, or a name of ragkit.registry.generators: extractive, local...")
     model: str | None = None
     max_new_tokens: int = Field(256, ge=1)
     context_tokens: int = Field(1536, ge=64)
     base_url: str | None = None
     api_key: str | None = None
     timeout_s: float = Field(120.0, gt=0)
+
+    @field_validator("name")
+    @classmethod
+    def _registered_generator(cls, value: str) -> str:
+        return _one_of(value, ("auto", *registry.generators.names()))
 
 
 class GroundingSettings(_Section):

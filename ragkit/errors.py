@@ -36,6 +36,10 @@ class GeneratorError(RagkitError):
     """A generation backend failed (server down, timeout, malformed response)."""
 
 
+class PluginError(RagkitError, ImportError):
+    """A third-party plugin (an entry point of ``ragkit.registry``) whose code fails to import; names its package."""
+
+
 def missing_extra(package: str, extra: str) -> ImportError:
     """The ImportError raised when an optional dependency is absent, naming the install that fixes it."""
     return ImportError(

@@ -4,52 +4,61 @@
 >>> report = index.add(["docs/"])                     # loads, chunks, embeds, builds BM25 and the graph
 >>> hits = index.retrieve("how are chunk ids kept stable?", k=5, mode="hybrid")
 >>> print(index.ask("how are chunk ids kept stable?").text)
+
+``Index`` is a thin facade: the state lives in ``ragkit.store.IndexStore``, the work in ``ragkit.pipelines``
+(``indexing`` writes, ``query`` reads); see docs/architecture.md.
 """
 
 from __future__ import annotations
 
-import fcntl
-import functools
-import json
 import os
-import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from ragkit.bm25 import BM25Index
 from ragkit.catalog import Catalog
 from ragkit.config import Settings
-from ragkit.connectors.embedders import EmbeddingCache, make_embedder
-from ragkit.connectors.vectors import open_vector_index
-from ragkit.errors import ConfigError, EmbedderMismatchError, IndexFormatError, sqlite_damage
-from ragkit.manifest import MANIFEST, Manifest
+from ragkit.connectors.embedders import make_embedder
+from ragkit.errors import ConfigError, DimensionMismatchError, EmbedderMismatchError, IndexFormatError
+from ragkit.manifest import EXTERNAL_BACKEND, MANIFEST, Manifest
+from ragkit.pipelines import indexing, query
+from ragkit.pipelines.indexing import IndexReport
 from ragkit.protocols import Embedder, Generator, VectorIndex
+from ragkit.store import CATALOG, IndexStore
 from ragkit.types import Answer, Document, Hit
 
 Progress = Callable[[str, int, int], None]
 
-CATALOG = "catalog.sqlite"
-VECTOR_STATE = "vectors.json"
-EMBEDDINGS = "embeddings.sqlite"
-
 
 class Index:
-    """A ragkit index on disk. Create it once with :meth:`create`, reopen it with :meth:`open`."""
+    """A ragkit index on disk. Create it once with :meth:`create`, reopen it with :meth:`open`.
 
-    def __init__(self, path: Path, manifest: Manifest, settings: Settings, embedder: Embedder | None) -> None:
-        self.path = path
-        self.manifest = manifest
-        self.settings = settings
-        self._embedder = embedder
-        self.catalog = Catalog(path / CATALOG)
-        self._lock = threading.RLock()
-        self._vectors: VectorIndex | None = None
-        self._vectors_stamp: int | None = None  # vectors.json's generation when the vectors were read
-        self._vectors_generation: int | None = None  # the catalog generation they are known to match
-        self._lock_owner: int | None = None  # the thread holding writer_lock through this object
-        self._bm25: BM25Index | None = None
+    ``vectors``: your own ``ragkit.protocols.VectorIndex`` instance, used instead of the backend the manifest
+    names (pass the same one again to :meth:`open`).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        manifest: Manifest,
+        settings: Settings,
+        embedder: Embedder | None = None,
+        *,
+        vectors: VectorIndex | None = None,
+    ) -> None:
+        if manifest.vectors.get("backend") == EXTERNAL_BACKEND and vectors is None:
+            raise IndexFormatError(
+                f"{path / MANIFEST}: this index keeps its vectors in your own VectorIndex "
+                f"({manifest.vectors.get('class', '?')}); pass it again: Index.open(path, vectors=...)"
+            )
+        if vectors is not None and getattr(vectors, "dim", manifest.dimension) != manifest.dimension:
+            raise DimensionMismatchError(
+                f"vectors: the VectorIndex has dimension {vectors.dim}, the index {manifest.dimension}"
+            )
+        self.store = IndexStore(path, manifest, settings, embedder=embedder, vectors=vectors)
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 
@@ -59,39 +68,67 @@ class Index:
         path: str | os.PathLike[str],
         settings: Settings | None = None,
         *,
-        embedder: Embedder | None = None,
+        backend: str | None = None,
+        uri: str | None = None,
+        kind: str | None = None,
+        shards: int | None = None,
+        embedder: Embedder | str | None = None,
+        graph: bool | None = None,
+        vectors: VectorIndex | None = None,
         exist_ok: bool = False,
     ) -> Index:
-        """Create an empty index at ``path`` (or open it when it exists and ``exist_ok``)."""
+        """Create an empty index at ``path`` (or open it when it exists and ``exist_ok``).
+
+        The common choices are keyword arguments; anything else goes in ``settings``::
+
+            Index.create("idx", backend="milvus", uri="http://localhost:19530", shards=4)
+            Index.create("idx", embedder="all-MiniLM-L6-v2", graph=False)
+            Index.create("idx", vectors=MyVectorIndex(dim=384))      # your own VectorIndex instance
+
+        ``embedder`` is a model name (a registered embedder or any sentence-transformers model) or an instance.
+        """
         path = Path(path)
-        settings = settings or Settings()
+        settings = _with_choices(settings or Settings(), backend, uri, kind, shards, embedder, graph)
+        instance = embedder if embedder is not None and not isinstance(embedder, str) else None
         if (path / MANIFEST).exists():
             if not exist_ok:
                 raise FileExistsError(f"{path}: an index already exists here")
-            return cls.open(path, settings=settings, embedder=embedder)
-        embedder = embedder or make_embedder(
+            return cls.open(path, settings=settings, embedder=instance, vectors=vectors)
+        model = instance or make_embedder(
             settings.embedder.model, device=settings.embedder.device, batch_size=settings.embedder.batch_size
         )
-        path.mkdir(parents=True, exist_ok=True)
-        vectors = settings.vectors.model_dump()
-        vectors["shards"] = vectors["shards"] or 1
+        vector_settings = settings.vectors.model_dump()
+        vector_settings["shards"] = vector_settings["shards"] or 1
+        if vectors is not None:
+            vector_settings = {"backend": EXTERNAL_BACKEND, "class": _qualified_name(vectors), "shards": 1}
         manifest = Manifest(
-            embedder=embedder.name,
-            dimension=embedder.dim,
-            max_tokens=embedder.max_tokens,
+            embedder=model.name,
+            dimension=model.dim,
+            max_tokens=model.max_tokens,
             chunking=settings.chunking.model_dump(),
-            vectors=vectors,
+            vectors=vector_settings,
             graph=settings.graph.enabled,
         )
+        path.mkdir(parents=True, exist_ok=True)
         Catalog(path / CATALOG, create=True).close()
         manifest.save(path)
-        return cls(path, manifest, settings, embedder)
+        return cls(path, manifest, settings, model, vectors=vectors)
 
     @classmethod
     def open(
-        cls, path: str | os.PathLike[str], settings: Settings | None = None, *, embedder: Embedder | None = None
+        cls,
+        path: str | os.PathLike[str],
+        settings: Settings | None = None,
+        *,
+        embedder: Embedder | None = None,
+        vectors: VectorIndex | None = None,
+        repair: bool = False,
     ) -> Index:
-        """Open an existing index; the embedder must be the one it was built with."""
+        """Open an existing index; the embedder must be the one it was built with.
+
+        Opening and querying never write to the directory. ``repair=True`` first brings every derived
+        structure (vectors, BM25) up to the catalog and saves it, as ``ragkit repair`` does.
+        """
         path = Path(path)
         if not path.is_dir():
             raise IndexFormatError(f"{path}: no index here (create one with `ragkit index SOURCES --index {path}`)")
@@ -101,14 +138,18 @@ class Index:
                 f"{path / MANIFEST}: index was built with embedder {manifest.embedder!r} "
                 f"(dimension {manifest.dimension}), not {embedder.name!r} (dimension {embedder.dim})"
             )
-        return cls(path, manifest, settings or Settings(), embedder)
+        index = cls(path, manifest, settings or Settings(), embedder, vectors=vectors)
+        if repair:
+            index.repair()
+        return index
+
+    def repair(self) -> dict[str, Any]:
+        """Bring the saved vectors and BM25 index up to the catalog (after a crash); returns the generations
+        each was at before."""
+        return self.store.repair()
 
     def close(self) -> None:
-        with self._lock:
-            if self._vectors is not None and hasattr(self._vectors, "close"):
-                self._vectors.close()
-            self._vectors = None
-            self.catalog.close()
+        self.store.close()
 
     def __enter__(self) -> Index:
         return self
@@ -116,141 +157,38 @@ class Index:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- parts, opened lazily so `ragkit stats` never loads a model ----------------------------------------
+    # -- what it is made of (read-only views; none of them writes) ----------------------------------------
+
+    @property
+    def path(self) -> Path:
+        return self.store.path
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.store.manifest
+
+    @property
+    def settings(self) -> Settings:
+        return self.store.settings
+
+    @property
+    def catalog(self) -> Catalog:
+        return self.store.catalog
 
     @property
     def embedder(self) -> Embedder:
-        with self._lock:
-            if self._embedder is None:
-                try:
-                    self._embedder = make_embedder(
-                        self.manifest.embedder,
-                        device=self.settings.embedder.device,
-                        batch_size=self.settings.embedder.batch_size,
-                    )
-                except OSError as exc:
-                    raise IndexFormatError(
-                        f"{self.path / MANIFEST}: the index's embedder {self.manifest.embedder!r} cannot be "
-                        f"loaded ({exc})"
-                    ) from None
-                if self._embedder.dim != self.manifest.dimension:
-                    raise EmbedderMismatchError(
-                        f"{self.path / MANIFEST}: embedder {self.manifest.embedder!r} now has dimension "
-                        f"{self._embedder.dim}, the index has {self.manifest.dimension}"
-                    )
-            return self._embedder
-
-    @functools.cached_property
-    def embedding_cache(self) -> EmbeddingCache:
-        with self._damaged_cache():
-            return EmbeddingCache(self.path / EMBEDDINGS, self.manifest.embedder, self.manifest.dimension)
-
-    def embed(self, texts: Sequence[str]) -> tuple[Any, int]:
-        """Embed through the on-disk cache; returns the vectors and how many texts were actually embedded."""
-        cache = self.embedding_cache
-        with self._damaged_cache():
-            return cache.embed(texts, self.embedder.embed_documents)
-
-    def _damaged_cache(self) -> AbstractContextManager[None]:
-        return sqlite_damage(self.path / EMBEDDINGS, "embedding cache is damaged; delete it (it is only a cache)")
+        return self.store.embedder
 
     @property
     def vectors(self) -> VectorIndex:
-        """The vector backend, in step with the catalog: reloaded when another process saved a newer state, and
-        brought up to date (and saved) after an interrupted run, unless a writer is at work (it does that)."""
-        with self._lock:
-            generation = self.catalog.generation
-            if self._vectors is not None and self._vectors_generation == generation:
-                return self._vectors
-            stamp = self.vector_generation  # read before the shards are: they can only be newer than it
-            if self._vectors is not None and stamp != self._vectors_stamp and stamp == generation:
-                if self.manifest.vectors.get("backend", "faiss") == "faiss":  # Milvus and Chroma are read live
-                    self._vectors = None  # searches in flight keep the old copy until they finish
-                else:
-                    self._vectors_stamp = self._vectors_generation = stamp
-            if self._vectors is None:
-                self._vectors = open_vector_index(self.path, self.manifest.dimension, self.manifest.vectors)
-                verify = getattr(self._vectors, "verify", None)
-                if stamp == generation and verify is not None:
-                    # saved in step with the catalog, so its files must agree with one another, unless a writer
-                    # is at work right now (its sidecar commits run ahead of its shard saves)
-                    with self.writer_lock(blocking=False) as locked:
-                        if locked and self.vector_generation == stamp == self.catalog.generation:
-                            verify()
-                self._vectors_stamp = stamp
-                self._vectors_generation = stamp if stamp == generation else None
-            if self._vectors_generation != generation and stamp != generation:
-                # An interrupted run left the vectors behind the catalog, or a writer is committing right now:
-                # only a writer may change the shared vector store, so repair it only when no writer runs.
-                from ragkit.pipelines.indexing import reconcile_vectors
-
-                with self.writer_lock(blocking=False) as locked:
-                    if locked:
-                        reconcile_vectors(self, save=True)
-            return self._vectors
-
-    @property
-    def vector_generation(self) -> int:
-        state = self.path / VECTOR_STATE
-        try:
-            return int(json.loads(state.read_text())["generation"]) if state.exists() else 0
-        except (ValueError, KeyError, TypeError) as exc:
-            raise IndexFormatError(f"{state}: unreadable ({exc}); delete it to rebuild the vectors") from None
-
-    def mark_vectors_saved(self, generation: int) -> None:
-        state = self.path / VECTOR_STATE
-        tmp = state.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"generation": generation}))
-        os.replace(tmp, state)
-        self._vectors_stamp = self._vectors_generation = generation  # what was saved is the in-memory copy
+        """The vector backend, in step with the catalog (brought up to date in memory when a crash or a writer
+        in another process left the saved copy behind)."""
+        return self.store.vectors()
 
     @property
     def bm25(self) -> BM25Index:
-        """The keyword index, rebuilt from the catalog when it is behind."""
-        with self._lock:
-            generation = self.catalog.generation
-            if self._bm25 is None or self._bm25.generation != generation:
-                loaded = BM25Index.load(self.path)
-                if loaded is None or loaded.generation != generation:
-                    loaded = BM25Index.build(
-                        lambda: (c for batch in self.catalog.iter_chunks() for c in batch), generation
-                    )
-                    with self.writer_lock(blocking=False) as locked:
-                        # only when no writer runs, and never over a copy readers may be loading (another
-                        # reader saved this generation already) nor for a generation already outdated
-                        if (
-                            locked
-                            and self.catalog.generation == generation
-                            and BM25Index.saved_generation(self.path) != generation
-                        ):
-                            loaded.save(self.path)
-                self._bm25 = loaded
-            return self._bm25
-
-    @contextmanager
-    def writer_lock(self, blocking: bool = True) -> Iterator[bool]:
-        """An exclusive lock between processes that write this index; yields whether it was acquired.
-
-        Re-entrant for the thread that holds it through this object (a writer reconciling its own vectors)."""
-        if self._lock_owner == threading.get_ident():
-            yield True
-            return
-        with open(self.path / "index.lock", "a") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-            except BlockingIOError:
-                acquired = False
-            else:
-                acquired = True
-            if not acquired:
-                yield False
-                return
-            self._lock_owner = threading.get_ident()
-            try:
-                yield True
-            finally:
-                self._lock_owner = None
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        """The keyword index, in step with the catalog."""
+        return self.store.bm25()
 
     # -- writing -----------------------------------------------------------------------------------------
 
@@ -261,34 +199,30 @@ class Index:
         meta: Mapping[str, Any] | None = None,
         sync: bool = False,
         progress: Progress | None = None,
-    ) -> Any:
+    ) -> IndexReport:
         """Index files, directories or rows; only documents whose content changed are processed again.
 
         ``meta`` tags every chunk of these documents (e.g. ``{"tenant": "acme"}``) for ``where`` filters.
-        ``sync`` also removes documents whose files are gone. Returns an ``IndexReport``.
+        ``sync`` also removes documents whose files are gone.
         """
-        from ragkit.pipelines.indexing import add_sources
+        return indexing.add_sources(
+            self.store, [str(s) for s in sources], tags=dict(meta or {}), sync=sync, progress=progress
+        )
 
-        return add_sources(self, [str(s) for s in sources], tags=dict(meta or {}), sync=sync, progress=progress)
-
-    def add_documents(self, documents: Iterable[Document], *, meta: Mapping[str, Any] | None = None) -> Any:
+    def add_documents(self, documents: Iterable[Document], *, meta: Mapping[str, Any] | None = None) -> IndexReport:
         """Index documents built in code (ids are kept: a known id with new text is an update)."""
-        from ragkit.pipelines.indexing import add_items
-
-        return add_items(self, documents, tags=dict(meta or {}))
+        return indexing.add_items(self.store, documents, tags=dict(meta or {}))
 
     def delete(self, doc_id_or_source: str) -> list[str]:
         """Delete a document by id, or every document a source (file path) produced; returns the ids removed."""
-        from ragkit.pipelines.indexing import delete_documents
-
-        return delete_documents(self, doc_id_or_source)
+        return indexing.delete_documents(self.store, doc_id_or_source)
 
     # -- reading -----------------------------------------------------------------------------------------
 
     def retrieve(
         self, query: str, k: int | None = None, mode: str | None = None, where: Mapping[str, Any] | None = None
     ) -> list[Hit]:
-        """The top ``k`` chunks for ``query`` in ``mode`` (dense, bm25, hybrid, or a graph mode)."""
+        """The top ``k`` chunks for ``query`` in ``mode`` (dense, bm25, hybrid, a graph mode, or a plugin's)."""
         return self.retrieve_many([query], k, mode, where)[0]
 
     def retrieve_many(
@@ -299,13 +233,25 @@ class Index:
         where: Mapping[str, Any] | None = None,
     ) -> list[list[Hit]]:
         """Batched :meth:`retrieve`: one embedding batch for all queries."""
-        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
-            raise ConfigError(f"k must be a positive integer (got {k!r})")
-        from ragkit.pipelines.query import retrieve_many
-
-        return retrieve_many(
-            self, list(queries), k or self.settings.retrieval.k, mode or self.settings.retrieval.mode, where
+        return query.retrieve_many(
+            self.store, list(queries), self._k(k), mode or self.settings.retrieval.mode, where
         )
+
+    def search_by_vector(
+        self, vectors: np.ndarray, k: int | None = None, where: Mapping[str, Any] | None = None
+    ) -> list[list[Hit]]:
+        """Dense search by query vectors you embedded: ``(nq, dim)`` float32, L2-normalized; hits best first."""
+        queries = np.asarray(vectors, dtype=np.float32)
+        if queries.ndim != 2 or queries.shape[1] != self.manifest.dimension:
+            raise DimensionMismatchError(
+                f"query vectors have shape {queries.shape}, the index at {self.path} has dimension "
+                f"{self.manifest.dimension}"
+            )
+        return query.search_by_vector(self.store, queries, self._k(k), where)
+
+    def documents(self, doc_ids: Iterable[str]) -> dict[str, Document]:
+        """The stored documents with these ids (unknown ids are left out), their text rebuilt from the chunks."""
+        return self.catalog.documents(doc_ids)
 
     def ask(
         self,
@@ -331,10 +277,15 @@ class Index:
         where: Mapping[str, Any] | None = None,
     ) -> list[Answer]:
         """Batched :meth:`ask`: one retrieval batch and one generation batch."""
-        from ragkit.pipelines.query import answer_many
-
         hits = self.retrieve_many(questions, k, mode, where)
-        return answer_many(self, list(questions), hits, generator)
+        return query.answer_many(self.store, list(questions), hits, generator)
+
+    def _k(self, k: int | None) -> int:
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+            raise ConfigError(f"k must be a positive integer (got {k!r})")
+        return k or self.settings.retrieval.k
+
+    # -- describing --------------------------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
         counts = self.catalog.counts()
@@ -365,15 +316,35 @@ class Index:
         """
         if not self.manifest.graph:
             raise ConfigError(f"{self.path}: this index was built without a knowledge graph (--no-graph)")
-        from ragkit.graph.store import GraphStore
-
-        return GraphStore(self.catalog.connection).to_networkx()
+        return self.store.graph().store.to_networkx()
 
     def graph_stats(self) -> dict[str, int] | None:
         if not self.manifest.graph:
             return None
-        try:
-            from ragkit.graph.store import GraphStore
-        except ImportError:
-            return None
-        return GraphStore(self.catalog.connection).stats()
+        stats: dict[str, int] = self.store.graph().store.stats()
+        return stats
+
+
+def _with_choices(
+    settings: Settings,
+    backend: str | None,
+    uri: str | None,
+    kind: str | None,
+    shards: int | None,
+    embedder: Embedder | str | None,
+    graph: bool | None,
+) -> Settings:
+    """``settings`` with the keyword choices of :meth:`Index.create` applied (validated like ragkit.toml)."""
+    sections: dict[str, dict[str, Any]] = {}
+    vectors = {"backend": backend, "uri": uri, "kind": kind, "shards": shards}
+    if any(v is not None for v in vectors.values()):
+        sections["vectors"] = vectors
+    if isinstance(embedder, str):
+        sections["embedder"] = {"model": embedder}
+    if graph is not None:
+        sections["graph"] = {"enabled": graph}
+    return settings.merged(**sections) if sections else settings
+
+
+def _qualified_name(obj: object) -> str:
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"

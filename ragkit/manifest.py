@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from ragkit.errors import IndexFormatError
+from ragkit.registry import vector_backends
 
 FORMAT = "ragkit-index"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+EXTERNAL_BACKEND = "external"  # vectors kept in the caller's own VectorIndex instance (Index.create(vectors=...))
 
 
 @dataclass(frozen=True)
@@ -82,8 +84,13 @@ class Manifest:
             if not ok:
                 return f"{name!r} must be {expected} (got {getattr(self, name)!r})"
         vectors = self.vectors
-        if vectors.get("backend", "faiss") not in ("faiss", "milvus", "chroma"):
-            return f"'vectors.backend' must be faiss, milvus or chroma (got {vectors.get('backend')!r})"
+        backend = vectors.get("backend", "faiss")
+        if backend not in vector_backends and backend != EXTERNAL_BACKEND:
+            installed = ", ".join(vector_backends.names())
+            return (
+                f"'vectors.backend' must be an installed vector backend: {installed} (got {backend!r}; a plugin's "
+                "backend needs its package installed)"
+            )
         if not positive(vectors.get("shards", 1)):
             return f"'vectors.shards' must be a positive integer (got {vectors.get('shards')!r})"
         for key in ("kind", "uri", "token"):

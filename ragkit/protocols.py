@@ -27,7 +27,15 @@ class Embedder(Protocol):
 
     def embed_query(self, text: str) -> np.ndarray: ...
 
+    def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
+        """One batch of query vectors, shape ``(len(texts), dim)``."""
+        ...
+
     def count_tokens(self, text: str) -> int: ...
+
+    def token_offsets(self, text: str) -> list[tuple[int, int]]:
+        """Character span of each token the embedder sees, for chunking on token boundaries."""
+        ...
 
 
 @runtime_checkable
@@ -56,9 +64,23 @@ class VectorIndex(Protocol):
     def __len__(self) -> int: ...
 
 
+Scored = tuple[str, float, Mapping[str, Any] | None]
+"""One ranked chunk: its id, its score, and why it was retrieved (a graph path, seeds) or None."""
+
+
 @runtime_checkable
 class Retriever(Protocol):
-    def retrieve(self, query: str, k: int = 10, where: Mapping[str, Any] | None = None) -> list[Hit]: ...
+    """A retrieval mode over one open index, built with its ``ragkit.store.IndexStore``.
+
+    ``search`` answers a batch of queries at once (one embedding batch) with up to ``k`` chunks per query, best
+    first. ``where`` is an equality filter on ``doc_id``, ``source`` or a document tag.
+    """
+
+    name: str
+
+    def search(
+        self, queries: Sequence[str], k: int, where: Mapping[str, Any] | None = None
+    ) -> list[list[Scored]]: ...
 
 
 @runtime_checkable

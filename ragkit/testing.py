@@ -21,7 +21,13 @@ from ragkit.types import Answer, Chunk, Hit, vector_id
 if TYPE_CHECKING:
     from ragkit.index import Index
 
-__all__ = ["HashingEmbedder", "ScriptedGenerator", "assert_index_consistent", "check_index_consistency"]
+__all__ = [
+    "HashingEmbedder",
+    "ScriptedGenerator",
+    "VectorIndexConformance",  # noqa: F822 - lazily imported by __getattr__ (it needs pytest)
+    "assert_index_consistent",
+    "check_index_consistency",
+]
 
 _TOKEN = re.compile(r"\w+", re.UNICODE)
 
@@ -138,7 +144,7 @@ def _sample(values: Iterable[object], limit: int = 5) -> str:
 def _vector_problems(
     index: Index, chunks: list[Chunk], wanted: set[int], generation: int, check_filters: bool
 ) -> list[str]:
-    saved = index.vector_generation
+    saved = index.store.saved_generations()["vectors"] or 0
     if saved != generation:
         # reading index.vectors now would bring them up to date, hiding what is on disk
         return [f"vectors: saved at generation {saved}, the catalog is at {generation}"]
@@ -256,3 +262,13 @@ def _graph_problems(conn: sqlite3.Connection, chunks: list[Chunk]) -> list[str]:
             f"graph: {len(unlinked)} chunks of titled documents do not mention the title ({_sample(unlinked)})"
         )
     return problems
+
+
+def __getattr__(name: str) -> type:
+    """``VectorIndexConformance`` (the pytest suite every VectorIndex backend passes, from ``ragkit.conformance``),
+    imported when asked for: pytest is a dev dependency, and importing ragkit.testing must not need it."""
+    if name == "VectorIndexConformance":
+        from ragkit.conformance import VectorIndexConformance
+
+        return VectorIndexConformance
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

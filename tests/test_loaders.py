@@ -154,6 +154,19 @@ def test_html_falls_back_to_body_text_when_trafilatura_finds_nothing(
         assert unwanted not in doc.text
 
 
+def test_html_body_text_with_control_characters_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """lxml keeps a control character (here U+001C) of an HTML file but refuses to set a string holding one."""
+    import trafilatura
+
+    monkeypatch.setattr(trafilatura, "extract", lambda *args, **kwargs: None)
+    path = tmp_path / "page.html"
+    path.write_text("<html><body><p>owls</p>\x1cdo hunt<div>voles</div>\x1c at night</body></html>")
+    [doc] = load_one(path)
+    assert isinstance(doc, Document)
+    assert "\x1c" not in doc.text
+    assert all(word in doc.text for word in ("owls", "do hunt", "voles", "at night"))
+
+
 def test_html_without_visible_text_is_an_error(tmp_path: Path) -> None:
     path = tmp_path / "empty.html"
     path.write_text("<html><head><script>var x = 1;</script></head><body>  </body></html>")

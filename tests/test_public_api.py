@@ -38,4 +38,14 @@ def test_testing_helpers_are_exactly_all():
         if not name.startswith("_") and not isinstance(value, types.ModuleType)
         and getattr(value, "__module__", None) == "ragkit.testing"
     }
-    assert defined == set(testing.__all__), defined ^ set(testing.__all__)
+    lazy = {"VectorIndexConformance"}  # from ragkit.conformance, imported on first use (it needs pytest)
+    assert defined | lazy == set(testing.__all__), (defined | lazy) ^ set(testing.__all__)
+    from ragkit.conformance import VectorIndexConformance
+
+    assert testing.VectorIndexConformance is VectorIndexConformance
+
+
+def test_testing_imports_no_pytest():
+    code = "import sys, ragkit.testing; print('pytest' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

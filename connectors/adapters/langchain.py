@@ -22,9 +22,9 @@ import tempfile
 import threading
 import uuid
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
@@ -45,7 +45,8 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 from ragkit.config import Settings
 from ragkit.index import Index
 from ragkit.protocols import Embedder
-from ragkit.types import Chunk, Document, Hit, RetrievalMode
+from ragkit.registry import retrieval_modes
+from ragkit.types import Document, Hit
 
 IndexLike = Index | str | os.PathLike
 _RAW_TEXT = "_langchain_page_content"  # stored only when the text has surrounding whitespace ragkit strips
@@ -53,38 +54,12 @@ _DEFAULT_SOURCE = "langchain"
 _SCALARS = (str, int, float, bool)
 
 
-# -- reading the catalog ------------------------------------------------------------------------------------
+# -- reading an index -------------------------------------------------------------------------------------
 
 
-def _batches(items: Sequence[str], size: int = 900) -> Iterator[Sequence[str]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-def _document_meta(index: Index, doc_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+def _document_meta(index: Index, doc_ids: Iterable[str]) -> dict[str, Mapping[str, Any]]:
     """The metadata each document was indexed with (``ragkit.Document.meta``), by document id."""
-    result: dict[str, dict[str, Any]] = {}
-    for batch in _batches(list(dict.fromkeys(doc_ids))):
-        marks = ",".join("?" * len(batch))
-        rows = index.catalog.connection.execute(
-            f"SELECT id, meta FROM documents WHERE id IN ({marks})", batch
-        )
-        result.update((doc_id, json.loads(meta)) for doc_id, meta in rows.fetchall())
-    return result
-
-
-def _document_texts(index: Index, doc_ids: Sequence[str]) -> dict[str, str]:
-    """The text of each whole-document chunk ("" for a document without a chunk), by document id."""
-    result: dict[str, str] = {}
-    for batch in _batches(list(doc_ids)):
-        marks = ",".join("?" * len(batch))
-        rows = index.catalog.connection.execute(
-            "SELECT d.id, c.text FROM documents d LEFT JOIN chunks c ON c.doc_id = d.id "
-            f"WHERE d.id IN ({marks})",
-            batch,
-        )
-        result.update((doc_id, text or "") for doc_id, text in rows.fetchall())
-    return result
+    return {doc_id: doc.meta for doc_id, doc in index.documents(doc_ids).items()}
 
 
 def open_index(index: IndexLike) -> Index:
@@ -157,6 +132,11 @@ class LangChainEmbedder:
     def embed_query(self, text: str) -> np.ndarray:
         return self._normalized([self.embedding.embed_query(text)])[0]
 
+    def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return self._normalized([self.embedding.embed_query(text) for text in texts])
+
     def count_tokens(self, text: str) -> int:
         """Whitespace words: an estimate, since a LangChain model does not expose its tokenizer."""
         return len(text.split())
@@ -202,7 +182,7 @@ class RagkitRetriever(BaseRetriever):
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     index: Any = Field(description="a ragkit.Index, or the path of one")
-    mode: RetrievalMode = "hybrid"
+    mode: str | None = Field(None, description="a retrieval mode; None: the index's default (retrieval.mode)")
     k: int = Field(4, ge=1)
     where: dict[str, Any] | None = None
 
@@ -210,6 +190,13 @@ class RagkitRetriever(BaseRetriever):
     @classmethod
     def _open(cls, value: Any) -> Index:
         return open_index(value)
+
+    @field_validator("mode")
+    @classmethod
+    def _registered_mode(cls, value: str | None) -> str | None:
+        if value is not None and value not in retrieval_modes:
+            raise retrieval_modes.unknown(value)
+        return value
 
     def _get_relevant_documents(
         self,
@@ -260,7 +247,8 @@ class RagkitVectorStore(VectorStore):
     ``embedding``: any LangChain ``Embeddings`` (vectors are L2-normalized, scores are cosine similarities);
     ``RagkitEmbeddings`` or ``None`` use ragkit's own embedder, so the CLI can open the index too.
     ``path``: where the index lives (``None``: a temporary directory removed with the store).
-    ``backend``: ``"faiss"``, ``"milvus"`` or ``"chroma"``. ``filter_keys``: metadata keys that ``filter=``
+    ``backend``: a name of ``ragkit.registry.vector_backends`` (``"faiss"``, ``"milvus"``, ``"chroma"`` or a
+    plugin's; checked with the settings). ``filter_keys``: metadata keys that ``filter=``
     can match, besides ``doc_id`` (the LangChain id) and ``source``. Metadata is stored as JSON.
     Adding a known id replaces that document (an upsert).
 
@@ -273,7 +261,7 @@ class RagkitVectorStore(VectorStore):
         self,
         embedding: Embeddings | None = None,
         path: str | os.PathLike[str] | None = None,
-        backend: Literal["faiss", "milvus", "chroma"] = "faiss",
+        backend: str = "faiss",
         *,
         filter_keys: Sequence[str] = (),
     ) -> None:
@@ -381,8 +369,9 @@ class RagkitVectorStore(VectorStore):
                 "delete: pass the ids to delete (deleting everything is not supported; use a new store)"
             )
         with self._lock:
+            known = self.index.documents(ids)
             for doc_id in dict.fromkeys(ids):
-                if self.index.catalog.has_document(doc_id):
+                if doc_id in known:  # never a source path: Index.delete would take one
                     self.index.delete(doc_id)
         return True
 
@@ -390,10 +379,8 @@ class RagkitVectorStore(VectorStore):
 
     def get_by_ids(self, ids: Sequence[str], /) -> list[LCDocument]:
         """The stored documents with these ids, in the order asked, skipping unknown ids."""
-        wanted = list(dict.fromkeys(ids))
-        texts = _document_texts(self.index, wanted)
-        meta = _document_meta(self.index, texts)
-        return [self._to_langchain(i, texts[i], meta[i]) for i in wanted if i in texts]
+        found = self.index.documents(ids)
+        return [self._to_langchain(i, found[i].text, found[i].meta) for i in dict.fromkeys(ids) if i in found]
 
     @staticmethod
     def _to_langchain(doc_id: str, chunk_text: str, meta: Mapping[str, Any]) -> LCDocument:
@@ -417,26 +404,17 @@ class RagkitVectorStore(VectorStore):
                 )
         return dict(filter)
 
-    def _search_chunks(
+    def _search(
         self, embedding: Sequence[float] | np.ndarray, k: int, filter: Mapping[str, Any] | None
-    ) -> list[tuple[Chunk, float]]:
-        """Exact (or the backend's) inner-product search with a normalized query vector, best first."""
+    ) -> list[Hit]:
+        """Exact (or the backend's) inner-product search with the normalized query vector, best first."""
         query = np.asarray(embedding, dtype=np.float32).reshape(1, -1)
-        if query.shape[1] != self.index.manifest.dimension:
-            raise DimensionMismatchError(
-                f"query vector has dimension {query.shape[1]}, the index at {self.index.path} has "
-                f"{self.index.manifest.dimension}"
-            )
         norm = float(np.linalg.norm(query))
-        scores, vector_ids = self.index.vectors.search(query / (norm or 1.0), k, self._where(filter))
-        found = [(int(v), float(s)) for s, v in zip(scores[0], vector_ids[0], strict=True) if v >= 0]
-        chunk_ids = self.index.catalog.chunk_ids_of_vectors([v for v, _ in found])
-        chunks = self.index.catalog.chunks_by_ids(list(chunk_ids.values()))
-        return [(chunks[chunk_ids[v]], s) for v, s in found if chunk_ids.get(v) in chunks]
+        return self.index.search_by_vector(query / (norm or 1.0), k, self._where(filter))[0]
 
-    def _with_documents(self, found: list[tuple[Chunk, float]]) -> list[tuple[LCDocument, float]]:
-        meta = _document_meta(self.index, (c.doc_id for c, _ in found))
-        return [(self._to_langchain(c.doc_id, c.text, meta.get(c.doc_id, {})), s) for c, s in found]
+    def _with_documents(self, hits: list[Hit]) -> list[tuple[LCDocument, float]]:
+        meta = _document_meta(self.index, (h.chunk.doc_id for h in hits))
+        return [(self._to_langchain(h.chunk.doc_id, h.chunk.text, meta.get(h.chunk.doc_id, {})), h.score) for h in hits]
 
     def _embed_query(self, query: str) -> np.ndarray:
         return self.index.embedder.embed_query(query)
@@ -444,13 +422,13 @@ class RagkitVectorStore(VectorStore):
     def similarity_search_by_vector(
         self, embedding: list[float], k: int = 4, filter: Mapping[str, Any] | None = None, **kwargs: Any
     ) -> list[LCDocument]:
-        return [doc for doc, _ in self._with_documents(self._search_chunks(embedding, k, filter))]
+        return [doc for doc, _ in self._with_documents(self._search(embedding, k, filter))]
 
     def similarity_search_with_score(
         self, query: str, k: int = 4, filter: Mapping[str, Any] | None = None, **kwargs: Any
     ) -> list[tuple[LCDocument, float]]:
         """Documents with their cosine similarity to the query (higher is closer), best first."""
-        return self._with_documents(self._search_chunks(self._embed_query(query), k, filter))
+        return self._with_documents(self._search(self._embed_query(query), k, filter))
 
     def similarity_search(
         self, query: str, k: int = 4, filter: Mapping[str, Any] | None = None, **kwargs: Any
@@ -470,12 +448,12 @@ class RagkitVectorStore(VectorStore):
         **kwargs: Any,
     ) -> list[LCDocument]:
         """``fetch_k`` nearest documents, then ``k`` of them chosen for relevance and diversity."""
-        found = self._search_chunks(embedding, max(k, fetch_k), filter)
+        found = self._search(embedding, max(k, fetch_k), filter)
         if not found:
             return []
-        vectors, _ = self.index.embed([c.embed_text for c, _ in found])  # the embedding cache answers these
+        vectors = self.index.embedder.embed_documents([h.chunk.embed_text for h in found])
         query = np.asarray(embedding, dtype=np.float32)
-        chosen = maximal_marginal_relevance(query / (np.linalg.norm(query) or 1.0), vectors, lambda_mult, k)
+        chosen = maximal_marginal_relevance(query / (np.linalg.norm(query) or 1.0), vectors.tolist(), lambda_mult, k)
         documents = self._with_documents(found)
         return [documents[i][0] for i in chosen]
 
@@ -501,7 +479,7 @@ class RagkitVectorStore(VectorStore):
         *,
         ids: list[str] | None = None,
         path: str | os.PathLike[str] | None = None,
-        backend: Literal["faiss", "milvus", "chroma"] = "faiss",
+        backend: str = "faiss",
         filter_keys: Sequence[str] = (),
         **kwargs: Any,
     ) -> RagkitVectorStore:

@@ -13,7 +13,6 @@ document's own metadata). Only ``source`` and ``title`` reach the LLM prompt; th
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -34,24 +33,16 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     raise missing_extra("llama-index-core", "llamaindex") from exc
 
 from ragkit.index import Index
-from ragkit.types import RETRIEVAL_MODES, Hit
+from ragkit.registry import retrieval_modes
+from ragkit.types import Hit
 
 _RAW_TEXT = "_langchain_page_content"  # written by RagkitVectorStore; never shown as metadata
 _BOOKKEEPING = ["doc_id", "chunk_id", "start", "end", "score", "mode", "explain"]
 
 
-def _document_meta(index: Index, doc_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+def _document_meta(index: Index, doc_ids: Iterable[str]) -> dict[str, Mapping[str, Any]]:
     """The metadata each document was indexed with (``ragkit.Document.meta``), by document id."""
-    ids = list(dict.fromkeys(doc_ids))
-    result: dict[str, dict[str, Any]] = {}
-    for start in range(0, len(ids), 900):
-        batch = ids[start : start + 900]
-        marks = ",".join("?" * len(batch))
-        rows = index.catalog.connection.execute(
-            f"SELECT id, meta FROM documents WHERE id IN ({marks})", batch
-        )
-        result.update((doc_id, json.loads(meta)) for doc_id, meta in rows.fetchall())
-    return result
+    return {doc_id: doc.meta for doc_id, doc in index.documents(doc_ids).items()}
 
 
 def hit_to_node(hit: Hit, document_meta: Mapping[str, Any]) -> NodeWithScore:
@@ -101,8 +92,8 @@ class RagkitLlamaRetriever(BaseRetriever):
         callback_manager: CallbackManager | None = None,
         verbose: bool = False,
     ) -> None:
-        if mode not in RETRIEVAL_MODES:
-            raise ConfigError(f"mode: unknown retrieval mode {mode!r} (valid: {', '.join(RETRIEVAL_MODES)})")
+        if mode not in retrieval_modes:
+            raise ConfigError(f"mode: unknown retrieval mode {mode!r} (valid: {', '.join(retrieval_modes.names())})")
         if k < 1:
             raise ConfigError(f"k must be at least 1 (got {k})")
         if isinstance(index, str | os.PathLike):

@@ -9,17 +9,26 @@ from pathlib import Path
 
 import numpy as np
 
+from ragkit.sqlitedb import connect
 from ragkit.types import sha1_hex
 
 
 class EmbeddingCache:
-    """float32 vectors in SQLite (raw bytes, never pickle), one row per (model, text hash)."""
+    """float32 vectors in SQLite (raw bytes, never pickle), one row per (model, text hash).
 
-    def __init__(self, path: Path, model: str, dim: int) -> None:
-        self.path, self.model, self.dim = path, model, dim
+    ``read_only``: look vectors up but never store one (a reader bringing vectors up to date in memory); a
+    missing file is then an empty cache.
+    """
+
+    def __init__(self, path: Path, model: str, dim: int, *, read_only: bool = False) -> None:
+        self.path, self.model, self.dim, self.read_only = path, model, dim, read_only
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn: sqlite3.Connection | None = None
+        if read_only:
+            if path.exists():
+                self._conn = connect(path, read_only=True)
+            return
+        self._conn = connect(path, read_only=False)
         self._conn.execute(
             "CREATE TABLE IF NOT EXISTS embeddings (model TEXT NOT NULL, text_hash TEXT NOT NULL, "
             "vector BLOB NOT NULL, PRIMARY KEY (model, text_hash)) WITHOUT ROWID"
@@ -27,6 +36,8 @@ class EmbeddingCache:
 
     def get_many(self, hashes: Sequence[str]) -> dict[str, np.ndarray]:
         found: dict[str, np.ndarray] = {}
+        if self._conn is None:
+            return found
         with self._lock:
             for start in range(0, len(hashes), 900):
                 batch = list(hashes[start : start + 900])
@@ -42,6 +53,8 @@ class EmbeddingCache:
         return found
 
     def put_many(self, hashes: Sequence[str], vectors: np.ndarray) -> None:
+        if self._conn is None or self.read_only:
+            return
         rows = [
             (self.model, h, np.ascontiguousarray(v, dtype=np.float32).tobytes())
             for h, v in zip(hashes, vectors, strict=False)
@@ -68,4 +81,5 @@ class EmbeddingCache:
 
     def close(self) -> None:
         with self._lock:
-            self._conn.close()
+            if self._conn is not None:
+                self._conn.close()

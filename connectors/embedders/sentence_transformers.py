@@ -6,12 +6,17 @@ import functools
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ragkit.connectors.huggingface import quiet_progress_bars
 
 from .wordpiece import WordPieceBatcher
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+    from transformers import PreTrainedTokenizerBase
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 _PACKAGED = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
@@ -63,11 +68,15 @@ class SentenceTransformerEmbedder:
         if self.device.startswith("cuda"):
             self.model.half()
         dimension = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
-        self.dim = int(dimension())
-        self.max_tokens = int(self.model.max_seq_length)
+        dim, max_tokens = dimension(), self.model.max_seq_length
+        if dim is None or max_tokens is None:
+            raise ValueError(f"embedder {model!r}: the model reports no embedding dimension or no maximum length")
+        self.dim = int(dim)
+        self.max_tokens = int(max_tokens)
 
     @functools.cached_property
-    def tokenizer(self):  # noqa: ANN201 - a Hugging Face fast tokenizer
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        """The model's Hugging Face (fast) tokenizer."""
         return self.model.tokenizer
 
     def token_offsets(self, text: str) -> list[tuple[int, int]]:
@@ -104,9 +113,16 @@ class SentenceTransformerEmbedder:
         return self.embed_documents(texts)
 
 
-def mean_pooling_model(model) -> bool:  # noqa: ANN001 - a SentenceTransformer
+def mean_pooling_model(model: SentenceTransformer) -> bool:
     """True for the plain Transformer -> mean Pooling (-> Normalize) stack that :func:`encode_pipelined` handles."""
-    from sentence_transformers.models import Normalize, Pooling, Transformer
+    try:
+        from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+    except ImportError:  # sentence-transformers < 6 (6 keeps this path only as a deprecated alias)
+        from sentence_transformers.models import (  # type: ignore[import-not-found, no-redef]
+            Normalize,
+            Pooling,
+            Transformer,
+        )
 
     modules = list(model)
     if not (2 <= len(modules) <= 3 and isinstance(modules[0], Transformer) and isinstance(modules[1], Pooling)):
@@ -120,9 +136,9 @@ def mean_pooling_model(model) -> bool:  # noqa: ANN001 - a SentenceTransformer
     return mean_only and (len(modules) == 2 or isinstance(modules[2], Normalize))
 
 
-def encode_pipelined(  # noqa: ANN001 - model is a SentenceTransformer
-    model, texts: list[str], batch_size: int, device: str, *, workers: int | None = None, ahead: int = 2,
-    batcher: WordPieceBatcher | None = None,
+def encode_pipelined(
+    model: SentenceTransformer, texts: list[str], batch_size: int, device: str, *, workers: int | None = None,
+    ahead: int = 2, batcher: WordPieceBatcher | None = None,
 ) -> np.ndarray:
     """GPU encoding with tokenization spread over CPU threads and overlapped with the forward passes.
 
@@ -149,7 +165,7 @@ def encode_pipelined(  # noqa: ANN001 - model is a SentenceTransformer
 
     import torch
 
-    transformer = model[0]
+    transformer: Any = model[0]  # a Transformer module: torch types its attributes as Tensor | Module
     encoder = transformer.auto_model
     tokenizer = transformer.tokenizer
     fast = copy.deepcopy(tokenizer.backend_tokenizer)

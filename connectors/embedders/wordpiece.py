@@ -27,8 +27,13 @@ import copy
 import json
 import threading
 import unicodedata
+from typing import TYPE_CHECKING, TypeGuard
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
 
 WORD, SPACE, ALONE, DROP, OTHER = range(5)  # a character: in a word, a separator, a word alone, removed, unvouched
 _BMP, _UNICODE = 0x10000, 0x110000  # code points from _UNICODE on stand for added tokens (and one for DROP)
@@ -48,7 +53,7 @@ class WordPieceBatcher:
     ([[101, 1037, 12779, 7861, 22798, 1012, 102], [101, 102, 0, 0, 0, 0, 0]], [7, 2])
     """
 
-    def __init__(self, tokenizer, max_length: int, *, max_cached: int = 1 << 22) -> None:  # noqa: ANN001
+    def __init__(self, tokenizer: PreTrainedTokenizerFast, max_length: int, *, max_cached: int = 1 << 22) -> None:
         if not self.supports(tokenizer):
             raise ValueError("WordPieceBatcher needs a BertNormalizer -> BertPreTokenizer -> WordPiece tokenizer")
         rust = copy.deepcopy(tokenizer.backend_tokenizer)
@@ -85,7 +90,7 @@ class WordPieceBatcher:
             self._remember(int(key), int(check), np.array([token_id], dtype=np.int32), merge=False)
 
     @staticmethod
-    def supports(tokenizer) -> bool:  # noqa: ANN001 - a Hugging Face tokenizer
+    def supports(tokenizer: object) -> TypeGuard[PreTrainedTokenizerFast]:
         """True for a fast tokenizer made of ``BertNormalizer``, ``BertPreTokenizer`` and ``WordPiece`` whose added
         tokens match the raw text as they are (not normalized, not stripping, not whole words only)."""
         backend = getattr(tokenizer, "backend_tokenizer", None)
@@ -245,7 +250,7 @@ class WordPieceBatcher:
             )
 
 
-def character_tables(rust, added: int) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001 - a tokenizers.Tokenizer
+def character_tables(rust: Tokenizer, added: int) -> tuple[np.ndarray, np.ndarray]:
     """Each character's kind and normalized code point, as the Rust normalizer and pre-tokenizer treat it, then
     the stand-ins for ``added`` tokens (words alone) and one removed stand-in."""
     normalize, split = rust.normalizer.normalize_str, rust.pre_tokenizer.pre_tokenize_str

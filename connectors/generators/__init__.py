@@ -12,13 +12,14 @@ import inspect
 from typing import TYPE_CHECKING, Any, Literal, cast, get_args
 
 from ragkit.errors import ConfigError
+from ragkit.registry import generators
 
 if TYPE_CHECKING:
     from ragkit.config import GeneratorSettings
     from ragkit.protocols import Generator
 
-GeneratorName = Literal["extractive", "local", "openai", "vllm"]
-GENERATOR_NAMES: tuple[str, ...] = get_args(GeneratorName)
+GeneratorName = Literal["extractive", "local", "openai", "vllm"]  # the built-in ones
+GENERATOR_NAMES: tuple[str, ...] = get_args(GeneratorName)  # with plugins': ragkit.registry.generators.names()
 
 __all__ = [
     "GENERATOR_NAMES",
@@ -35,27 +36,12 @@ __all__ = [
 
 
 def _generator_class(name: str) -> type:
-    if name == "extractive":
-        from ragkit.connectors.generators.extractive import ExtractiveGenerator
-
-        return ExtractiveGenerator
-    if name == "local":
-        from ragkit.connectors.generators.local import LocalGenerator
-
-        return LocalGenerator
-    if name == "openai":
-        from ragkit.connectors.generators.openai import OpenAIGenerator
-
-        return OpenAIGenerator
-    if name == "vllm":
-        from ragkit.connectors.generators.vllm import VLLMGenerator
-
-        return VLLMGenerator
-    raise ConfigError(f"unknown generator {name!r} (valid generators: {', '.join(GENERATOR_NAMES)})")
+    """The class registered as ``name`` in ``ragkit.registry.generators`` (built-ins and plugins alike)."""
+    return cast(type, generators.get(name))
 
 
-def make_generator(name: GeneratorName, **options: Any) -> Generator:
-    """A generator by name; ``options`` are its constructor's keyword arguments.
+def make_generator(name: GeneratorName | str, **options: Any) -> Generator:
+    """A generator by its name in ``ragkit.registry.generators``; ``options`` are its constructor's keyword arguments.
 
     >>> make_generator("openai", base_url="http://127.0.0.1:8000/v1", timeout=30)
     """
@@ -71,7 +57,7 @@ def make_generator(name: GeneratorName, **options: Any) -> Generator:
     return cls(**options)
 
 
-def resolve_name(settings: GeneratorSettings) -> GeneratorName:
+def resolve_name(settings: GeneratorSettings) -> GeneratorName | str:
     """The generator ``auto`` stands for: ``openai`` when a server is configured (``base_url``), ``local`` when
     a CUDA GPU is present, else ``extractive``.
 
@@ -79,7 +65,7 @@ def resolve_name(settings: GeneratorSettings) -> GeneratorName:
     extractive answer takes milliseconds and every sentence is a cited source sentence. Other names pass through.
     """
     if settings.name != "auto":
-        return cast(GeneratorName, settings.name)
+        return settings.name
     if settings.base_url:
         return "openai"
     try:
@@ -96,7 +82,9 @@ def from_settings(settings: GeneratorSettings, *, degrade: bool = True) -> Gener
     """The generator that a ``[generator]`` section of ragkit.toml describes.
 
     Model-backed generators are wrapped in :class:`FallbackGenerator` (unless ``degrade=False``), so a failure
-    or a run past ``timeout_s`` yields the extractive answer marked degraded.
+    or a run past ``timeout_s`` yields the extractive answer marked degraded. A plugin's generator class is
+    built by its ``from_settings(settings)`` classmethod when it has one, else given the settings its
+    constructor names (``model``, ``max_new_tokens``, ``context_tokens``, ``base_url``, ``api_key``, ``timeout``).
     """
     name = resolve_name(settings)
     if name == "extractive":
@@ -105,6 +93,8 @@ def from_settings(settings: GeneratorSettings, *, degrade: bool = True) -> Gener
         "max_new_tokens": settings.max_new_tokens,
         "context_tokens": settings.context_tokens,
     }
+    if name not in GENERATOR_NAMES:
+        return _plugin_generator(name, settings, options, degrade=degrade)
     if name == "local":
         options["model"] = settings.model
     elif name == "openai":
@@ -121,6 +111,25 @@ def from_settings(settings: GeneratorSettings, *, degrade: bool = True) -> Gener
             )
         options["model"] = settings.model
     generator = make_generator(name, **options)
+    if not degrade:
+        return generator
+    from ragkit.connectors.generators.fallback import FallbackGenerator
+
+    return FallbackGenerator(generator, timeout_s=settings.timeout_s)
+
+
+def _plugin_generator(name: str, settings: GeneratorSettings, options: dict[str, Any], *, degrade: bool) -> Generator:
+    cls = _generator_class(name)
+    build = getattr(cls, "from_settings", None)
+    if callable(build):
+        generator: Generator = build(settings)
+    else:
+        options.update(
+            model=settings.model, base_url=settings.base_url, api_key=settings.api_key, timeout=settings.timeout_s
+        )
+        parameters = inspect.signature(cls).parameters
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+        generator = make_generator(name, **{k: v for k, v in options.items() if takes_any or k in parameters})
     if not degrade:
         return generator
     from ragkit.connectors.generators.fallback import FallbackGenerator

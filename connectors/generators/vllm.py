@@ -6,6 +6,7 @@ For a vLLM *server*, use the ``openai`` generator with ``base_url`` pointing at 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from types import ModuleType
 from typing import Any
 
 from ragkit.connectors.generators.prompt import SYSTEM_PROMPT, Messages, build_messages, parse_citations
@@ -13,7 +14,7 @@ from ragkit.errors import missing_extra
 from ragkit.types import Answer, Hit
 
 
-def import_vllm() -> Any:
+def import_vllm() -> ModuleType:
     """The ``vllm`` module, or the ImportError that names ``pip install 'ragkit[vllm]'``."""
     try:
         import vllm

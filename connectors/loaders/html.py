@@ -41,6 +41,9 @@ def _parse(markup: str) -> Any:
     return tree
 
 
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
 def _title(tree: Any) -> str:
     title = tree.findtext(".//title") or ""
     return " ".join(title.split())
@@ -52,7 +55,8 @@ def _body_text(tree: Any) -> str:
         element.drop_tree()
     for element in tree.iter():
         if isinstance(element.tag, str) and element.tag.lower() in _BLOCK_TAGS:
-            element.tail = "\n" + (element.tail or "")
+            # lxml refuses to set a string with characters XML cannot hold, which its HTML parser kept
+            element.tail = "\n" + _NOT_XML.sub(" ", element.tail or "")
     lines = (" ".join(line.split()) for line in tree.text_content().splitlines())
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
 

@@ -5,15 +5,18 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ragkit.connectors.loaders.common import Unreadable, file_doc_id, file_source, read_bytes
 from ragkit.types import Document, LoadError
 
+if TYPE_CHECKING:
+    from pypdf import PdfReader
+
 PAGE_SEPARATOR = "\n\n"
 
 
-def _open(path: Path, max_file_bytes: int | None) -> Any:
+def _open(path: Path, max_file_bytes: int | None) -> PdfReader:
     from pypdf import PdfReader
     from pypdf.errors import DependencyError
 
@@ -43,7 +46,7 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
-def _title(reader: Any) -> str:
+def _title(reader: PdfReader) -> str:
     try:
         title = reader.metadata.title if reader.metadata else None
     except Exception:  # noqa: BLE001 - damaged metadata only costs the title

@@ -18,27 +18,44 @@ from pathlib import Path
 from ragkit.connectors.loaders.common import file_source, os_reason, path_source
 from ragkit.connectors.loaders.html import load_html
 from ragkit.connectors.loaders.pdf import load_pdf
-from ragkit.connectors.loaders.rows import DEFAULT_FIELDS, RowFields, load_csv, load_jsonl
+from ragkit.connectors.loaders.rows import DEFAULT_FIELDS, RowFields
 from ragkit.connectors.loaders.text import load_text
+from ragkit.registry import loaders
 from ragkit.types import Document, LoadError
 
 Loaded = Iterator[Document | LoadError]
+Loader = Callable[[Path, RowFields, int | None], Loaded]
 
-_LOADERS: dict[str, Callable[[Path, RowFields, int | None], Loaded]] = {
-    ".txt": lambda path, fields, limit: load_text(path, limit),
-    ".md": lambda path, fields, limit: load_text(path, limit),
-    ".markdown": lambda path, fields, limit: load_text(path, limit),
-    ".html": lambda path, fields, limit: load_html(path, limit),
-    ".htm": lambda path, fields, limit: load_html(path, limit),
-    ".pdf": lambda path, fields, limit: load_pdf(path, limit),
-    ".jsonl": load_jsonl,
-    ".csv": load_csv,
-}
-SUPPORTED_SUFFIXES: frozenset[str] = frozenset(_LOADERS)
+
+# The built-in loaders, registered by suffix in ragkit.registry.loaders (.jsonl and .csv: rows.load_jsonl/load_csv).
+def text_file(path: Path, fields: RowFields, max_file_bytes: int | None) -> Loaded:
+    """``.txt``, ``.md`` and ``.markdown`` files."""
+    return load_text(path, max_file_bytes)
+
+
+def html_file(path: Path, fields: RowFields, max_file_bytes: int | None) -> Loaded:
+    """``.html`` and ``.htm`` files."""
+    return load_html(path, max_file_bytes)
+
+
+def pdf_file(path: Path, fields: RowFields, max_file_bytes: int | None) -> Loaded:
+    """``.pdf`` files."""
+    return load_pdf(path, max_file_bytes)
+
+
+def supported_suffixes() -> frozenset[str]:
+    """The lower-case suffixes (``.txt``) that a registered loader reads: ragkit's and plugins'."""
+    return frozenset(loaders.names())
+
+
+def __getattr__(name: str) -> frozenset[str]:
+    if name == "SUPPORTED_SUFFIXES":  # read from the registry each time: a plugin may add suffixes
+        return supported_suffixes()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _unsupported(suffix: str) -> str:
-    supported = ", ".join(sorted(SUPPORTED_SUFFIXES))
+    supported = ", ".join(sorted(supported_suffixes()))
     kind = f"'{suffix}'" if suffix else "(no suffix)"
     return f"unsupported file type {kind} (supported: {supported})"
 
@@ -50,7 +67,7 @@ def load_file(path: Path, fields: RowFields = DEFAULT_FIELDS, *, max_file_bytes:
     """
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix not in _LOADERS:
+    if suffix not in loaders:
         yield LoadError(file_source(path), _unsupported(path.suffix))
         return
     try:
@@ -61,7 +78,8 @@ def load_file(path: Path, fields: RowFields = DEFAULT_FIELDS, *, max_file_bytes:
         yield LoadError(file_source(path), os_reason(exc))
         return
     try:
-        yield from _LOADERS[suffix](path, fields, max_file_bytes)
+        loader: Loader = loaders.get(suffix)
+        yield from loader(path, fields, max_file_bytes)
     except Exception as exc:  # noqa: BLE001 - a file no loader anticipated must not stop the run
         yield LoadError(file_source(path), f"could not read it ({type(exc).__name__}: {exc})")
 
@@ -253,7 +271,7 @@ class _Walk:
                     stack.append((child, below, 0))
                     ancestors.add(child)
                 continue
-            if Path(entry.name).suffix.lower() not in SUPPORTED_SUFFIXES:
+            if Path(entry.name).suffix.lower() not in loaders:
                 continue
             if self.include and not _matches(relative, self.include):
                 continue

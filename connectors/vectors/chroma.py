@@ -14,12 +14,17 @@ import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ragkit.errors import ConfigError, DimensionMismatchError, IndexFormatError, RagkitError, missing_extra
 from ragkit.fusion import empty_result, merge_topk
+
+if TYPE_CHECKING:
+    from chromadb.api import ClientAPI
+    from chromadb.api.collection_configuration import CreateCollectionConfiguration
+    from chromadb.api.models.Collection import Collection
 
 _LAYOUT_KEYS = ("ragkit_dim", "ragkit_shards")
 _PAGE = 10_000
@@ -109,14 +114,14 @@ class ChromaIndex:
         if path is not None:
             self.location = str(Path(path))
             Path(path).mkdir(parents=True, exist_ok=True)
-            self._client: Any = chromadb.PersistentClient(path=self.location, settings=settings)
+            self._client: ClientAPI | None = chromadb.PersistentClient(path=self.location, settings=settings)
         else:
             self.location = f"{host}:{port or 8000}"
             self._client = chromadb.HttpClient(host=str(host), port=int(port or 8000), settings=settings)
         self._lock = threading.RLock()
         self._pool = ThreadPoolExecutor(max_workers=min(shards, 4)) if shards > 1 else None
         try:
-            configuration = {
+            configuration: CreateCollectionConfiguration = {
                 "hnsw": {
                     "space": "ip",
                     "ef_search": ef_search,
@@ -125,7 +130,7 @@ class ChromaIndex:
                 }
             }
             layout = {"ragkit_dim": dim, "ragkit_shards": shards}
-            self._collections: list[Any] = []
+            self._collections: list[Collection] = []
             for number in range(shards):
                 name = self._shard_name(number)
                 try:
@@ -166,7 +171,7 @@ class ChromaIndex:
         return vectors
 
     @property
-    def collections(self) -> list[Any]:
+    def collections(self) -> list[Collection]:
         """The Chroma collections, one per shard."""
         if self._client is None:
             raise RagkitError(f"ChromaIndex({self.location!r}, collection={self.collection!r}) is closed")
@@ -216,11 +221,14 @@ class ChromaIndex:
                     collection.delete(ids=[str(vid) for vid in chosen[start : start + _PAGE].tolist()])
 
     def _search_one(
-        self, collection: Any, queries: np.ndarray, k: int, where: dict[str, Any] | None
+        self, collection: Collection, queries: np.ndarray, k: int, where: dict[str, Any] | None
     ) -> tuple[np.ndarray, np.ndarray]:
         scores, ids = empty_result(len(queries), k)
         result = collection.query(query_embeddings=queries, n_results=k, where=where, include=["distances"])
-        for row, (found, distances) in enumerate(zip(result["ids"], result["distances"], strict=True)):
+        distances_per_query = result["distances"]
+        if distances_per_query is None:  # include=["distances"] asks for them
+            raise RagkitError(f"Chroma collection {collection.name!r} returned no distances")
+        for row, (found, distances) in enumerate(zip(result["ids"], distances_per_query, strict=True)):
             ids[row, : len(found)] = [int(vid) for vid in found]
             scores[row, : len(found)] = 1.0 - np.asarray(
                 distances, dtype=np.float32

@@ -25,9 +25,12 @@ import numpy as np
 from ragkit.errors import DimensionMismatchError, IndexFormatError, sqlite_damage
 from ragkit.fusion import empty_result, merge_topk
 from ragkit.linalg import inner_products
+from ragkit.sqlitedb import connect
 
 FaissKind = Literal["flat", "hnsw", "ivfpq"]
 FAISS_KINDS: tuple[str, ...] = ("flat", "hnsw", "ivfpq")
+_faiss: Any = faiss  # for the classes faiss's stubs do not declare (SearchParametersHNSW)
+_META_TABLE = "CREATE TABLE IF NOT EXISTS meta (id INTEGER PRIMARY KEY, shard INTEGER, meta TEXT)"
 FLAT_BLAS_BELOW = 20  # FAISS itself multiplies through BLAS from 20 queries on (distance_compute_blas_threshold)
 
 
@@ -45,7 +48,10 @@ class _Shard:
         # IVF-PQ answers from compressed codes; its candidates are re-scored exactly against fp16 copies of the
         # vectors (half the memory of float32), which lifts recall@10 from ~0.7 to ~0.99.
         self.refine_path = path.with_suffix(".refine.faiss")
-        self.refine: faiss.Index | None = None
+        # faiss's SWIG classes are typed as the base Index: the subclasses' attributes (invlists, id_map, nlist)
+        # are only known at run time
+        self.index: Any
+        self.refine: Any = None
         if kind == "ivfpq":
             self.refine = (
                 self._read(self.refine_path)
@@ -62,13 +68,13 @@ class _Shard:
             self.index = self._new_index(trained=False)
 
     @staticmethod
-    def _read(path: Path) -> faiss.Index:
+    def _read(path: Path) -> Any:
         try:
             return faiss.read_index(str(path))
         except RuntimeError as exc:
             raise IndexFormatError(f"{path}: unreadable FAISS shard ({str(exc).splitlines()[0]})") from None
 
-    def _new_index(self, trained: bool) -> faiss.Index:
+    def _new_index(self, trained: bool) -> Any:
         if self.kind == "hnsw":
             hnsw = faiss.IndexHNSWFlat(self.dim, self.options["hnsw_m"], faiss.METRIC_INNER_PRODUCT)
             hnsw.hnsw.efConstruction = self.options["ef_construction"]
@@ -79,7 +85,7 @@ class _Shard:
             )
             # Polysemous training reorders PQ codes for Hamming pre-filtering, which ragkit never uses; it is
             # most of the training time (tens of seconds instead of under one).
-            faiss.downcast_index(index).do_polysemous_training = False
+            _faiss.downcast_index(index).do_polysemous_training = False
             return index
         return faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
 
@@ -154,10 +160,10 @@ class _Shard:
         kwargs: dict[str, Any] = {"sel": faiss.IDSelectorBatch(allowed)} if allowed is not None else {}
         if self.kind == "hnsw":
             ef = int(min(total, max(self.options["ef_search"], k) * widen))
-            params = faiss.SearchParametersHNSW(efSearch=max(ef, k), **kwargs)
+            params = _faiss.SearchParametersHNSW(efSearch=max(ef, k), **kwargs)
         elif self.is_ivf:
             nprobe = int(min(self.index.nlist, np.ceil(self.options["nprobe"] * widen)))
-            params = faiss.SearchParametersIVF(nprobe=nprobe, **kwargs)
+            params = _faiss.SearchParametersIVF(nprobe=nprobe, **kwargs)
         else:
             params = faiss.SearchParameters(**kwargs) if kwargs else None
         if self.is_ivf and self.refine is not None:
@@ -181,7 +187,7 @@ class _Shard:
         is held), in the embedder's thread pool when that is PyTorch (``ragkit.linalg``). For fewer than
         ``FLAT_BLAS_BELOW`` queries FAISS scans vector by vector: 17 ms against 3.5 ms for one query over 100k
         384-d vectors on 2 cores."""
-        inner = faiss.downcast_index(self.index.index)
+        inner = _faiss.downcast_index(self.index.index)
         total = inner.ntotal
         vectors = faiss.rev_swig_ptr(inner.get_xb(), total * self.dim).reshape(total, self.dim)
         ids = faiss.rev_swig_ptr(self.index.id_map.data(), total)
@@ -248,13 +254,16 @@ class FaissShardedIndex:
         train_size: int | None = None,
         refine_factor: int = 4,
         exact_filter_limit: int = 20_000,
+        read_only: bool = False,
     ) -> None:
         if kind not in FAISS_KINDS:
             raise ValueError(f"unknown FAISS kind {kind!r} (valid: {', '.join(FAISS_KINDS)})")
         if shards < 1:
             raise ValueError(f"shards must be at least 1 (got {shards})")
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.read_only = read_only
+        if not read_only:
+            self.directory.mkdir(parents=True, exist_ok=True)
         self._check_layout(dim, shards, kind)
         self.dim, self.kind, self.num_shards = dim, kind, shards
         options = {
@@ -274,11 +283,16 @@ class FaissShardedIndex:
         self._lock = threading.RLock()
         self._meta_path = self.directory / "meta.sqlite"
         with self._damaged_meta():
-            self._meta = sqlite3.connect(self._meta_path, check_same_thread=False, isolation_level=None)
-            self._meta.execute("PRAGMA journal_mode=WAL")
-            self._meta.execute(
-                "CREATE TABLE IF NOT EXISTS meta (id INTEGER PRIMARY KEY, shard INTEGER, meta TEXT)"
-            )
+            if read_only and self._meta_path.exists():
+                self._meta = connect(self._meta_path, read_only=True)
+            else:
+                self._meta = (
+                    sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+                    if read_only
+                    else connect(self._meta_path, read_only=False)
+                )
+                self._meta.execute(_META_TABLE)
+        self._meta_on_disk = not read_only or self._meta_path.exists()
         self._pool = ThreadPoolExecutor(max_workers=min(shards, os.cpu_count() or 1)) if shards > 1 else None
 
     def _check_layout(self, dim: int, shards: int, kind: str) -> None:
@@ -297,7 +311,7 @@ class FaissShardedIndex:
                 )
             if stored != layout:
                 raise IndexFormatError(f"{layout_path}: built as {stored}, opened as {layout}")
-        else:
+        elif not self.read_only:
             layout_path.write_text(json.dumps(layout))
 
     def _damaged_meta(self) -> AbstractContextManager[None]:
@@ -327,6 +341,15 @@ class FaissShardedIndex:
             )
         return vectors
 
+    def _detach(self) -> None:
+        """Before a read-only store changes in memory: move its sidecar into memory, leaving the file as it is."""
+        if self.read_only and self._meta_on_disk:
+            memory = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+            with self._damaged_meta():
+                self._meta.backup(memory)
+            self._meta.close()
+            self._meta, self._meta_on_disk = memory, False
+
     def add(self, ids: np.ndarray, vectors: np.ndarray, meta: Sequence[Mapping[str, Any]]) -> None:
         ids = np.asarray(ids, dtype=np.int64)
         vectors = self._check_dim(vectors, "vectors")
@@ -341,6 +364,7 @@ class FaissShardedIndex:
             keep = np.sort(len(ids) - 1 - last)
             ids, vectors, meta = ids[keep], vectors[keep], [meta[i] for i in keep.tolist()]
         with self._lock:
+            self._detach()
             self.delete(ids)
             targets = np.array(
                 [shard_of(str(m.get("doc_id", i)), self.num_shards) for i, m in zip(ids.tolist(), meta, strict=False)]
@@ -368,6 +392,7 @@ class FaissShardedIndex:
         if not len(ids):
             return
         with self._lock, self._damaged_meta():
+            self._detach()
             located: dict[int, list[int]] = {}
             for start in range(0, len(ids), 900):
                 batch = ids[start : start + 900].tolist()
@@ -428,6 +453,8 @@ class FaissShardedIndex:
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
     def save(self) -> None:
+        if self.read_only:
+            raise IndexFormatError(f"{self.directory}: opened read-only; only a writer saves the vectors")
         with self._lock:
             for shard in self._shards:
                 shard.save()

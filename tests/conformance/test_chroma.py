@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ragkit.conformance import IndexFactory
 from ragkit.errors import ConfigError, DimensionMismatchError, IndexFormatError
 from ragkit.protocols import VectorIndex
-
-from .vector_index_suite import IndexFactory, VectorIndexSuite
+from ragkit.testing import VectorIndexConformance
 
 pytest.importorskip("chromadb", reason="the Chroma backend needs the 'chroma' extra")
 
@@ -93,7 +93,7 @@ def make_index(chroma_setup: str, request: pytest.FixtureRequest) -> IndexFactor
     return local
 
 
-class TestChromaConformance(VectorIndexSuite):
+class TestChromaConformance(VectorIndexConformance):
     pass
 
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from ragkit.conformance import IndexFactory
 from ragkit.connectors.vectors.faiss import FaissShardedIndex
 from ragkit.protocols import VectorIndex
-
-from .vector_index_suite import IndexFactory, VectorIndexSuite
+from ragkit.testing import VectorIndexConformance
 
 # IVF-PQ trains once a shard holds ``train_size`` vectors: keep it below a shard's share of the 2,000-vector
 # corpus, so the quantized index (not the flat buffer it starts from) is what gets tested; otherwise defaults.
@@ -41,7 +41,7 @@ def make_index(faiss_layout: tuple[str, int]) -> IndexFactory:
     return make
 
 
-class TestFaissConformance(VectorIndexSuite):
+class TestFaissConformance(VectorIndexConformance):
     pass
 
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ragkit.conformance import IndexFactory
 from ragkit.errors import DimensionMismatchError, RagkitError
 from ragkit.protocols import VectorIndex
-
-from .vector_index_suite import IndexFactory, VectorIndexSuite
+from ragkit.testing import VectorIndexConformance
 
 pytest.importorskip("pymilvus", reason="the Milvus backend needs the 'milvus' extra")
 pytest.importorskip("milvus_lite", reason="the Milvus backend needs the 'milvus' extra")
@@ -39,7 +39,7 @@ def make_index(milvus_index_type: str) -> IndexFactory:
     return make
 
 
-class TestMilvusConformance(VectorIndexSuite):
+class TestMilvusConformance(VectorIndexConformance):
     pass
 
 

@@ -1,13 +1,31 @@
-"""The behaviour every ``ragkit.protocols.VectorIndex`` backend must show, as one reusable test class.
+"""The behaviour every ``ragkit.protocols.VectorIndex`` backend must show, as one reusable pytest test class.
 
-A backend's test module defines a test class that subclasses ``VectorIndexSuite`` and provides one
-module-scoped fixture, ``make_index``: a callable ``(directory: Path, dim: int) -> VectorIndex`` that opens
-(or reopens) the backend's index stored under ``directory``. Approximate backends also provide a module-scoped
-``exact_search`` fixture returning ``False``; their results are then held to recall@10 >= 0.95 against exact
-search instead of equality. The module-level fixtures below (``conformance_corpus``, ``shared_index``,
-``exact_search``) are registered by ``tests/conformance/conftest.py``; a suite user elsewhere imports them
-into its own conftest. Read-only tests share one filled index per backend configuration (``shared_index``),
-so ``make_index`` and any parametrized fixture it uses must be module-scoped.
+It ships inside ragkit (it needs pytest, which only ragkit's ``dev`` extra installs) so that a third-party
+backend passes the same suite as FAISS, Milvus and Chroma. In the backend's test module::
+
+    import pytest
+
+    from ragkit.conformance import conformance_corpus, exact_search, shared_index  # noqa: F401 - fixtures
+    from ragkit.testing import VectorIndexConformance
+
+    from my_backend import MyIndex
+
+
+    @pytest.fixture(scope="module")
+    def make_index():
+        return lambda directory, dim: MyIndex(directory, dim)  # opens (or reopens) the index in ``directory``
+
+
+    class TestMyIndex(VectorIndexConformance):
+        pass
+
+``make_index`` is a module-scoped fixture returning a callable ``(directory: Path, dim: int) -> VectorIndex``
+that opens (or reopens) the backend's index stored under ``directory``. Approximate backends also override the
+module-scoped ``exact_search`` fixture to return ``False``; their results are then held to recall@10 >= 0.95
+against exact search instead of equality. The module-level fixtures (``conformance_corpus``, ``shared_index``,
+``exact_search``) must be visible to the test class: import them into the test module or its ``conftest.py``.
+Read-only tests share one filled index per backend configuration (``shared_index``), so ``make_index`` and any
+parametrized fixture it uses must be module-scoped.
 
 Every check compares the index with ``ReferenceIndex``, a brute-force model of the contract kept alongside it
 (float64 inner products over a dict of id -> vector and metadata), on clustered synthetic data from a seeded
@@ -207,8 +225,8 @@ def shared_index(
     close_index(index)
 
 
-class VectorIndexSuite:
-    """Subclass in ``test_<backend>.py`` and provide the module-scoped ``make_index`` fixture (see above)."""
+class VectorIndexConformance:
+    """Subclass in ``test_<backend>.py`` and provide the module-scoped ``make_index`` fixture (see the module)."""
 
     @pytest.fixture
     def open_index(self, make_index: IndexFactory, tmp_path: Path) -> Iterator[Callable[..., VectorIndex]]:
@@ -476,3 +494,21 @@ class VectorIndexSuite:
         for (want_scores, want_ids), (got_scores, got_ids) in zip(serial, parallel, strict=True):
             np.testing.assert_array_equal(got_ids, want_ids)
             np.testing.assert_allclose(got_scores, want_scores, atol=SCORE_ATOL)
+
+
+VectorIndexSuite = VectorIndexConformance  # its name while it lived in tests/conformance/vector_index_suite.py
+
+__all__ = [
+    "Corpus",
+    "DIM",
+    "IndexFactory",
+    "ReferenceIndex",
+    "VectorIndexConformance",
+    "VectorIndexSuite",
+    "check_search",
+    "close_index",
+    "conformance_corpus",
+    "exact_search",
+    "make_corpus",
+    "shared_index",
+]

@@ -1,0 +1,201 @@
+"""The retrieval modes, as objects: each takes a batch of queries and returns ranked chunk ids.
+
+Every mode implements ``ragkit.protocols.Retriever`` and registers by name in ``ragkit.registry.retrieval_modes``
+exactly as a third-party mode would (an entry point in the ``ragkit.retrieval_modes`` group naming a class
+that is built with the open index's ``IndexStore``)::
+
+    class TitleRetriever:
+        name = "title"
+
+        def __init__(self, store: IndexStore) -> None:
+            self.store = store
+
+        def search(self, queries, k, where=None):
+            return [[(chunk_id, score, None), ...] for query in queries]
+
+A class may say ``needs_graph = True`` when it searches the knowledge graph (``ragkit eval`` then builds one).
+
+``dense`` searches the query embeddings in the vector backend, ``bm25`` the keyword index, ``hybrid`` fuses
+both with reciprocal rank fusion; ``graph`` (Personalized PageRank), ``multihop`` (best path) and
+``graph_hybrid`` (their fusion with dense search) walk the knowledge graph from the question's entities and
+its dense hits.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ragkit.errors import ConfigError
+from ragkit.fusion import reciprocal_rank_fusion
+from ragkit.protocols import Scored
+
+if TYPE_CHECKING:
+    from ragkit.graph import retrieve
+    from ragkit.store import IndexStore
+
+Where = Mapping[str, Any] | None
+FILTER_DEPTH = 4  # graph modes with a ``where`` filter look this many times deeper before dropping other chunks
+
+
+class DenseRetriever:
+    """Exact (or the backend's approximate) inner-product search of the query embeddings."""
+
+    name = "dense"
+    needs_graph = False
+
+    def __init__(self, store: IndexStore) -> None:
+        self.store = store
+
+    def search(self, queries: Sequence[str], k: int, where: Where = None) -> list[list[Scored]]:
+        return self.search_vectors(self.store.embed_queries(queries), k, where)
+
+    def search_vectors(self, vectors: np.ndarray, k: int, where: Where = None) -> list[list[Scored]]:
+        scores, ids = self.store.vectors().search(np.asarray(vectors, dtype=np.float32), k, where)
+        found = self.store.catalog.chunk_ids_of_vectors(ids[ids >= 0].tolist())
+        return [
+            [(found[v], float(s), None) for s, v in zip(row_scores, row_ids, strict=False) if v >= 0 and v in found]
+            for row_scores, row_ids in zip(scores, ids, strict=False)
+        ]
+
+
+class BM25Retriever:
+    """BM25 over the chunks' text (title included), Lucene's scoring, English stemming and stopwords."""
+
+    name = "bm25"
+    needs_graph = False
+
+    def __init__(self, store: IndexStore) -> None:
+        self.store = store
+
+    def search(self, queries: Sequence[str], k: int, where: Where = None) -> list[list[Scored]]:
+        bm25 = self.store.bm25()
+        mask = None
+        if where:
+            allowed = self.store.catalog.chunk_ids_where(where)
+            mask = np.fromiter((cid in allowed for cid in bm25.chunk_ids), dtype=np.float32, count=len(bm25))
+        return [[(cid, score, None) for cid, score in row] for row in bm25.search(queries, k, mask)]
+
+
+class HybridRetriever:
+    """Reciprocal rank fusion of the dense and BM25 rankings, each taken ``retrieval.candidates`` deep."""
+
+    name = "hybrid"
+    needs_graph = False
+
+    def __init__(self, store: IndexStore) -> None:
+        self.store = store
+        self.dense = DenseRetriever(store)
+        self.keyword = BM25Retriever(store)
+
+    def search(self, queries: Sequence[str], k: int, where: Where = None) -> list[list[Scored]]:
+        settings = self.store.settings.retrieval
+        depth = max(k, settings.candidates)
+        dense = self.dense.search(queries, depth, where)
+        keyword = self.keyword.search(queries, depth, where)
+        return [
+            [
+                (str(cid), score, None)
+                for cid, score in reciprocal_rank_fusion(
+                    [[c for c, _, _ in d], [c for c, _, _ in b]], k, constant=settings.rrf_constant
+                )
+            ]
+            for d, b in zip(dense, keyword, strict=False)
+        ]
+
+
+# -- graph modes ------------------------------------------------------------------------------------------
+
+
+class GraphSearch:
+    """The graph engines of one open index (``ragkit.graph.retrieve``), sharing one compiled graph.
+
+    Dense candidates for every question of a batch come from one embedding batch. A ``where`` filter applies to
+    the dense seeds and to the results: the walk may pass through entities of other documents, but only chunks
+    that match the filter are returned.
+    """
+
+    def __init__(self, store: IndexStore) -> None:
+        from ragkit.graph.retrieve import GraphRetriever, HybridGraphRetriever, MultiHopRetriever
+
+        if not store.manifest.graph:
+            raise ConfigError(
+                f"{store.path}: this index was built without a knowledge graph (--no-graph); "
+                "graph, multihop and graph_hybrid modes need one: rebuild it without --no-graph"
+            )
+        self.store = store
+        graph = store.graph()
+        self.settings = graph.options
+        self.dense = DenseRetriever(store)
+        self._local = threading.local()  # the dense candidates of the batch this thread is answering
+        first = GraphRetriever(
+            graph.store, store.embedder, self._dense_lookup, self.settings,
+            embedder_name=store.manifest.embedder, matrices=graph,
+        )
+        self.engines: dict[str, retrieve.GraphRetriever | retrieve.MultiHopRetriever] = {"graph": first}
+        for mode, kind in (("multihop", MultiHopRetriever), ("graph_hybrid", HybridGraphRetriever)):
+            self.engines[mode] = kind(
+                graph.store, store.embedder, self._dense_lookup, self.settings,
+                embedder_name=store.manifest.embedder, shared=first,
+            )
+
+    def _dense_lookup(self, query: str, k: int) -> list[tuple[str, float]]:
+        return self._local.dense.get(query, [])[:k]
+
+    def search(self, mode: str, queries: Sequence[str], k: int, where: Where) -> list[list[Scored]]:
+        engine = self.engines[mode]
+        depth = max(self.settings.dense_candidates, k)
+        found_dense = self.dense.search(queries, depth, where)
+        dense = {q: [(cid, score) for cid, score, _ in row] for q, row in zip(queries, found_dense, strict=True)}
+        self._local.dense = dense
+        allowed = self.store.catalog.chunk_ids_where(where) if where else None
+        results: list[list[Scored]] = []
+        try:
+            for query in queries:
+                found = engine.retrieve_chunks(query, k * FILTER_DEPTH if allowed is not None else k)
+                if allowed is not None:
+                    found = [hit for hit in found if hit[0] in allowed]
+                    if len(found) < k:  # pad with the filtered dense hits the graph did not reach
+                        taken = {cid for cid, _, _ in found}
+                        floor = min((score for _, score, _ in found), default=0.0)
+                        pad = [cid for cid, _ in dense[query] if cid not in taken][: k - len(found)]
+                        found += [
+                            (cid, floor - 1e-6 * (i + 1), {"mode": mode, "dense_only": True})
+                            for i, cid in enumerate(pad)
+                        ]
+                results.append([(cid, score, explain) for cid, score, explain in found[:k]])
+        finally:
+            self._local.dense = {}
+        return results
+
+
+class _GraphMode:
+    name = "graph"
+    needs_graph = True  # ``ragkit eval`` builds its index with a knowledge graph for these modes
+
+    def __init__(self, store: IndexStore) -> None:
+        self.graph: GraphSearch = store.part("graph-search", lambda: GraphSearch(store))
+
+    def search(self, queries: Sequence[str], k: int, where: Where = None) -> list[list[Scored]]:
+        return self.graph.search(self.name, queries, k, where)
+
+
+class PageRankRetriever(_GraphMode):
+    """``graph``: Personalized PageRank from the question's entities and its dense hits."""
+
+    name = "graph"
+
+
+class MultiHopRetriever(_GraphMode):
+    """``multihop``: the best path from the question's entities, hop by hop through the chunks that link them."""
+
+    name = "multihop"
+
+
+class GraphHybridRetriever(_GraphMode):
+    """``graph_hybrid``: the multi-hop paths fused with dense search."""
+
+    name = "graph_hybrid"
