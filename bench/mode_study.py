@@ -16,6 +16,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 OUT = Path(__file__).resolve().parent / "out" / "modes.json"
@@ -47,9 +48,32 @@ def collect(data: Path, out: Path) -> None:
                     q: list(dict.fromkeys(h.chunk.doc_id for h in row)) for q, row in zip(ids, hits, strict=True)
                 }
                 print(f"{name}: {mode} done", file=sys.stderr)
-        result[name] = {"qrels": {q: dict(dataset.qrels[q]) for q in ids}, "rankings": rankings}
+            features = {q: query_features(index, text) for q, text in zip(ids, queries, strict=True)}
+        result[name] = {
+            "qrels": {q: dict(dataset.qrels[q]) for q in ids}, "rankings": rankings, "features": features,
+        }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result))
+
+
+def query_features(index: Any, query: str) -> dict[str, Any]:
+    """What the graph sees in a question: its linked entities (how, how well, how specific, named or not)."""
+    from ragkit.pipelines.retrievers import GraphSearch
+
+    search: GraphSearch = index.store.part("graph-search", lambda: GraphSearch(index.store))
+    engine = search.engines["multihop"]
+    search._local.dense = {query: []}
+    evidence = engine.evidence(query)
+    m = evidence.matrices
+    return {
+        "links": [
+            {
+                "score": float(link.score), "method": str(link.method), "named": bool(m.named[link.row]),
+                "specificity": float(m.specificity[link.row]), "chunks": int(m.entity_chunks[link.row]),
+            }
+            for link in evidence.links
+        ],
+    }
 
 
 def rrf(rankings: Sequence[Sequence[str]], weights: Sequence[float], constant: float = 60.0) -> list[str]:
@@ -60,18 +84,45 @@ def rrf(rankings: Sequence[Sequence[str]], weights: Sequence[float], constant: f
     return sorted(scores, key=lambda d: (-scores[d], d))
 
 
-Combination = Callable[[dict[str, list[str]]], list[str]]
+Combination = Callable[[dict[str, list[str]], dict[str, Any]], list[str]]
+
+
+def named_links(features: dict[str, Any], min_score: float = 0.9, min_specificity: float = 0.0) -> int:
+    return sum(
+        1 for link in features["links"]
+        if link["named"] and link["score"] >= min_score and link["specificity"] >= min_specificity
+    )
+
+
+def gated(graph_mode: str, fallback: str, **gate: float) -> Combination:
+    """``graph_mode``'s ranking when the question names an entity of the graph, else ``fallback``'s."""
+    return lambda r, f: r[graph_mode] if named_links(f, **gate) else r[fallback]
+
+
+def gated_rrf(graph_mode: str, weight: float, **gate: float) -> Combination:
+    """RRF of dense, BM25 and ``graph_mode``; the graph ranking weighs ``weight`` when the question names an
+    entity of the graph, else nothing."""
+    return lambda r, f: rrf(
+        [r["dense"], r["bm25"], r[graph_mode]], [1, 1, weight if named_links(f, **gate) else 0.0]
+    )
 
 COMBINATIONS: dict[str, Combination] = {
-    **{mode: (lambda r, m=mode: r[m]) for mode in MODES},
-    "rrf(hybrid, graph_hybrid)": lambda r: rrf([r["hybrid"], r["graph_hybrid"]], [1, 1]),
-    "rrf(dense, bm25, graph_hybrid)": lambda r: rrf([r["dense"], r["bm25"], r["graph_hybrid"]], [1, 1, 1]),
-    "rrf(dense, bm25, multihop)": lambda r: rrf([r["dense"], r["bm25"], r["multihop"]], [1, 1, 1]),
-    "rrf(dense, bm25, graph, multihop)": lambda r: rrf(
+    **{mode: (lambda r, f, m=mode: r[m]) for mode in MODES},
+    "rrf(hybrid, graph_hybrid)": lambda r, f: rrf([r["hybrid"], r["graph_hybrid"]], [1, 1]),
+    "rrf(dense, bm25, graph_hybrid)": lambda r, f: rrf([r["dense"], r["bm25"], r["graph_hybrid"]], [1, 1, 1]),
+    "rrf(dense, bm25, multihop)": lambda r, f: rrf([r["dense"], r["bm25"], r["multihop"]], [1, 1, 1]),
+    "rrf(dense, bm25, graph, multihop)": lambda r, f: rrf(
         [r["dense"], r["bm25"], r["graph"], r["multihop"]], [1, 1, 1, 1]
     ),
-    "rrf(bm25, graph_hybrid x2)": lambda r: rrf([r["bm25"], r["graph_hybrid"]], [1, 2]),
-    "rrf(bm25, graph, multihop)": lambda r: rrf([r["bm25"], r["graph"], r["multihop"]], [1, 1, 1]),
+    "rrf(bm25, graph_hybrid x2)": lambda r, f: rrf([r["bm25"], r["graph_hybrid"]], [1, 2]),
+    "rrf(bm25, graph, multihop)": lambda r, f: rrf([r["bm25"], r["graph"], r["multihop"]], [1, 1, 1]),
+    "named ? graph_hybrid : hybrid": gated("graph_hybrid", "hybrid"),
+    "named ? multihop : hybrid": gated("multihop", "hybrid"),
+    "named ? graph : hybrid": gated("graph", "hybrid"),
+    "named(spec>=.5) ? graph_hybrid : hybrid": gated("graph_hybrid", "hybrid", min_specificity=0.5),
+    "rrf(dense, bm25, named ? graph_hybrid x2)": gated_rrf("graph_hybrid", 2.0),
+    "rrf(dense, bm25, named ? graph_hybrid x4)": gated_rrf("graph_hybrid", 4.0),
+    "rrf(dense, bm25, named ? multihop x4)": gated_rrf("multihop", 4.0),
 }
 
 
@@ -88,7 +139,7 @@ def score(out: Path) -> None:
             qrels, rankings = set_data["qrels"], set_data["rankings"]
             figures = [0.0, 0.0, 0.0]
             for q, gold in qrels.items():
-                ranked = combine({mode: rankings[mode][q] for mode in rankings})
+                ranked = combine({mode: rankings[mode][q] for mode in rankings}, set_data["features"][q])
                 figures[0] += recall_at_k(ranked, gold, 2)
                 figures[1] += recall_at_k(ranked, gold, 5)
                 figures[2] += ndcg_at_k(ranked, gold, 10)

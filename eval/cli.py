@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from ragkit import registry
+from ragkit.connectors.rerankers import RERANK_SUFFIX
 from ragkit.types import sha1_hex
 
 if TYPE_CHECKING:
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from ragkit.eval.answers import Answerer
     from ragkit.eval.datasets import BeirDataset
     from ragkit.index import Index
+    from ragkit.types import Hit
 
 T = TypeVar("T")
 DEFAULT_ANSWER_K = 5
@@ -37,7 +39,15 @@ def add_eval_parser(
         'of {"query": ..., "gold": [doc ids]} lines evaluated against an existing --index.',
     )
     sub.add_argument("dataset", type=Path)
-    sub.add_argument("--modes", default="dense,bm25,hybrid", help="comma-separated retrieval modes")
+    sub.add_argument(
+        "--modes", default="dense,bm25,hybrid",
+        help="comma-separated retrieval modes; MODE+rerank is MODE re-scored by the retrieval.rerank cross-encoder",
+    )
+    sub.add_argument(
+        "--rerank", nargs="?", const=True, metavar="MODEL",
+        help="also evaluate each mode re-scored by a cross-encoder, reported as MODE+rerank: the configured "
+        "retrieval.rerank, or MODEL (a local directory or an installed package; nothing is downloaded)",
+    )
     sub.add_argument("--k", default="1,2,5,10,20", help="comma-separated cutoffs")
     sub.add_argument("--split", default="test")
     sub.add_argument("--index", type=Path, help="index to use or build (default: a cache keyed by the settings)")
@@ -132,6 +142,19 @@ def _answerer(index: Index, settings: Settings) -> Answerer:
     return lambda questions, hits: answer_many(index.store, list(questions), list(hits), generator)
 
 
+class LabelledModes:
+    """The index as ``run_eval`` sees it: ``MODE+rerank`` is MODE re-scored by the configured cross-encoder, any
+    other mode is never reranked (whatever ``retrieval.rerank`` says), so each label in the report means one thing.
+    """
+
+    def __init__(self, index: Index) -> None:
+        self.index = index
+
+    def retrieve_many(self, queries: list[str], k: int, mode: str) -> list[list[Hit]]:
+        base = mode.removesuffix(RERANK_SUFFIX)
+        return self.index.retrieve_many(queries, k, base, rerank=base != mode)
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from ragkit.config import load_settings
     from ragkit.eval.datasets import load_beir, load_gold_dataset
@@ -140,7 +163,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ragkit.index import Index
 
     modes = _csv(args.modes, "--modes", str)
-    unknown = [m for m in modes if m not in registry.retrieval_modes]
+    if args.rerank is not None:
+        modes = [label for mode in modes for label in (mode, mode.removesuffix(RERANK_SUFFIX) + RERANK_SUFFIX)]
+    modes = list(dict.fromkeys(modes))  # --rerank beside a MODE+rerank already asked for: once
+    unknown = [m for m in modes if m.removesuffix(RERANK_SUFFIX) not in registry.retrieval_modes]
     if unknown:
         valid = ", ".join(registry.retrieval_modes.names())
         raise argparse.ArgumentTypeError(f"--modes: unknown {unknown} (valid: {valid})")
@@ -154,13 +180,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if answer_k < 1 or (args.limit is not None and args.limit < 1):
         raise argparse.ArgumentTypeError("--answer-k and --limit must be at least 1")
     settings = load_settings(args.config)
-    needs_graph = any(getattr(registry.retrieval_modes.get(mode), "needs_graph", False) for mode in modes)
+    needs_graph = any(
+        getattr(registry.retrieval_modes.get(mode.removesuffix(RERANK_SUFFIX)), "needs_graph", False) for mode in modes
+    )
     settings = settings.merged(
         chunking={} if args.chunking else {"strategy": "none"},
         vectors={"backend": args.backend},
         graph={"enabled": needs_graph},
         generator={"name": args.generator, "model": args.model, "base_url": args.base_url},
+        retrieval={"rerank": args.rerank if isinstance(args.rerank, str) else None},
     )
+    if settings.retrieval.rerank is None and any(m.endswith(RERANK_SUFFIX) for m in modes):
+        raise argparse.ArgumentTypeError(
+            "--rerank: no cross-encoder is configured; give --rerank MODEL (a local directory or an installed "
+            "package) or set retrieval.rerank"
+        )
     if args.dataset.is_file():
         if args.index is None:
             raise argparse.ArgumentTypeError("a gold JSONL file is evaluated against an existing index: pass --index")
@@ -185,7 +219,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     with index:
         answerer = _answerer(index, settings) if args.answers else None
         result = run_eval(
-            dataset, index, modes, ks, batch_size=args.batch_size,
+            dataset, LabelledModes(index), modes, ks, batch_size=args.batch_size,
             overfetch=3 if args.chunking else 1, latency_queries=args.latency_queries,
             answerer=answerer, answer_k=answer_k, generator_name=_generator_label(settings),
         )

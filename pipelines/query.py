@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ragkit.errors import ConfigError
-from ragkit.protocols import Generator, Retriever, Scored
+from ragkit.protocols import Generator, Reranker, Retriever, Scored
 from ragkit.registry import retrieval_modes
 from ragkit.types import Answer, Hit
 
@@ -34,14 +34,47 @@ def retriever(store: IndexStore, mode: str) -> Retriever:
     return built
 
 
+def reranker(store: IndexStore, rerank: bool | None = None) -> Reranker | None:
+    """The open index's cross-encoder when reranking is on, built on first use and kept with the index; None
+    when off. ``rerank`` turns it on or off for one call; None: on when ``retrieval.rerank`` names a model."""
+    if rerank is not None and not isinstance(rerank, bool):
+        raise ConfigError(f"rerank must be True, False or None (got {rerank!r}); the model is retrieval.rerank")
+    model = store.settings.retrieval.rerank
+    if rerank is False or (rerank is None and model is None):
+        return None
+    if model is None:
+        raise ConfigError(
+            "rerank=True: no cross-encoder is configured; set retrieval.rerank to a local model directory or an "
+            "installed package that carries one ([retrieval] rerank = ... in ragkit.toml, or --rerank MODEL)"
+        )
+    from ragkit.connectors.rerankers import CrossEncoderReranker
+
+    device = store.settings.embedder.device
+    built: Reranker = store.part(f"reranker:{model}", lambda: CrossEncoderReranker(model, device=device))
+    return built
+
+
 def retrieve_many(
-    store: IndexStore, queries: Sequence[str], k: int, mode: str, where: Mapping[str, Any] | None
+    store: IndexStore,
+    queries: Sequence[str],
+    k: int,
+    mode: str,
+    where: Mapping[str, Any] | None,
+    rerank: bool | None = None,
 ) -> list[list[Hit]]:
-    """The top ``k`` hits of each query in ``mode``."""
+    """The top ``k`` hits of each query in ``mode``.
+
+    With reranking on (``rerank``, else whether ``retrieval.rerank`` is set) the mode retrieves
+    ``max(k, retrieval.rerank_candidates)`` hits and the cross-encoder keeps the best ``k`` of them.
+    """
     if k < 1:
         raise ConfigError(f"k must be at least 1 (got {k})")
-    found = retriever(store, mode).search(list(queries), k, where) if queries else []
-    return to_hits(store, found, mode)
+    cross_encoder = reranker(store, rerank)
+    if not queries:
+        return []
+    depth = k if cross_encoder is None else max(k, store.settings.retrieval.rerank_candidates)
+    hits = to_hits(store, retriever(store, mode).search(list(queries), depth, where), mode)
+    return hits if cross_encoder is None else cross_encoder.rerank_many(list(queries), hits, k)
 
 
 def search_by_vector(

@@ -84,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--model", help="generator model (local directory, or the server's model name)")
     ask.add_argument("--base-url", help="OpenAI-compatible server URL, e.g. http://localhost:8000/v1")
     ask.add_argument("--where", action="append", metavar="KEY=VALUE", help="only chunks tagged so (repeatable)")
+    ask.add_argument(
+        "--rerank", nargs="?", const=True, metavar="MODEL",
+        help="re-score the mode's top hits with a cross-encoder: the configured retrieval.rerank, or MODEL (a local "
+        "directory or an installed package; nothing is downloaded)",
+    )
     ask.add_argument("--explain", action="store_true", help="show why each cited chunk was retrieved")
 
     stats = add_parser("stats", help="counts and settings of an index")
@@ -180,14 +185,15 @@ def cmd_ask(args: argparse.Namespace) -> int:
     settings = _settings(args)
     settings = settings.merged(
         generator={"name": args.generator, "model": args.model, "base_url": args.base_url},
-        retrieval={"mode": args.mode, "k": args.k},
+        retrieval={"mode": args.mode, "k": args.k, "rerank": args.rerank if isinstance(args.rerank, str) else None},
     )
+    rerank = True if args.rerank is not None else None  # without --rerank: as configured
     where = _key_values(args.where, "--where") or None
     questions = [args.question] if args.question else _read_questions(args.file)
     with Index.open(_index_dir(args), settings) as index:
         generator = from_settings(settings.generator)
         started = time.perf_counter()
-        hits = index.retrieve_many(questions, where=where)
+        hits = index.retrieve_many(questions, where=where, rerank=rerank)
         retrieved = time.perf_counter()
         if args.json or args.file:
             generate_many = getattr(generator, "generate_many", None)
@@ -317,9 +323,29 @@ def _print_answer(answer: Any, hits: list[Any], explain: bool) -> None:
         page = f" p.{hit.chunk.meta['page']}" if "page" in hit.chunk.meta else ""
         out.print(f"  [{number}] {where}{page}  (score {hit.score:.3f})", markup=False)
         if explain and hit.explain:
-            from ragkit.pipelines.graph_query import describe
+            for line in _explain_lines(hit.explain):
+                out.print(f"      {line}", markup=False)
 
-            out.print(f"      why: {describe(hit.explain)}", markup=False)
+
+RERANK_KEYS = ("rerank_score", "first_stage_rank")
+
+
+def _explain_lines(explain: Any) -> list[str]:
+    """Why a hit was retrieved: what its mode said (a graph path, seeds), then the reranker's score and the rank
+    the mode gave it."""
+    from ragkit.pipelines.graph_query import describe
+
+    lines = []
+    first_stage = {key: value for key, value in explain.items() if key not in RERANK_KEYS}
+    if first_stage:
+        lines.append(f"why: {describe(first_stage)}")
+    if "rerank_score" in explain:
+        rank = explain.get("first_stage_rank")
+        lines.append(
+            f"reranked: cross-encoder score {explain['rerank_score']:.3f}"
+            + (f", rank {rank} before reranking" if rank is not None else "")
+        )
+    return lines
 
 
 def cmd_stats(args: argparse.Namespace) -> int:

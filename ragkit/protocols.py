@@ -90,3 +90,19 @@ class Generator(Protocol):
     def generate(self, question: str, hits: Sequence[Hit]) -> Answer: ...
 
     def stream(self, question: str, hits: Sequence[Hit]) -> Iterator[str]: ...
+
+
+@runtime_checkable
+class Reranker(Protocol):
+    """Re-scores a retrieval mode's hits against their query (a cross-encoder: ``ragkit.connectors.rerankers``).
+
+    Returns the best ``k`` of ``hits`` by the reranker's score, best first (ties keep the mode's order), each with
+    ``score`` set to that score, ``retriever`` to ``"<mode>+rerank"``, and ``explain`` holding what the mode said
+    plus ``rerank_score`` and ``first_stage_rank`` (1 = the mode's best). ``rerank_many`` scores a batch at once.
+    """
+
+    name: str
+
+    def rerank(self, query: str, hits: Sequence[Hit], k: int) -> list[Hit]: ...
+
+    def rerank_many(self, queries: Sequence[str], hits: Sequence[Sequence[Hit]], k: int) -> list[list[Hit]]: ...

