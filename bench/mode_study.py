@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 OUT = Path(__file__).resolve().parent / "out" / "modes.json"
 MODES = ("dense", "bm25", "hybrid", "graph", "multihop", "graph_hybrid")
@@ -65,11 +67,14 @@ def query_features(index: Any, query: str) -> dict[str, Any]:
     search._local.dense = {query: []}
     evidence = engine.evidence(query)
     m = evidence.matrices
+    about = np.asarray(m.about.sum(axis=0)).ravel()  # how many chunks are about each entity (titles, headings)
     return {
+        "text": query,
         "links": [
             {
                 "score": float(link.score), "method": str(link.method), "named": bool(m.named[link.row]),
                 "specificity": float(m.specificity[link.row]), "chunks": int(m.entity_chunks[link.row]),
+                "about": int(about[link.row]), "phrase": link.phrase,
             }
             for link in evidence.links
         ],
@@ -99,6 +104,17 @@ def gated(graph_mode: str, fallback: str, **gate: float) -> Combination:
     return lambda r, f: r[graph_mode] if named_links(f, **gate) else r[fallback]
 
 
+def about_links(features: dict[str, Any]) -> int:
+    """Links (score >= 0.9) to entities that some passage is about (its title or a heading)."""
+    return sum(1 for link in features["links"] if link["about"] > 0 and link["score"] >= 0.9)
+
+
+def question(features: dict[str, Any]) -> bool:
+    from ragkit.pipelines.retrievers import is_question
+
+    return is_question(features["text"])
+
+
 def gated_rrf(graph_mode: str, weight: float, **gate: float) -> Combination:
     """RRF of dense, BM25 and ``graph_mode``; the graph ranking weighs ``weight`` when the question names an
     entity of the graph, else nothing."""
@@ -120,6 +136,14 @@ COMBINATIONS: dict[str, Combination] = {
     "named ? multihop : hybrid": gated("multihop", "hybrid"),
     "named ? graph : hybrid": gated("graph", "hybrid"),
     "named(spec>=.5) ? graph_hybrid : hybrid": gated("graph_hybrid", "hybrid", min_specificity=0.5),
+    "about ? graph_hybrid : hybrid": lambda r, f: r["graph_hybrid"] if about_links(f) else r["hybrid"],
+    "question ? graph_hybrid : hybrid": lambda r, f: r["graph_hybrid"] if question(f) else r["hybrid"],
+    "question ? graph_hybrid : rrf(bm25, graph, multihop)": lambda r, f: (
+        r["graph_hybrid"] if question(f) else rrf([r["bm25"], r["graph"], r["multihop"]], [1, 1, 1])
+    ),
+    "question ? graph_hybrid : rrf(bm25, graph)  [auto]": lambda r, f: (
+        r["graph_hybrid"] if question(f) else rrf([r["bm25"], r["graph"]], [1, 1])
+    ),
     "rrf(dense, bm25, named ? graph_hybrid x2)": gated_rrf("graph_hybrid", 2.0),
     "rrf(dense, bm25, named ? graph_hybrid x4)": gated_rrf("graph_hybrid", 4.0),
     "rrf(dense, bm25, named ? multihop x4)": gated_rrf("multihop", 4.0),
@@ -130,9 +154,9 @@ def score(out: Path) -> None:
     from ragkit.eval.metrics import ndcg_at_k, recall_at_k
 
     data = json.loads(out.read_text())
-    header = f"{'combination':40}" + "".join(f"{name[:14]:>30}" for name in data)
+    header = f"{'combination':52}" + "".join(f"{name[:14]:>30}" for name in data)
     print(header)
-    print(f"{'':40}" + "".join(f"{'R@2   R@5   nDCG@10':>30}" for _ in data))
+    print(f"{'':52}" + "".join(f"{'R@2   R@5   nDCG@10':>30}" for _ in data))
     for label, combine in COMBINATIONS.items():
         cells = []
         for set_data in data.values():
@@ -145,7 +169,7 @@ def score(out: Path) -> None:
                 figures[2] += ndcg_at_k(ranked, gold, 10)
             n = len(qrels)
             cells.append("  ".join(f"{f / n:.3f}" for f in figures))
-        print(f"{label:40}" + "".join(f"{c:>30}" for c in cells))
+        print(f"{label:52}" + "".join(f"{c:>30}" for c in cells))
 
 
 def main() -> None:

@@ -19,6 +19,8 @@ def describe(explain: Mapping[str, Any]) -> str:
     ...     {"entity": "Ermengarde of Tours", "relation": "about", "chunk": "ermengarde#0"}]})
     'question "Lothair II" -> Lothair II -> [lothair-ii#0] -mentions-> Ermengarde of Tours -> [ermengarde#0]'
     """
+    if explain.get("mode") == "auto":
+        return _describe_auto(explain)
     path = explain.get("path")
     if path:
         parts: list[str] = []
@@ -46,3 +48,31 @@ def describe(explain: Mapping[str, Any]) -> str:
     via = explain.get("via_entities") or []
     text = f"PageRank from {', '.join(map(str, seeds)) or 'the top dense hits'}"
     return text + (f" via {', '.join(map(str, via))}" if via else "")
+
+
+_ROUTES = {
+    "question": "a question, so graph_hybrid",
+    "statement": "a statement, so BM25 fused with PageRank",
+    "hybrid": "hybrid (the index has no graph)",
+}
+
+
+def _describe_auto(explain: Mapping[str, Any]) -> str:
+    """The ``auto`` mode's route, then the signals that ranked the hit.
+
+    >>> _describe_auto({"mode": "auto", "route": "statement", "bm25_rank": 0,
+    ...                 "graph": {"mode": "graph", "seed_entities": ["vitamin D"]}})
+    'a statement, so BM25 fused with PageRank: BM25 #1; PageRank from vitamin D'
+    """
+    route = str(explain.get("route", ""))
+    signals = []
+    if route == "statement":
+        rank = explain.get("bm25_rank")
+        signals.append(f"BM25 #{int(rank) + 1}" if rank is not None else "not in BM25's top hits")
+    graph = explain.get("graph")
+    if graph:
+        signals.append(describe(graph))
+    elif route == "statement":
+        signals.append("not in PageRank's top hits")
+    text = _ROUTES.get(route, route)
+    return f"{text}: {'; '.join(signals)}" if signals else text

@@ -2,16 +2,19 @@
 
 >>> hits = retrieve_many(store, ["who founded it?"], k=5, mode="hybrid", where=None)
 >>> answers = answer_many(store, ["who founded it?"], hits, generator=None)
+>>> stream = stream_answer(store, "who founded it?", hits[0], generator=None)   # text deltas, then .answer
 """
 
 from __future__ import annotations
 
+import collections.abc
+import logging
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ragkit.errors import ConfigError
+from ragkit.errors import ConfigError, GeneratorError
 from ragkit.protocols import Generator, Reranker, Retriever, Scored
 from ragkit.registry import retrieval_modes
 from ragkit.types import Answer, Hit
@@ -19,6 +22,7 @@ from ragkit.types import Answer, Hit
 if TYPE_CHECKING:
     from ragkit.store import IndexStore
 
+logger = logging.getLogger(__name__)
 
 
 def check_mode(mode: str) -> None:
@@ -146,3 +150,114 @@ def answer_many(
     else:
         answers = [resolved.generate(q, h) for q, h in zip(questions, hits, strict=False)]
     return ground_answers(store, answers, hits)
+
+
+MID_STREAM_SEPARATOR = "\n\n--- the {generator} generator failed mid-stream; the extractive answer follows ---\n\n"
+
+
+class AnswerStream:
+    """An answer's text as it is generated (iterate for the deltas), then the checked answer (``answer``).
+
+    The deltas are the generator's text with its ``[n]`` markers renumbered as they complete, so that ``[n]`` is
+    ``answer.citations[n - 1]`` as it is in :meth:`ragkit.Index.ask`'s answer; ``draft`` is what they joined to.
+    Once they are used up, ``answer`` is the Answer built from the whole text as the generator's ``generate`` builds
+    it, then grounded (``ragkit.grounding``): citations repaired, ``unsupported`` set. Grounding can still rewrite
+    a marker (a wrong citation corrected, the markers of an unsupported sentence removed): ``answer.text !=
+    draft`` then. Reading ``answer`` before the end consumes the deltas left (unseen), so ``stream.answer`` alone
+    is the answer ``ask`` gives; after :meth:`close` it raises RuntimeError.
+
+    A generator that fails is answered for as ``FallbackGenerator`` does (every configured model generator is one,
+    and streams its fallback's text when it fails before its first delta): the stream goes on with
+    :data:`MID_STREAM_SEPARATOR` (when text was already sent) and the extractive answer's text, and ``answer`` is
+    that extractive answer, ``degraded=True`` with the reason; ``draft`` is then its text alone.
+
+    >>> stream = index.stream("How does sourdough rise?")
+    >>> for delta in stream:
+    ...     print(delta, end="", flush=True)
+    >>> stream.answer.citations, stream.answer.unsupported
+    """
+
+    def __init__(self, store: IndexStore, question: str, hits: Sequence[Hit], generator: Generator) -> None:
+        self.question = question
+        self.hits = list(hits)
+        self.generator = generator
+        self.draft = ""
+        self._store = store
+        self._answer: Answer | None = None
+        self._deltas = self._generate()
+
+    def __iter__(self) -> AnswerStream:
+        return self
+
+    def __next__(self) -> str:
+        return next(self._deltas)
+
+    @property
+    def answer(self) -> Answer:
+        """The checked answer; reading it before the deltas are used up consumes the rest of them."""
+        for _ in self._deltas:
+            pass
+        if self._answer is None:
+            raise RuntimeError("the answer stream was closed before its end: it has no answer")
+        return self._answer
+
+    def close(self) -> None:
+        """Stop generating (a local model stops after its current step); ``answer`` then raises RuntimeError."""
+        self._deltas.close()
+
+    def _generate(self) -> collections.abc.Generator[str, None, None]:
+        from ragkit.connectors.generators.prompt import StreamedCitations, streamed_answer
+
+        citations = StreamedCitations(self.hits)
+        failure: Exception | None = None
+        pieces = None
+        try:
+            pieces = iter(self.generator.stream(self.question, self.hits))
+            for piece in pieces:
+                settled = citations.feed(piece)
+                if settled:
+                    self.draft += settled
+                    yield settled
+        except Exception as exc:  # the generator failed: answer extractively, as FallbackGenerator does
+            failure = exc
+        finally:
+            close = getattr(pieces, "close", None)
+            if close is not None:
+                close()
+        if failure is None:
+            rest = citations.finish()
+            if rest:
+                self.draft += rest
+                yield rest
+            answer = streamed_answer(self.generator, self.question, self.hits, citations.text)
+        else:
+            answer = self._extractive(failure)
+            if self.draft:
+                yield MID_STREAM_SEPARATOR.format(generator=self.generator.name)
+            self.draft = answer.text
+            yield answer.text
+        self._answer = ground_answers(self._store, [answer], [self.hits])[0]
+
+    def _extractive(self, failure: Exception) -> Answer:
+        """The extractive answer, degraded because the generator failed with ``failure``."""
+        from ragkit.connectors.generators.extractive import ExtractiveGenerator
+        from ragkit.connectors.generators.fallback import describe_error, mark_degraded
+
+        why: BaseException = failure
+        cause = failure.__cause__
+        if isinstance(failure, GeneratorError) and cause is not None and str(failure).endswith(describe_error(cause)):
+            why = cause  # FallbackGenerator's "<name> failed mid-stream: <cause>": name the cause once
+        answer = ExtractiveGenerator().generate(self.question, self.hits)
+        answer = mark_degraded(answer, self.generator.name, describe_error(why))
+        logger.warning("%s", answer.reason)
+        return answer
+
+
+def stream_answer(
+    store: IndexStore, question: str, hits: Sequence[Hit], generator: Generator | str | None
+) -> AnswerStream:
+    """The answer to ``question`` from ``hits`` as it is generated, then checked (see :class:`AnswerStream`).
+
+    Nothing is generated until the first delta is asked for.
+    """
+    return AnswerStream(store, question, hits, resolve_generator(store, generator))

@@ -23,6 +23,7 @@ its dense hits.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -199,3 +200,96 @@ class GraphHybridRetriever(_GraphMode):
     """``graph_hybrid``: the multi-hop paths fused with dense search."""
 
     name = "graph_hybrid"
+
+
+# -- the default mode ---------------------------------------------------------------------------------------
+
+_QUESTION = re.compile(
+    r"^\W*(who|whom|whose|what|which|when|where|why|how|is|are|was|were|do|does|did|can|could|should|would|will"
+    r"|has|have|had|in (?:what|which))\b",
+    re.IGNORECASE,
+)
+
+
+def is_question(text: str) -> bool:
+    """A question (a wh-word or an inverted auxiliary first, or a question mark last), not a statement or keywords.
+
+    >>> is_question("Who directed the film that won?"), is_question("Vitamin D deficiency raises fracture risk.")
+    (True, False)
+    """
+    return bool(_QUESTION.search(text)) or text.rstrip().endswith("?")
+
+
+class AutoRetriever:
+    """``auto``, the default mode: the best of the other modes for the kind of query, decided per query.
+
+    - A **question** asks for a fact about named things, and the evidence is often split across passages that
+      share an entity (the second hop): it goes to ``graph_hybrid`` (the top dense hits, then the best paths
+      from the question's entities, with PageRank mass).
+    - A **statement or keywords** (a claim to verify, a search) is matched best by its own words: BM25, fused by
+      reciprocal rank with ``graph`` (Personalized PageRank seeded by the dense hits and the linked entities),
+      which brings the semantic neighbours.
+    - An index without a knowledge graph answers everything with ``hybrid``.
+
+    Each hit's ``explain`` says which route and signals ranked it: ``route``, ``bm25_rank`` (0-based; None when
+    BM25 did not rank it), and the graph's own explanation (the path, the seeds, the dense rank) under ``graph``.
+    Measured on the shared sets in docs/benchmarks.md (`bench/mode_study.py` compares the candidates).
+    """
+
+    name = "auto"
+    needs_graph = True  # uses the graph when the index has one; ``ragkit eval`` builds one for it
+
+    def __init__(self, store: IndexStore) -> None:
+        self.store = store
+        self.hybrid = HybridRetriever(store)
+        self.keyword = BM25Retriever(store)
+        self.graph: GraphSearch | None = (
+            store.part("graph-search", lambda: GraphSearch(store)) if store.manifest.graph else None
+        )
+
+    def search(self, queries: Sequence[str], k: int, where: Where = None) -> list[list[Scored]]:
+        if self.graph is None:
+            return [
+                [(cid, score, {"mode": self.name, "route": "hybrid"}) for cid, score, _ in row]
+                for row in self.hybrid.search(queries, k, where)
+            ]
+        results: list[list[Scored]] = [[] for _ in queries]
+        questions = [i for i, query in enumerate(queries) if is_question(query)]
+        statements = [i for i in range(len(queries)) if i not in set(questions)]
+        if questions:
+            found = self.graph.search("graph_hybrid", [queries[i] for i in questions], k, where)
+            for i, row in zip(questions, found, strict=True):
+                results[i] = [(cid, score, self._explain("question", None, explain)) for cid, score, explain in row]
+        if statements:
+            texts = [queries[i] for i in statements]
+            for i, row in zip(statements, self._statements(texts, k, where), strict=True):
+                results[i] = row
+        return results
+
+    def _statements(self, queries: list[str], k: int, where: Where) -> list[list[Scored]]:
+        """BM25 and PageRank, each ``retrieval.candidates`` deep, fused by reciprocal rank."""
+        settings = self.store.settings.retrieval
+        assert self.graph is not None
+        depth = max(k, settings.candidates)
+        keyword = self.keyword.search(queries, depth, where)
+        graph = self.graph.search("graph", queries, depth, where)
+        fused_rows: list[list[Scored]] = []
+        for bm25_row, graph_row in zip(keyword, graph, strict=True):
+            bm25_rank = {cid: rank for rank, (cid, _, _) in enumerate(bm25_row)}
+            graph_explain = {cid: explain for cid, _, explain in graph_row}
+            fused = reciprocal_rank_fusion(
+                [[c for c, _, _ in bm25_row], [c for c, _, _ in graph_row]], k, constant=settings.rrf_constant
+            )
+            fused_rows.append([
+                (str(cid), score, self._explain("statement", bm25_rank.get(str(cid)), graph_explain.get(str(cid))))
+                for cid, score in fused
+            ])
+        return fused_rows
+
+    def _explain(self, route: str, bm25_rank: int | None, graph: Mapping[str, Any] | None) -> dict[str, Any]:
+        explain: dict[str, Any] = {"mode": self.name, "route": route}
+        if route == "statement":
+            explain["bm25_rank"] = bm25_rank
+        if graph is not None:
+            explain["graph"] = dict(graph)
+        return explain

@@ -90,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
         "directory or an installed package; nothing is downloaded)",
     )
     ask.add_argument("--explain", action="store_true", help="show why each cited chunk was retrieved")
+    ask.add_argument(
+        "--stream", action="store_true",
+        help="print the answer as it is generated, then its sources (one QUESTION; not with --json or --file)",
+    )
 
     stats = add_parser("stats", help="counts and settings of an index")
     with_index(stats)
@@ -177,10 +181,17 @@ def _index_with_progress(index: Any, sources: list[str], tags: dict[str, str], s
 def cmd_ask(args: argparse.Namespace) -> int:
     from ragkit.connectors.generators import from_settings
     from ragkit.index import Index
-    from ragkit.pipelines.query import ground_answers
+    from ragkit.pipelines.query import ground_answers, stream_answer
 
     if (args.question is None) == (args.file is None):
         print("ragkit ask: give a QUESTION or --file, not both", file=sys.stderr)
+        return EXIT_USAGE
+    if args.stream and (args.json or args.file):
+        print(
+            "ragkit ask: --stream prints one answer as it is generated; it cannot be combined with "
+            f"{'--json' if args.json else '--file'} (drop --stream for complete answers)",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     settings = _settings(args)
     settings = settings.merged(
@@ -213,9 +224,11 @@ def cmd_ask(args: argparse.Namespace) -> int:
                     answer, question_hits, args.explain
                 )
             return EXIT_OK
-        answer = _stream_answer(generator, questions[0], hits[0])
-        answer = ground_answers(index.store, [answer], hits[:1])[0]
-        _print_answer(answer, hits[0], args.explain)
+        stream = stream_answer(index.store, questions[0], hits[0], generator)
+        if args.stream:
+            _print_streamed(stream, hits[0], args.explain)
+        else:
+            _print_answer(_draft_while_generating(stream), hits[0], args.explain)
     return EXIT_OK
 
 
@@ -227,8 +240,8 @@ def _read_questions(path: Path) -> list[str]:
     return [line.strip() for line in lines if line.strip()]
 
 
-def _stream_answer(generator: Any, question: str, hits: list[Any]) -> Any:
-    """Show the answer on a terminal as it is generated; return it, its ``[n]`` indexing its citations.
+def _draft_while_generating(stream: Any) -> Any:
+    """Show an ``AnswerStream`` on a terminal as it is generated; return its checked answer.
 
     The streamed text is a draft: it is cleared when generation ends, and the caller prints the answer once it
     has been checked against its sources (markers renumbered, unsupported sentences marked). Off a terminal only
@@ -238,24 +251,39 @@ def _stream_answer(generator: Any, question: str, hits: list[Any]) -> Any:
     from rich.live import Live
     from rich.text import Text
 
-    from ragkit.connectors.generators.prompt import parse_citations
-    from ragkit.types import Answer
-
-    if generator.name == "extractive":  # no model: nothing to wait for
-        return generator.generate(question, hits)
-    pieces: list[str] = []
+    if stream.generator.name == "extractive":  # no model: nothing to wait for
+        return stream.answer
+    shown = ""
     draft = Console(highlight=False)  # wraps long lines, so that clearing the draft clears all of it
     with Live(Text(""), console=draft, auto_refresh=False, transient=True) as live:
-        for piece in generator.stream(question, hits):
-            pieces.append(piece)
-            live.update(Text("".join(pieces), style="dim"), refresh=True)
-    reason = getattr(generator, "stream_degraded_reason", "")
-    if reason:  # the extractive fallback streamed; its numbering is its own
-        answer = generator.fallback.generate(question, hits)
-        return Answer(answer.text, answer.citations, answer.generator, True, reason, answer.meta)
-    # Streamed text cites passages by their number in the prompt, the rank of the hit: renumber as generate does.
-    text, citations = parse_citations("".join(pieces).strip(), hits)
-    return Answer(text, citations, getattr(generator, "primary", generator).name)
+        for delta in stream:
+            shown += delta
+            live.update(Text(shown, style="dim"), refresh=True)
+    return stream.answer
+
+
+def _print_streamed(stream: Any, hits: list[Any], explain: bool) -> None:
+    """``ask --stream``: each delta of an ``AnswerStream`` printed as it comes, then what follows the answer in
+    :func:`_print_answer`'s output. Text already printed cannot be marked: when checking the answer against its
+    sources changed it (citations corrected), the checked answer follows; otherwise the unsupported sentences are
+    listed after the text."""
+    from rich.text import Text
+
+    for delta in stream:
+        sys.stdout.write(delta)
+        sys.stdout.flush()
+    answer = stream.answer
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    out = _console()
+    if answer.text != stream.draft:
+        out.print("\n[dim]checked against the sources:[/dim]")
+        out.print(_marked_text(answer))
+    elif answer.unsupported:
+        out.print()
+        for sentence in answer.unsupported:
+            out.print(Text.assemble(("unsupported:", "yellow"), " ", sentence))
+    _print_sources(out, answer, hits, explain)
 
 
 def _answer_json(question: str, answer: Any, hits: list[Any], timings: dict[str, float], batch: int) -> dict:
@@ -274,8 +302,8 @@ def _answer_json(question: str, answer: Any, hits: list[Any], timings: dict[str,
         "hits": [
             {
                 "rank": rank, "chunk_id": h.chunk.id, "doc_id": h.chunk.doc_id, "source": h.source,
-                "score": h.score, "text": h.chunk.text, "start": h.chunk.start, "end": h.chunk.end,
-                "cited": h.chunk.id in cited, **({"explain": h.explain} if h.explain else {}),
+                "score": h.score, "retriever": h.retriever, "text": h.chunk.text, "start": h.chunk.start,
+                "end": h.chunk.end, "cited": h.chunk.id in cited, **({"explain": h.explain} if h.explain else {}),
             }
             for rank, h in enumerate(hits, start=1)
         ],
@@ -303,10 +331,15 @@ def _marked_text(answer: Any) -> Any:
 
 
 def _print_answer(answer: Any, hits: list[Any], explain: bool) -> None:
-    from rich.markup import escape
-
     out = _console()
     out.print(_marked_text(answer))
+    _print_sources(out, answer, hits, explain)
+
+
+def _print_sources(out: Any, answer: Any, hits: list[Any], explain: bool) -> None:
+    """What follows an answer's text: who answered (degraded or not, unsupported sentences), then its sources."""
+    from rich.markup import escape
+
     note = f" (degraded: {escape(answer.reason)})" if answer.degraded else ""
     if answer.unsupported:
         count = len(answer.unsupported)

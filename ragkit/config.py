@@ -66,7 +66,9 @@ class VectorSettings(_Section):
 
 
 class RetrievalSettings(_Section):
-    mode: str = Field("hybrid", description="a name of ragkit.registry.retrieval_modes: dense, bm25, hybrid...")
+    mode: str = Field(
+        "auto", description="a name of ragkit.registry.retrieval_modes: auto, dense, bm25, hybrid, graph..."
+    )
     k: int = Field(5, ge=1)
     rrf_constant: float = Field(60.0, gt=0)
     candidates: int = Field(50, ge=1, description="per-retriever depth before fusion")

@@ -283,6 +283,30 @@ class Index:
         """
         return self.ask_many([question], k, mode, generator, where, rerank=rerank)[0]
 
+    def stream(
+        self,
+        question: str,
+        k: int | None = None,
+        mode: str | None = None,
+        generator: Generator | str | None = None,
+        where: Mapping[str, Any] | None = None,
+        *,
+        rerank: bool | None = None,
+    ) -> query.AnswerStream:
+        """:meth:`ask`, streamed: iterate for the answer's text as it is generated, then read ``.answer``.
+
+        Retrieval runs now, generation as the text is read. ``.answer`` is checked like :meth:`ask`'s; a generator
+        that fails mid-stream is followed by a separator and the extractive answer (``.answer.degraded``). See
+        ``ragkit.pipelines.query.AnswerStream``.
+
+        >>> stream = index.stream("how are chunk ids kept stable?")
+        >>> for delta in stream:
+        ...     print(delta, end="", flush=True)
+        >>> stream.answer.citations
+        """
+        hits = self.retrieve(question, k, mode, where, rerank=rerank)
+        return query.stream_answer(self.store, question, hits, generator)
+
     def ask_many(
         self,
         questions: Sequence[str],

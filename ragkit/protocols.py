@@ -85,6 +85,13 @@ class Retriever(Protocol):
 
 @runtime_checkable
 class Generator(Protocol):
+    """Answers a question from its hits: ``generate`` the whole Answer, or ``stream`` its text as it is written.
+
+    Optional methods: ``generate_many(questions, hit_lists)`` answers a batch; ``answer_from_stream(question,
+    hits, text)`` builds the Answer for the text ``stream`` wrote, as ``generate`` would (without it, ``[n]`` in
+    that text is ``hits[n - 1]``: ``ragkit.connectors.generators.prompt.streamed_answer``).
+    """
+
     name: str
 
     def generate(self, question: str, hits: Sequence[Hit]) -> Answer: ...

@@ -317,6 +317,7 @@ generators.register("local", "ragkit.connectors.generators.local:LocalGenerator"
 generators.register("openai", "ragkit.connectors.generators.openai:OpenAIGenerator")
 generators.register("vllm", "ragkit.connectors.generators.vllm:VLLMGenerator")
 
+retrieval_modes.register("auto", "ragkit.pipelines.retrievers:AutoRetriever")
 retrieval_modes.register("dense", "ragkit.pipelines.retrievers:DenseRetriever")
 retrieval_modes.register("bm25", "ragkit.pipelines.retrievers:BM25Retriever")
 retrieval_modes.register("hybrid", "ragkit.pipelines.retrievers:HybridRetriever")

@@ -123,7 +123,8 @@ class VectorState:
         if self.index is not None and self.live:
             self.generation, self.loaded = stamp or 0, stamp
             return
-        self.close()
+        # not closed: searches in flight on the old copy finish on it, and it closes when they drop it
+        self.index, self.generation = None, None
         manifest = self.store.manifest
         self.index = open_vector_index(
             self.store.path, manifest.dimension, manifest.vectors, read_only=not self.writable

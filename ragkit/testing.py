@@ -89,6 +89,10 @@ class ScriptedGenerator:
     def stream(self, question: str, hits: Sequence[Hit]) -> Iterator[str]:
         yield from re.findall(r"\S+\s*", self.generate(question, hits).text)
 
+    def answer_from_stream(self, question: str, hits: Sequence[Hit], text: str) -> Answer:
+        """What :meth:`generate` returns for ``text``: the text as it is, citing every hit."""
+        return Answer(text=text, citations=tuple(hits), generator=self.name)
+
     def generate_many(self, questions: Sequence[str], hits: Sequence[Sequence[Hit]]) -> list[Answer]:
         return [self.generate(q, h) for q, h in zip(questions, hits, strict=False)]
 

@@ -85,14 +85,14 @@ class RagkitLlamaRetriever(BaseRetriever):
     def __init__(
         self,
         index: Index | str | os.PathLike[str],
-        mode: str = "hybrid",
+        mode: str | None = None,
         k: int = 4,
         where: Mapping[str, Any] | None = None,
         *,
         callback_manager: CallbackManager | None = None,
         verbose: bool = False,
     ) -> None:
-        if mode not in retrieval_modes:
+        if mode is not None and mode not in retrieval_modes:
             raise ConfigError(f"mode: unknown retrieval mode {mode!r} (valid: {', '.join(retrieval_modes.names())})")
         if k < 1:
             raise ConfigError(f"k must be at least 1 (got {k})")

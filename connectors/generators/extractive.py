@@ -6,11 +6,13 @@ deterministic: how many of the question's content words a sentence contains, wei
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from ragkit.connectors.generators.prompt import parse_citations
 from ragkit.types import Answer, Hit
 
 NO_ANSWER = "No relevant passages were found."
@@ -211,6 +213,12 @@ class ExtractiveGenerator:
         pieces = re.split(r"(?<=\])\s", text)
         for index, piece in enumerate(pieces):
             yield piece if index == len(pieces) - 1 else piece + " "
+
+    def answer_from_stream(self, question: str, hits: Sequence[Hit], text: str) -> Answer:
+        """The answer for text :meth:`stream` produced: its ``[n]`` is :meth:`generate`'s citation ``n``, not a hit."""
+        answer = self.generate(question, hits)
+        body, citations = parse_citations(text.strip(), answer.citations)
+        return dataclasses.replace(answer, text=body, citations=citations)
 
     def generate_many(
         self, questions: Sequence[str], hits_per_question: Sequence[Sequence[Hit]]

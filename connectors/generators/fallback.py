@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from ragkit.connectors.generators.extractive import ExtractiveGenerator
+from ragkit.connectors.generators.prompt import streamed_answer
 from ragkit.errors import GeneratorError
 from ragkit.protocols import Generator
 from ragkit.types import Answer, Hit
@@ -24,8 +25,15 @@ T = TypeVar("T")
 _END = object()
 
 
-def _describe(exc: BaseException) -> str:
+def describe_error(exc: BaseException) -> str:
+    """``"TypeName: message"``, or the type's name alone when the message is empty."""
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def mark_degraded(answer: Answer, failed: str, why: str) -> Answer:
+    """``answer``, written by a fallback because the ``failed`` generator failed (``why``), marked degraded."""
+    reason = f"{failed} generator failed ({why}); answered by {answer.generator}"
+    return dataclasses.replace(answer, degraded=True, reason=reason, meta={**answer.meta, "primary": failed})
 
 
 def call_with_timeout(function: Callable[[], T], timeout_s: float | None) -> T:
@@ -65,12 +73,12 @@ class FallbackGenerator:
         self.fallback = fallback if fallback is not None else ExtractiveGenerator()
         self.timeout_s = timeout_s
         self.name = primary.name
+        self.stream_degraded_reason = ""  # set when the fallback took over the last stream, so a caller can say so
 
     def _degraded(self, answer: Answer, exc: BaseException) -> Answer:
-        reason = f"{self.primary.name} generator failed ({_describe(exc)}); answered by {self.fallback.name}"
-        logger.warning("%s", reason)
-        meta = {**answer.meta, "primary": self.primary.name}
-        return dataclasses.replace(answer, degraded=True, reason=reason, meta=meta)
+        degraded = mark_degraded(answer, self.primary.name, describe_error(exc))
+        logger.warning("%s", degraded.reason)
+        return degraded
 
     def generate(self, question: str, hits: Sequence[Hit]) -> Answer:
         try:
@@ -105,7 +113,7 @@ class FallbackGenerator:
         """
         pieces: queue.Queue[Any] = queue.Queue(maxsize=64)
         stop = threading.Event()
-        self.stream_degraded_reason = ""  # set when the fallback took over, so a caller can say so
+        self.stream_degraded_reason = ""
 
         def pump() -> None:
             stream = self.primary.stream(question, hits)
@@ -135,15 +143,15 @@ class FallbackGenerator:
                 if isinstance(item, BaseException):
                     if started:
                         raise GeneratorError(
-                            f"{self.primary.name} generator failed mid-stream: {_describe(item)}"
+                            f"{self.primary.name} generator failed mid-stream: {describe_error(item)}"
                         ) from item
                     logger.warning(
                         "%s stream failed (%s); streaming %s",
                         self.primary.name,
-                        _describe(item),
+                        describe_error(item),
                         self.fallback.name,
                     )
-                    self.stream_degraded_reason = _describe(item)
+                    self.stream_degraded_reason = describe_error(item)
                     yield from self.fallback.stream(question, hits)
                     return
                 started = True
@@ -152,3 +160,11 @@ class FallbackGenerator:
             stop.set()
             while not pieces.empty():  # let a pump blocked on a full queue see the stop flag
                 pieces.get_nowait()
+
+    def answer_from_stream(self, question: str, hits: Sequence[Hit], text: str) -> Answer:
+        """The answer for the whole text the last :meth:`stream` produced: built as the primary builds it, or, when
+        the fallback took over before the first piece, as the fallback does, marked degraded with the reason."""
+        if not self.stream_degraded_reason:
+            return streamed_answer(self.primary, question, hits, text)
+        answer = streamed_answer(self.fallback, question, hits, text)
+        return mark_degraded(answer, self.primary.name, self.stream_degraded_reason)

@@ -345,3 +345,8 @@ class LocalGenerator:
             raise GeneratorError(
                 f"local model {self.model_name!r} failed while streaming: {failure[0]}"
             ) from failure[0]
+
+    def answer_from_stream(self, question: str, hits: Sequence[Hit], text: str) -> Answer:
+        """The answer for the whole text :meth:`stream` produced, its ``[n]`` renumbered as :meth:`generate` does."""
+        _, used = self._prompt(question, hits)
+        return self._answer(text, used, self.count_tokens(text))

@@ -247,6 +247,13 @@ class OpenAIGenerator:
         finally:
             response.close()
 
+    def answer_from_stream(self, question: str, hits: Sequence[Hit], text: str) -> Answer:
+        """The answer for the whole text :meth:`stream` produced, its ``[n]`` renumbered as :meth:`generate` does."""
+        _, used = self._messages(question, hits)
+        body, citations = parse_citations(text.strip(), used)
+        meta = {"model": self.model, "passages": tuple(hit.chunk.id for hit in used)}
+        return Answer(text=body, citations=citations, generator=self.name, meta=meta)
+
     def generate_many(
         self, questions: Sequence[str], hits_per_question: Sequence[Sequence[Hit]]
     ) -> list[Answer]:

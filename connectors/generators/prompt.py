@@ -10,8 +10,12 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
-from ragkit.types import Hit
+from ragkit.types import Answer, Hit
+
+if TYPE_CHECKING:
+    from ragkit.protocols import Generator
 
 SYSTEM_PROMPT = (
     "You answer questions using only the numbered context passages you are given. "
@@ -24,6 +28,8 @@ TokenCounter = Callable[[str], int]
 
 # "[3]", "[1, 2]", "[1,2,5]": one bracket holding one or more passage numbers.
 _CITATION = re.compile(r"\[\s*(\d+(?:\s*,\s*\d+)*)\s*\]")
+# The start of a marker still being written at the end of streamed text: "[", "[1", "[1, ".
+_OPEN_CITATION = re.compile(r"\[[\d\s,]*\Z")
 
 
 def approx_token_count(text: str) -> int:
@@ -142,3 +148,55 @@ def parse_citations(text: str, used_hits: Sequence[Hit]) -> tuple[str, tuple[Hit
     renumbered = re.sub(r"[ \t]*\x00", "", renumbered).strip()
     citations = tuple(used_hits[passage - 1] for passage in sorted(order, key=order.__getitem__))
     return renumbered, citations
+
+
+class StreamedCitations:
+    """Renumbers the ``[n]`` markers of streamed text as :func:`parse_citations` does, delta by delta.
+
+    :meth:`feed` returns the part of the text that is settled, renumbered: a marker still being written (``[1,``)
+    and trailing whitespace (which a dropped marker would take with it) wait for the next delta; :meth:`finish`
+    returns the rest. The pieces returned join to ``parse_citations(whole_text, passages)[0]``.
+
+    >>> citations = StreamedCitations(hits)
+    >>> citations.feed("Paris [3"), citations.feed("] is on the Seine [1]."), citations.finish()
+    ('Paris', ' [1] is on the Seine [2].', '')
+    """
+
+    def __init__(self, passages: Sequence[Hit]) -> None:
+        self.passages = passages
+        self.text = ""  # everything fed so far, as written
+        self.sent = ""  # everything returned so far, renumbered
+
+    def feed(self, delta: str) -> str:
+        self.text += delta
+        end = len(self.text.rstrip())
+        still_open = _OPEN_CITATION.search(self.text, 0, end)
+        if still_open is not None:
+            end = len(self.text[: still_open.start()].rstrip())
+        return self._settle(self.text[:end])
+
+    def finish(self) -> str:
+        return self._settle(self.text)
+
+    def _settle(self, text: str) -> str:
+        renumbered, _ = parse_citations(text, self.passages)
+        if not renumbered.startswith(self.sent):  # not expected: the settled text only ever grows
+            return ""
+        new, self.sent = renumbered[len(self.sent) :], renumbered
+        return new
+
+
+def streamed_answer(generator: Generator, question: str, hits: Sequence[Hit], text: str) -> Answer:
+    """The Answer for the whole ``text`` that ``generator.stream(question, hits)`` produced.
+
+    A generator with an ``answer_from_stream(question, hits, text)`` method builds it as its ``generate`` would
+    (the passages its prompt showed, its own numbering); for any other, ``[n]`` in the text is ``hits[n - 1]``,
+    the prompt's numbering, and :func:`parse_citations` renumbers it.
+    """
+    build = getattr(generator, "answer_from_stream", None)
+    if build is not None:
+        answer: Answer = build(question, hits, text)
+        return answer
+    body, citations = parse_citations(text.strip(), hits)
+    meta = {"passages": tuple(hit.chunk.id for hit in hits)}
+    return Answer(text=body, citations=citations, generator=generator.name, meta=meta)

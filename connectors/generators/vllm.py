@@ -84,3 +84,10 @@ class VLLMGenerator:
         messages, _ = self._messages(question, hits)
         output = self.llm.chat([messages], self.sampling, use_tqdm=False)[0]
         yield output.outputs[0].text.strip()
+
+    def answer_from_stream(self, question: str, hits: Sequence[Hit], text: str) -> Answer:
+        """The answer for the text :meth:`stream` produced, its ``[n]`` renumbered as :meth:`generate` does."""
+        _, used = self._messages(question, hits)
+        body, citations = parse_citations(text.strip(), used)
+        meta = {"model": self.model_name, "passages": tuple(hit.chunk.id for hit in used)}
+        return Answer(text=body, citations=citations, generator=self.name, meta=meta)
