@@ -23,10 +23,13 @@ from ragkit.eval.answers import (
 from ragkit.eval.datasets import (
     BeirDataset,
     DatasetFormatError,
+    GoldCatalog,
+    ResolvedGold,
     load_beir,
     load_gold_dataset,
     load_gold_jsonl,
     read_qrels,
+    resolve_gold,
 )
 from ragkit.eval.metrics import (
     METRIC_NAMES,
@@ -63,9 +66,11 @@ __all__ = [
     "BeirDataset",
     "DatasetFormatError",
     "EvalReport",
+    "GoldCatalog",
     "METRIC_NAMES",
     "ModeResult",
     "QueryResult",
+    "ResolvedGold",
     "aggregate_answers",
     "all_recall_at_k",
     "average_precision_at_k",
@@ -94,6 +99,7 @@ __all__ = [
     "recall_at_k",
     "reciprocal_rank_at_k",
     "relevant_count",
+    "resolve_gold",
     "run_eval",
     "score_answer",
     "strip_citations",

@@ -20,7 +20,7 @@ from ragkit.types import sha1_hex
 if TYPE_CHECKING:
     from ragkit.config import Settings
     from ragkit.eval.answers import Answerer
-    from ragkit.eval.datasets import BeirDataset
+    from ragkit.eval.datasets import BeirDataset, ResolvedGold
     from ragkit.index import Index
     from ragkit.types import Hit
 
@@ -36,7 +36,7 @@ def add_eval_parser(
         parents=list(parents),
         help="measure recall@k, hit@k, MRR, nDCG... of each retrieval mode on a dataset; --answers: the answers too",
         description="DATASET is a BEIR folder (corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv), or a JSONL file "
-        'of {"query": ..., "gold": [doc ids]} lines evaluated against an existing --index.',
+        'of {"query": ..., "gold": [doc ids or file paths]} lines evaluated against an existing --index.',
     )
     sub.add_argument("dataset", type=Path)
     sub.add_argument(
@@ -58,6 +58,11 @@ def add_eval_parser(
     sub.add_argument("--json", action="store_true", help="print the results as JSON")
     sub.add_argument("--report", type=Path, help="write JSON, Markdown, a recall@k plot and per-query results here")
     sub.add_argument("--limit", type=int, help="evaluate only the first N queries (file order)")
+    sub.add_argument(
+        "--allow-missing-gold", action="store_true",
+        help="evaluate a gold file even when none of its gold ids or paths matches a document of the index "
+        "(default: refuse; some missing is a warning)",
+    )
     answers = sub.add_argument_group(
         "answers", "score generated answers against the dataset's gold answers (queries' metadata.answer)"
     )
@@ -118,6 +123,28 @@ def _check_answers(dataset: BeirDataset, args: argparse.Namespace) -> None:
         )
 
 
+def _check_gold(path: Path, gold: ResolvedGold, allow_missing: bool) -> None:
+    """Gold that matches no document of the index: a warning naming the first few, or an error when none of
+    the file's gold matches (usually ids from another index, or paths that were indexed from elsewhere)."""
+    from ragkit.eval.datasets import DatasetFormatError
+
+    unmatched = gold.unmatched
+    if not unmatched:
+        return
+    if len(unmatched) == gold.entries and not allow_missing:
+        raise DatasetFormatError(
+            f"{path}: none of its {gold.entries} gold ids matches a document of the index; gold names document "
+            "ids or the files they came from (as indexed, or relative to the current directory): check the ids "
+            "against the sources of the index, or pass --allow-missing-gold to evaluate anyway"
+        )
+    shown = ", ".join(f"{qid}: {name!r}" for qid, name in unmatched[:3]) + (", ..." if len(unmatched) > 3 else "")
+    print(
+        f"warning: {len(unmatched)} of {gold.entries} gold ids match no document in the index ({shown}); "
+        "they count as misses",
+        file=sys.stderr,
+    )
+
+
 def _generator_label(settings: Settings) -> str:
     """How the report names the generator: the one that runs (``auto`` resolved), and its model when chosen."""
     from ragkit.connectors.generators import resolve_name
@@ -157,7 +184,7 @@ class LabelledModes:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from ragkit.config import load_settings
-    from ragkit.eval.datasets import load_beir, load_gold_dataset
+    from ragkit.eval.datasets import load_beir, load_gold_dataset, resolve_gold
     from ragkit.eval.report import format_table, write_report
     from ragkit.eval.runner import run_eval
     from ragkit.index import Index
@@ -200,7 +227,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise argparse.ArgumentTypeError("a gold JSONL file is evaluated against an existing index: pass --index")
         index = Index.open(args.index, settings)
         try:
-            dataset = load_gold_dataset(args.dataset, passages=index.catalog.counts()["documents"])
+            gold = resolve_gold(
+                load_gold_dataset(args.dataset, passages=index.catalog.counts()["documents"]), index.catalog
+            )
+            _check_gold(args.dataset, gold, args.allow_missing_gold)
+            dataset = gold.dataset
             _check_answers(dataset, args)
         except BaseException:
             index.close()

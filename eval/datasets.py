@@ -5,20 +5,23 @@ BEIR layout (https://github.com/beir-cellar/beir): ``corpus.jsonl`` (``_id``, ``
 ``corpus-id``, ``score``, tab-separated, one header line). ``\\r\\n`` line endings and a UTF-8 byte-order
 mark are accepted. Every malformed line is an error naming the file and the line number.
 
-Gold are corpus ids: the evaluation ranks corpus passages, whatever chunks the index holds. Gold *answers*
+Gold are corpus ids: the evaluation ranks corpus passages, whatever chunks the index holds. A user's own gold
+file may also name sources (the files documents came from); :func:`resolve_gold` turns them into the ids of
+an index's documents and lists the gold that matches none. Gold *answers*
 (for ``ragkit eval --answers``) come from each query's ``metadata``: ``answer`` (a string, or a list of them),
 plus ``answer_aliases`` or ``answers`` (lists of strings), as HotpotQA and MuSiQue ship them.
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ragkit.errors import RagkitError
 from ragkit.types import Document
@@ -295,7 +298,8 @@ def load_gold_jsonl(path: str | os.PathLike[str]) -> tuple[dict[str, str], dict[
     """Users' own gold: one ``{"query": "...", "gold": ["doc id", ...]}`` per line.
 
     Returns ``(queries, qrels)`` with query ids ``q1``, ``q2``, ... in file order. ``gold`` may also map
-    doc id -> integer grade for graded relevance. Other keys are ignored here; :func:`load_gold_dataset` also
+    doc id -> integer grade for graded relevance. A gold id may be a file path too; :func:`resolve_gold`
+    matches ids and paths to an index's documents. Other keys are ignored here; :func:`load_gold_dataset` also
     keeps a gold ``answer`` (and ``answer_aliases``) for ``ragkit eval --answers``.
     """
     queries, qrels, _ = _read_gold_jsonl(path)
@@ -349,9 +353,116 @@ def load_gold_dataset(path: str | os.PathLike[str], passages: int, name: str | N
     """:func:`load_gold_jsonl` wrapped as a corpus-less :class:`BeirDataset` for ``run_eval`` on an index.
 
     ``passages`` is the number of documents in the index being evaluated (reported, not checked). A line's
-    ``answer`` (and ``answer_aliases``) become its gold answers, for ``ragkit eval --answers``.
+    ``answer`` (and ``answer_aliases``) become its gold answers, for ``ragkit eval --answers``. The gold are
+    read as written; :func:`resolve_gold` matches them (ids or file paths) to the documents of an index.
     """
     queries, qrels, answers = _read_gold_jsonl(path)
     return BeirDataset(
         name=name or Path(path).stem, queries=queries, qrels=qrels, passages=passages, query_metadata=answers
     )
+
+
+class GoldCatalog(Protocol):
+    """What :func:`resolve_gold` reads from an index's catalog; :class:`ragkit.catalog.Catalog` is one."""
+
+    def document_sources(self, doc_ids: Iterable[str]) -> dict[str, str]: ...
+
+    def documents_of_sources(self, sources: Iterable[str]) -> list[str]: ...
+
+    def sources(self) -> dict[str, list[str]]: ...
+
+
+@dataclass(frozen=True)
+class ResolvedGold:
+    """A gold set matched against an index: ``dataset`` judges document ids, ``entries`` counts the gold
+    entries as written (one per query and gold id or path), ``unmatched`` lists the ``(query id, gold)`` entries
+    that match no document (kept in the qrels, so they count as misses)."""
+
+    dataset: BeirDataset
+    entries: int
+
+    @property
+    def unmatched(self) -> tuple[tuple[str, str], ...]:
+        return self.dataset.unknown_gold
+
+
+def _path_candidates(gold: str) -> list[str]:
+    """``gold`` as the loaders would have written it as a source: as given, and resolved from the current
+    directory (``path_source(Path(gold).resolve())``, like ``ragkit delete``)."""
+    from ragkit.connectors.loaders import path_source
+
+    candidates = [path_source(gold)]
+    try:
+        resolved = path_source(Path(gold).resolve())
+    except (OSError, RuntimeError, ValueError):  # not a path at all (a NUL character), or a symlink loop
+        return candidates
+    return list(dict.fromkeys([*candidates, resolved]))
+
+
+def _under(folder: str, sources: list[str]) -> list[str]:
+    """The ``sources`` (sorted) below ``folder``."""
+    prefix = folder if folder.endswith(os.sep) else folder + os.sep
+    found = []
+    for source in sources[bisect.bisect_left(sources, prefix) :]:
+        if not source.startswith(prefix):
+            break
+        found.append(source)
+    return found
+
+
+def _match_gold(golds: Iterable[str], catalog: GoldCatalog) -> dict[str, list[str]]:
+    """Each gold id or path -> the ids of the documents it names; ``[]`` when it names none.
+
+    In order: a document id; a source (as stored, or a path resolved from the current directory), which names
+    every document the file produced (rows of a CSV or JSONL file, parts of a large file); a folder, which names
+    every document of the files under it.
+    """
+    from ragkit.connectors.loaders import path_source
+
+    golds = list(dict.fromkeys(golds))
+    as_ids = {gold: path_source(gold) for gold in golds}  # a name that is not UTF-8 is stored escaped
+    known = catalog.document_sources(as_ids.values())
+    matches = {gold: [as_ids[gold]] if as_ids[gold] in known else [] for gold in golds}
+    rest = {gold: _path_candidates(gold) for gold in golds if not matches[gold]}
+    if rest:
+        doc_ids = catalog.documents_of_sources({c for candidates in rest.values() for c in candidates})
+        by_source: dict[str, list[str]] = {}
+        for doc_id, source in catalog.document_sources(doc_ids).items():
+            by_source.setdefault(source, []).append(doc_id)
+        for gold, candidates in rest.items():
+            matches[gold] = sorted({d for c in candidates for d in by_source.get(c, [])})
+    folders = {gold: candidates[-1] for gold, candidates in rest.items() if not matches[gold]}
+    if folders:
+        documents_by_source = catalog.sources()
+        sources = sorted(documents_by_source)
+        for gold, root in folders.items():
+            matches[gold] = sorted({d for s in _under(root, sources) for d in documents_by_source[s]})
+    return matches
+
+
+def resolve_gold(dataset: BeirDataset, catalog: GoldCatalog) -> ResolvedGold:
+    """Match a gold set's judgements to the documents of an index (``index.catalog``).
+
+    A gold entry is a document id or a source: a file path as indexed (absolute, or relative to the current
+    directory), which makes every document of that file relevant with the entry's grade, or a folder, which
+    makes every document below it relevant. An entry that matches nothing stays in the qrels under its own name
+    (a miss, as BEIR counts judged passages missing from the corpus) and is listed in ``unknown_gold``.
+
+    >>> resolved = resolve_gold(load_gold_dataset("gold.jsonl", passages=0), index.catalog)   # doctest: +SKIP
+    >>> resolved.unmatched                                                                   # doctest: +SKIP
+    (('q7', 'docs/missing.md'),)
+    """
+    matches = _match_gold((gold for judgements in dataset.qrels.values() for gold in judgements), catalog)
+    qrels: dict[str, dict[str, int]] = {}
+    unmatched: list[tuple[str, str]] = []
+    for qid, judgements in dataset.qrels.items():
+        resolved: dict[str, int] = {}
+        for gold, grade in judgements.items():
+            targets = matches[gold] or [gold]
+            if not matches[gold]:
+                unmatched.append((qid, gold))
+            for doc_id in targets:
+                resolved[doc_id] = max(grade, resolved.get(doc_id, grade))
+        qrels[qid] = resolved
+    entries = sum(len(judgements) for judgements in dataset.qrels.values())
+    return ResolvedGold(replace(dataset, qrels=qrels, unknown_gold=tuple(unmatched)), entries)

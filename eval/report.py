@@ -10,6 +10,8 @@ The JSON shape (``EvalReport.to_dict``) is the one ``ragkit eval --json`` prints
 With ``--answers`` each mode also carries ``"answers": {...}`` (:meth:`AnswerMetrics.to_dict`: generator, k,
 questions, exact_match, f1, contains, citation_precision, citation_recall, cited, unsupported_share, degraded,
 latency_ms {retrieve_p50, generate_p50, total_p50}), and each per-query row an ``"answer"`` object.
+When some gold matches no document (a typo, a file that was never indexed, a judged passage missing from the
+corpus), ``"unmatched_gold": [{"qid": ..., "gold": ...}, ...]`` lists them; those count as misses.
 
 Metric values are fractions in [0, 1]; latency is in milliseconds (``null`` when it was not measured).
 """
@@ -113,15 +115,19 @@ class EvalReport:
     ks: tuple[int, ...]
     results: Mapping[str, ModeResult]
     per_query: tuple[QueryResult, ...] = field(default=())
+    unmatched_gold: tuple[tuple[str, str], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        """The ``ragkit eval --json`` object."""
-        return {
+        """The ``ragkit eval --json`` object; ``unmatched_gold`` only when some gold matched no document."""
+        data: dict[str, Any] = {
             "dataset": self.dataset,
             "queries": self.queries,
             "passages": self.passages,
             "results": {mode: result.to_dict() for mode, result in self.results.items()},
         }
+        if self.unmatched_gold:
+            data["unmatched_gold"] = [{"qid": qid, "gold": gold} for qid, gold in self.unmatched_gold]
+        return data
 
     def to_json(self, indent: int | None = 2) -> str:
         """:meth:`to_dict` as JSON text (NaN and infinities are not valid JSON and are refused)."""
@@ -220,6 +226,10 @@ def format_markdown(report: EvalReport, plot_file: str | None = "recall_at_k.png
         "|" + "|".join(["---", *["---:"] * (len(header) - 1)]) + "|",
         *("| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows),
     ]
+    if report.unmatched_gold:
+        shown = ", ".join(f"{qid}: {_md_cell(gold)}" for qid, gold in report.unmatched_gold[:misses])
+        more = f" and {len(report.unmatched_gold) - misses} more" if len(report.unmatched_gold) > misses else ""
+        out += ["", f"{len(report.unmatched_gold)} gold ids match no document and count as misses ({shown}{more})."]
     if plot_file:
         out += ["", f"![recall@k against k]({plot_file})"]
     if report.per_query and report.ks:

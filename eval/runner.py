@@ -227,4 +227,5 @@ def run_eval(
         ks=tuple(cutoffs),
         results=results,
         per_query=tuple(rows),
+        unmatched_gold=tuple(pair for pair in dataset.unknown_gold if pair[0] in qrels),
     )

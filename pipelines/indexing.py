@@ -108,19 +108,21 @@ def _in_scope(source: str, scope: Sequence[Path]) -> bool:
 def add_sources(
     store: IndexStore, sources: Sequence[str], *, tags: Mapping[str, Any], sync: bool, progress: Progress | None
 ) -> IndexReport:
-    """Load files, directories and row files, then index what changed (see :func:`add_items`)."""
-    from ragkit.connectors.loaders import RowFields, load_sources
+    """Load files, directories and row files, then index what changed (see :func:`add_items`; a row file that
+    loads without an error replaces its earlier documents)."""
+    from ragkit.connectors.loaders import load_sources
 
     loaders = store.settings.loaders
-    fields = RowFields(id=loaders.id_field, title=loaders.title_field, text=loaders.text_field)
     items = load_sources(
         sources,
         include=loaders.include,
         exclude=loaders.exclude,
-        fields=fields,
+        fields=loaders.row_fields(),
         follow_symlinks=loaders.follow_symlinks,
     )
-    return add_items(store, items, tags=tags, sync_scope=sources if sync else None, progress=progress)
+    return add_items(
+        store, items, tags=tags, sync_scope=sources if sync else None, progress=progress, replace_row_files=True
+    )
 
 
 def add_items(
@@ -130,6 +132,7 @@ def add_items(
     tags: Mapping[str, Any],
     sync_scope: Sequence[str] | None = None,
     progress: Progress | None = None,
+    replace_row_files: bool = False,
 ) -> IndexReport:
     """Index documents (and count load errors); only new or changed documents are chunked and embedded.
 
@@ -138,6 +141,11 @@ def add_items(
     A document that fails a stage is reported (source, stage, reason) and left out; the others are indexed.
 
     ``sync_scope``: paths whose documents not seen in ``items`` are removed (their files are gone).
+
+    ``replace_row_files``: a row file (documents with ``meta["row"]``, such as a CSV's) is a unit. When all its
+    rows came through without an error, the documents of that source that ``items`` did not hold are removed:
+    they are its rows under earlier ids (another ``id_field``) or rows deleted from it. A file with a bad row
+    keeps them all (its good rows are still indexed); ``--sync`` is not needed.
     """
     started = time.perf_counter()
     report = IndexReport()
@@ -146,6 +154,8 @@ def add_items(
         writer = _BatchWriter(index_writer, tags, report, progress)
         seen: set[str] = set()
         failed_sources: set[str] = set()
+        row_sources: set[str] = set()  # the row files this run loaded documents from
+        bad_rows: set[str] = set()  # ... and those with a document left out (a duplicate id, unstorable text)
         pending: list[Document] = []
         pending_chars = 0
         try:
@@ -156,17 +166,21 @@ def add_items(
                     failed_sources.add(item.source.rsplit(":", 1)[0] if ":" in item.source else item.source)
                     failed_sources.add(item.source)
                     continue
+                if "row" in item.meta:
+                    row_sources.add(item.source)
                 if item.id in seen:
                     report.failed += 1
                     report.errors.append(
                         LoadError(item.source, f"duplicate document id {item.id!r}; kept the first")
                     )
+                    bad_rows.add(item.source)
                     continue
                 seen.add(item.id)  # also when it cannot be stored: --sync keeps what an earlier run indexed
                 problem = _unstorable(item)
                 if problem:
                     report.failed += 1
                     report.errors.append(LoadError(item.source, problem))
+                    bad_rows.add(item.source)
                     continue
                 pending.append(item)
                 pending_chars += len(item.text)
@@ -180,8 +194,10 @@ def add_items(
         finally:
             writer.close()
         failed_sources.update(writer.failed_sources)
+        if replace_row_files:
+            report.removed += _replaced_rows(index_writer, row_sources - failed_sources - bad_rows, seen)
         if sync_scope is not None:
-            report.removed = _sync_removed(index_writer, sync_scope, seen, failed_sources)
+            report.removed += _sync_removed(index_writer, sync_scope, seen, failed_sources)
     report.seconds = time.perf_counter() - started
     return report
 
@@ -411,6 +427,13 @@ def _sync_removed(writer: IndexWriter, sources: Sequence[str], seen: set[str], f
         for doc_id in doc_ids
         if doc_id not in seen
     ]
+    writer.delete_documents(gone)
+    return len(gone)
+
+
+def _replaced_rows(writer: IndexWriter, sources: set[str], seen: set[str]) -> int:
+    """Remove the documents of fully loaded row files that this run did not see (rows under old ids)."""
+    gone = [doc_id for doc_id in writer.catalog.documents_of_sources(sorted(sources)) if doc_id not in seen]
     writer.delete_documents(gone)
     return len(gone)
 

@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -163,19 +163,82 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def _index_with_progress(index: Any, sources: list[str], tags: dict[str, str], sync: bool) -> Any:
+    with _progress_bars(_console(stderr=True)) as bar:
+        return _IndexProgress(bar).add(index, sources, tags=tags, sync=sync)
+
+
+def _progress_bars(console: Any) -> Any:
+    """A rich Progress showing each task's label, bar, count (``3/120``) and time remaining."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=_console(stderr=True), transient=False) as bar:
-        tasks: dict[str, Any] = {}
+    return Progress(*columns, console=console, transient=False)
 
-        def progress(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                label = {"load": "loading", "embed": "embedding chunks", "graph": "building graph"}.get(stage, stage)
-                tasks[stage] = bar.add_task(label, total=total or None)
-            bar.update(tasks[stage], completed=done, total=total or None)
 
-        return index.add(sources, meta=tags, sync=sync, progress=progress)
+class _IndexProgress:
+    """The bars of ``ragkit index`` on a terminal: files loaded out of the files counted first (so that rich
+    shows an ETA), then chunks embedded and the graph built, as the pipeline reports them.
+
+    The pipeline's ``progress("load", ...)`` counts documents, and a CSV or JSONL file holds many: the files are
+    counted by the loaders' own walk (``iter_files``) and the bar advances as the loaded items' sources move on
+    to the next file. Example::
+
+        with _progress_bars(Console(stderr=True)) as bar:
+            report = _IndexProgress(bar).add(index, ["docs/"], sync=True)
+    """
+
+    LABELS = {"load": "loading files", "embed": "embedding chunks", "graph": "building graph"}
+
+    def __init__(self, bar: Any) -> None:
+        self.bar = bar
+        self.tasks: dict[str, Any] = {}
+
+    def add(self, index: Any, sources: Sequence[str], *, tags: dict[str, str] | None = None, sync: bool = False) -> Any:
+        """What ``index.add(sources, meta=tags, sync=sync)`` does, with the progress shown on ``self.bar``."""
+        from ragkit.connectors.loaders import load_sources
+        from ragkit.connectors.loaders.walk import iter_files
+        from ragkit.pipelines import indexing
+
+        # indexing.add_sources with the loaded items watched (tests/test_progress.py checks that they agree)
+        loaders = index.settings.loaders
+        walk = {"include": loaders.include, "exclude": loaders.exclude, "follow_symlinks": loaders.follow_symlinks}
+        self.tasks["load"] = self.bar.add_task("counting files", total=None)
+        files = self._file_sources(iter_files(sources, **walk))
+        self.bar.update(self.tasks["load"], description=self.LABELS["load"], total=len(files))
+        items = self._track_files(load_sources(sources, fields=loaders.row_fields(), **walk), files)
+        return indexing.add_items(
+            index.store, items, tags=tags or {}, sync_scope=sources if sync else None, progress=self,
+            replace_row_files=True,
+        )
+
+    @staticmethod
+    def _file_sources(paths: Iterable[Path]) -> set[str]:
+        from ragkit.connectors.loaders.common import file_source
+
+        return {file_source(path) for path in paths}
+
+    def _track_files(self, items: Iterable[Any], files: set[str]) -> Iterator[Any]:
+        """``items`` unchanged; a counted file is done when the items of the next one begin, or at the end."""
+        from ragkit.types import LoadError
+
+        started = 0
+        for item in items:
+            source = item.source
+            if source not in files and isinstance(item, LoadError):
+                source = source.rpartition(":")[0]  # a row of a CSV or JSONL file is "path:row"
+            if source in files:
+                files.discard(source)
+                self.bar.update(self.tasks["load"], completed=started)
+                started += 1
+            yield item
+        self.bar.update(self.tasks["load"], completed=started)
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if stage == "load":  # documents, not files: _track_files moves the files bar
+            return
+        if stage not in self.tasks:
+            self.tasks[stage] = self.bar.add_task(self.LABELS.get(stage, stage), total=total or None)
+        self.bar.update(self.tasks[stage], completed=done, total=total or None)
 
 
 def cmd_ask(args: argparse.Namespace) -> int:

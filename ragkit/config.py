@@ -7,15 +7,19 @@ silently falls back to a default.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from ragkit import registry
 from ragkit.connectors.huggingface import model_package
+from ragkit.connectors.loaders import glob_regex
+from ragkit.connectors.loaders.rows import FieldsByPath, RowFields, TextTemplate
 from ragkit.errors import ConfigError
 
 CONFIG_FILE = "ragkit.toml"
@@ -125,20 +129,114 @@ class GroundingSettings(_Section):
     )
 
 
+class RowFileSettings(_Section):
+    """One ``[[loaders.files]]`` entry: row settings for the JSONL and CSV files its ``glob`` matches.
+
+    The first entry whose glob matches a file wins; the settings it leaves out are ``[loaders]``'s.
+    ``text_template = ""`` turns off a template set in ``[loaders]``.
+    """
+
+    glob: str = Field(min_length=1, description="matched against the end of the file's path: 'people/*.csv'")
+    id_field: str | None = Field(None, min_length=1)
+    title_field: str | None = Field(None, min_length=1)
+    text_field: str | None = Field(None, min_length=1)
+    text_template: str | None = None
+
+    @field_validator("glob")
+    @classmethod
+    def _valid_glob(cls, value: str) -> str:
+        try:
+            glob_regex(value)
+        except re.error as exc:
+            raise ValueError(f"not a valid glob ({exc.msg})") from None
+        return value
+
+    @field_validator("text_template")
+    @classmethod
+    def _valid_template(cls, value: str | None) -> str | None:
+        if value:
+            TextTemplate(value)
+        return value
+
+    @model_validator(mode="after")
+    def _sets_something(self) -> RowFileSettings:
+        if (self.id_field, self.title_field, self.text_field, self.text_template) == (None, None, None, None):
+            raise ValueError("set at least one of id_field, title_field, text_field, text_template for this glob")
+        return self
+
+    def applied_to(self, fields: RowFields) -> RowFields:
+        """``fields`` with what this entry sets."""
+        return replace(
+            fields,
+            id=self.id_field or fields.id,
+            title=self.title_field or fields.title,
+            text=self.text_field or fields.text,
+            template=fields.template if self.text_template is None else (self.text_template or None),
+        )
+
+
 class LoaderSettings(_Section):
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     id_field: str = "_id"
     title_field: str = "title"
     text_field: str = "text"
+    text_template: str | None = Field(
+        None, description="a row's text from its columns, '{name} lives in {city}.'; None: the text field"
+    )
+    files: tuple[RowFileSettings, ...] = Field((), description="per-file row settings, the first match wins")
     follow_symlinks: bool = Field(
         False, description="follow symbolic links that lead outside the folders being indexed"
     )
+
+    @field_validator("files", mode="before")
+    @classmethod
+    def _array_of_tables(cls, value: Any) -> Any:
+        if isinstance(value, dict):  # [loaders.files] written for [[loaders.files]]
+            raise ValueError("write each entry as a [[loaders.files]] table (double brackets), one per glob")
+        return value
+
+    @field_validator("text_template")
+    @classmethod
+    def _valid_template(cls, value: str | None) -> str | None:
+        """``""`` is no template; any other must parse (a ValueError names the problem, under the key)."""
+        if value:
+            TextTemplate(value)
+        return value or None
+
+    def row_fields(self) -> RowFields:
+        """The ``RowFields`` the JSONL and CSV loaders get: these fields, and each entry of ``files`` for the
+        files its glob matches.
+
+        Example::
+
+            load_sources(["data/"], fields=settings.loaders.row_fields())
+        """
+        fields = RowFields(
+            id=self.id_field, title=self.title_field, text=self.text_field, template=self.text_template
+        )
+        if not self.files:
+            return fields
+        rules = tuple((glob_regex(entry.glob), entry.applied_to(fields)) for entry in self.files)
+        return replace(fields, per_file=FieldsByPath(rules))
 
 
 class GraphSection(_Section):
     enabled: bool = True
     options: dict[str, Any] = Field(default_factory=dict, description="passed to ragkit.graph settings")
+
+    @field_validator("options")
+    @classmethod
+    def _valid_graph_options(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """Checked when the settings load, not when a graph mode first runs (an unknown key, a wrong type or an
+        out-of-range value names the key and what it accepts)."""
+        from ragkit.graph.settings import GraphSettings
+
+        try:
+            GraphSettings.from_options(value, origin="graph.options")
+        except ConfigError as exc:
+            raise PydanticCustomError("graph_options", "{problem}", {"problem": str(exc)}) from None
+        return value
 
 
 class Settings(_Section):
@@ -159,12 +257,21 @@ class Settings(_Section):
         return parse_settings(data, origin="arguments")
 
 
+def _model_of(annotation: Any) -> Any:
+    """The settings model of a key: its annotation, or the model a ``tuple[Model, ...]`` holds."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next((arg for arg in get_args(annotation) if isinstance(arg, type) and issubclass(arg, BaseModel)), None)
+
+
 def _describe(error: ErrorDetails, model: type[BaseModel]) -> str:
     location = ".".join(str(part) for part in error["loc"])
     if error["type"] == "extra_forbidden":
         section: Any = model
         for part in error["loc"][:-1]:
-            section = section.model_fields[str(part)].annotation
+            if isinstance(part, int):  # an entry of a list of tables, such as [[loaders.files]]
+                continue
+            section = _model_of(section.model_fields[str(part)].annotation)
         valid = ", ".join(sorted(section.model_fields))
         return f"unknown key '{location}' (valid keys: {valid})"
     return f"'{location}': {error['msg']} (got {error.get('input')!r})"

@@ -265,10 +265,13 @@ def test_csv_with_custom_fields(tmp_path: Path) -> None:
     assert docs[0].meta == {"lang": "en", "row": 1}
     assert docs[1].meta == {"lang": "de", "row": 3}
     assert [(e.source, "empty text" in e.reason) for e in errors] == [(f"{path}:2", True)]
-    # Default fields name a column the file lacks: one clear error for the whole file.
-    [error] = load_one(path)
-    assert isinstance(error, LoadError)
-    assert "no 'text' column" in error.reason and "body" in error.reason
+    # Default fields name a text column the file lacks: each row's text is its columns, `name: value`.
+    docs, errors = split(load_one(path))
+    assert errors == [] and len(docs) == 3
+    assert docs[0].text == (
+        "doc_id: q1\nheading: Returns\nbody: You can return items\nwithin 30 days, with receipt.\nlang: en"
+    )
+    assert docs[1].text == "doc_id: q2\nheading: Empty\nlang: en"
 
 
 def test_utf16_jsonl_keeps_unicode_line_separators_inside_rows(tmp_path: Path) -> None:

@@ -1,16 +1,21 @@
 """JSON Lines and CSV files: one Document per row, with configurable id, title and text fields.
 
-A BEIR ``corpus.jsonl`` (``_id``, ``title``, ``text``, ``metadata``) loads as is. A bad row is a LoadError
-whose source is ``"{path}:{row}"``; the other rows still load.
+A BEIR ``corpus.jsonl`` (``_id``, ``title``, ``text``, ``metadata``) loads as is. A file with ordinary column
+names loads too: when a row has no text field, its text is built from its columns, one ``name: value`` line
+each, or from a ``RowFields.template`` such as ``"{name} lives in {city}."``. ``RowFields.per_file`` picks
+other fields for some files. A bad row is a LoadError whose source is ``"{path}:{row}"``; the other rows still
+load.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import os
 import re
+import string
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,21 +35,134 @@ _SCALARS = (str, int, float, bool)
 
 @dataclass(frozen=True)
 class RowFields:
-    """Which fields of a ``.jsonl``/``.csv`` row hold the id, title and text.
+    """Which fields of a ``.jsonl``/``.csv`` row hold the id, title and text, and how to build a text.
 
     When ``id`` is absent from a row, ``"id"`` is tried, then the row gets ``"{file_doc_id}:{row}"``.
+    A row's text is, in this order: ``template`` filled with the row's columns, when it is set; the ``text``
+    field, when the row has it (as a JSON key, or a column of the CSV header); else every other column as a
+    ``name: value`` line (see ``columns_text``). ``per_file`` chooses other fields for some files: it gets the
+    file's path and returns their fields, or ``None`` to keep these (``ragkit.toml``'s ``[[loaders.files]]``
+    build it from globs, see ``LoaderSettings.row_fields``).
 
     Example::
 
         RowFields(id="doc_id", title="heading", text="body")
+        RowFields(id="name", template="{name} lives in {city}. {notes}")
     """
 
     id: str = "_id"
     title: str = "title"
     text: str = "text"
+    template: str | None = None
+    per_file: Callable[[Path], RowFields | None] | None = None
+
+    def __post_init__(self) -> None:
+        if self.template is not None:
+            TextTemplate(self.template)  # a template that cannot be used is refused here, not on every row
+
+    def for_file(self, path: Path) -> RowFields:
+        """The fields for the rows of ``path``: ``per_file``'s choice, else these."""
+        chosen = self.per_file(path) if self.per_file is not None else None
+        return self if chosen is None else chosen
 
 
 DEFAULT_FIELDS = RowFields()
+
+
+@dataclass(frozen=True)
+class FieldsByPath:
+    """A ``RowFields.per_file`` from rules: the fields of the first rule whose pattern matches the file.
+
+    A pattern (a ``glob_regex``, made for paths relative to a folder) matches a file when it matches the
+    file's absolute path relative to any folder above it: ``people.csv``, ``data/*.csv`` and
+    ``/srv/data/people.csv`` all match ``/srv/data/people.csv``.
+
+    Example::
+
+        RowFields(per_file=FieldsByPath(((glob_regex("people/*.csv"), RowFields(id="name")),)))
+    """
+
+    rules: tuple[tuple[re.Pattern[str], RowFields], ...]
+
+    def __call__(self, path: Path) -> RowFields | None:
+        parts = os.path.abspath(path).replace(os.sep, "/").strip("/").split("/")
+        tails = ["/".join(parts[start:]) for start in range(len(parts) - 1, -1, -1)]
+        for pattern, fields in self.rules:
+            if any(pattern.match(tail) for tail in tails):
+                return fields
+        return None
+
+
+class TextTemplate:
+    """A row's text from a ``str.format``-style template over its columns: ``"{name} lives in {city}."``.
+
+    Each ``{column}`` is replaced by that column's value (``null`` or a missing CSV cell: nothing; a nested
+    JSON value: compact JSON). The whole text between the braces is the column's name: nothing is evaluated,
+    and there are no attribute or index look-ups, format specs or conversions. ``{{`` and ``}}`` are braces.
+    A template that cannot be parsed, or that names no column, is a ValueError.
+
+    Example::
+
+        TextTemplate("{name} lives in {city}.").render({"name": "Ada", "city": "London"})
+    """
+
+    def __init__(self, template: str) -> None:
+        try:
+            parsed = list(string.Formatter().parse(template))
+        except ValueError as exc:
+            raise ValueError(f"text template {template!r}: {exc} (write {{{{ and }}}} for braces)") from None
+        self.parts: list[tuple[str, str | None]] = []
+        for literal, column, spec, conversion in parsed:
+            if column is not None and (spec or conversion is not None):
+                written = "{" + column + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+                raise ValueError(
+                    f"text template {template!r}: {written} has a format spec or conversion, which are not "
+                    f"supported; write {{{column}}}"
+                )
+            if column == "":
+                raise ValueError(f"text template {template!r}: {{}} names no column; write {{column_name}}")
+            self.parts.append((literal, column))
+        self.columns = tuple(dict.fromkeys(column for _, column in self.parts if column is not None))
+        if not self.columns:
+            raise ValueError(f"text template {template!r} names no column; write {{column_name}} where a value goes")
+
+    def render(self, record: Mapping[Any, Any]) -> str:
+        """The template filled with ``record``'s values; a KeyError names a column the record lacks."""
+        out: list[str] = []
+        for literal, column in self.parts:
+            out.append(literal)
+            if column is not None:
+                out.append(value_text(record[column]))
+        return "".join(out)
+
+
+def value_text(value: Any) -> str:
+    """A column's value as text: a string stripped, ``true``/``false``, a number, nested JSON compacted to one
+    line; ``None`` and empty strings, lists and objects give ``""``. A ValueError for a value nested too deeply."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return _clean(value.strip())
+    if isinstance(value, (bool, int, float)):
+        return json.dumps(value)
+    if isinstance(value, (list, dict)) and not value:
+        return ""
+    try:
+        return _clean(json.dumps(value, ensure_ascii=False, separators=(", ", ": "), default=str))
+    except RecursionError:
+        raise ValueError("a value is nested too deeply to write as text") from None
+
+
+def columns_text(record: Mapping[Any, Any], skip: set[Any]) -> str:
+    """A row's columns as ``name: value`` lines, in the row's order, leaving out ``skip`` and empty values."""
+    lines = []
+    for name, value in record.items():
+        if not isinstance(name, str) or name in skip:
+            continue
+        text = value_text(value)
+        if text:
+            lines.append(f"{name}: {text}")
+    return "\n".join(lines)
 
 
 class _RowReader:
@@ -52,6 +170,7 @@ class _RowReader:
 
     def __init__(self, path: Path, fields: RowFields) -> None:
         self.path, self.fields = path, fields
+        self.template = TextTemplate(fields.template) if fields.template is not None else None
         self.source = file_source(path)
         self.file_id = file_doc_id(self.source)
         self.seen: dict[str, int] = {}
@@ -61,14 +180,20 @@ class _RowReader:
 
     def document(self, row: int, record: Mapping[Any, Any]) -> Document | LoadError:
         fields = self.fields
-        if fields.text not in record or record[fields.text] is None:
-            return self.error(row, f"missing text field '{fields.text}'")
-        text = record[fields.text]
-        if not isinstance(text, str):
-            return self.error(row, f"text field '{fields.text}' is a {type(text).__name__}, not a string")
-        if not text.strip():
-            return self.error(row, f"empty text in field '{fields.text}'")
         id_key = next((k for k in (fields.id, "id") if record.get(k) not in (None, "")), None)
+        if self.template is None and fields.text in record:
+            if record[fields.text] is None:
+                return self.error(row, f"missing text field '{fields.text}'")
+            text = record[fields.text]
+            if not isinstance(text, str):
+                return self.error(row, f"text field '{fields.text}' is a {type(text).__name__}, not a string")
+            if not text.strip():
+                return self.error(row, f"empty text in field '{fields.text}'")
+        else:
+            built = self.built_text(row, record, id_key)
+            if isinstance(built, LoadError):
+                return built
+            text = built
         if id_key is not None and not isinstance(record[id_key], _SCALARS):
             return self.error(row, f"id field '{id_key}' is a {type(record[id_key]).__name__}, not a value")
         doc_id = str(record[id_key]) if id_key is not None else f"{self.file_id}:{row}"
@@ -86,6 +211,32 @@ class _RowReader:
             title=str(title).strip() if _scalar(title) else "",
             meta=meta,
         )
+
+    def built_text(self, row: int, record: Mapping[Any, Any], id_key: str | None) -> str | LoadError:
+        """The text of a row without its text field: the template filled in, else its columns."""
+        fields = self.fields
+        try:
+            if self.template is not None:
+                missing = next((c for c in self.template.columns if c not in record), None)
+                if missing is not None:
+                    names = [k for k in record if isinstance(k, str)]
+                    return self.error(
+                        row,
+                        f"text template names column '{missing}', which this row does not have "
+                        f"(columns: {_columns_text(names)})",
+                    )
+                text = self.template.render(record)
+                if not text.strip():
+                    return self.error(row, "empty text: the columns the text template names are all empty")
+                return text
+            text = columns_text(record, {fields.id, fields.title, id_key})
+        except ValueError as exc:
+            return self.error(row, str(exc))
+        if not text:
+            return self.error(
+                row, f"missing text field '{fields.text}', and no other column has a value to make a text of"
+            )
+        return text
 
 
 def _scalar(value: Any) -> bool:
@@ -115,9 +266,10 @@ def load_jsonl(
     """Each JSON object line of a ``.jsonl`` file as a Document; ``meta["row"]`` is its line number.
 
     The file is streamed line by line; a line that is not a JSON object (bad JSON, invalid UTF-8, NUL bytes,
-    over the size limit) is a LoadError for that row and the next lines still load.
+    over the size limit) is a LoadError for that row and the next lines still load. ``fields.for_file(path)``
+    gives the fields of this file.
     """
-    reader = _RowReader(path, fields)
+    reader = _RowReader(path, fields.for_file(path))
     rows = 0
     try:
         with path.open("rb") as handle:
@@ -215,13 +367,14 @@ def load_csv(
     field left open to the end of the file) is a LoadError for that row, and the rows after it still load:
     after an unterminated quote, parsing starts again on the next line.
 
-    A row's text is its text column, and only that: the other columns (every one of them, however many: a
-    10,000-column export too) become ``meta``, keyed by the header, and are never joined into the text (a
-    sheet of numbers would index as noise, and the text of one row would grow with the column count). Meta
-    is stored once per document, not per chunk, and a row is bounded by the size limit, so a wide file
-    costs time and memory linear in its size, one row at a time. A file without the text column is one
-    LoadError naming it and the first 12 columns.
+    A row's text is its text column when the header has one (the other columns become ``meta``, keyed by the
+    header); without it, the columns as ``name: value`` lines, or ``fields.template`` filled in (see
+    ``RowFields``). Meta is stored once per document, not per chunk, and a row is bounded by the size limit, so
+    a wide file (a 10,000-column export) costs time and memory linear in its size, one row at a time. A file
+    whose header lacks a column the template names is one LoadError naming it and the first 12 columns.
+    ``fields.for_file(path)`` gives the fields of this file.
     """
+    fields = fields.for_file(path)
     reader = _RowReader(path, fields)
     # Documents can be long: lift the csv module's 128 KiB field limit (a process-wide setting, only raised).
     csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
@@ -244,11 +397,12 @@ def load_csv(
             if not any(c.strip() for c in columns):
                 yield LoadError(file_source(path), "empty file")
                 return
-            if fields.text not in columns:
+            missing = [c for c in reader.template.columns if c not in columns] if reader.template else []
+            if missing:
                 yield LoadError(
                     file_source(path),
-                    f"no '{fields.text}' column (columns: {_columns_text(columns)}); "
-                    f"name the text column in the loader's text field",
+                    f"text template names column '{missing[0]}', which the file does not have "
+                    f"(columns: {_columns_text(columns)})",
                 )
                 return
             records = csv.reader(lines)
