@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -155,3 +156,49 @@ def test_a_retrieval_mode_registers_like_a_plugin(tmp_path: Path) -> None:
         retrieval_modes.unregister("first-word")
     with pytest.raises(ConfigError, match="unknown retrieval mode .first-word."), Index.open(tmp_path / "idx") as index:
         index.retrieve("beta12", mode="first-word")
+
+
+PRIVATE_READER = """
+import os, sys
+import ragkit.sqlitedb as sqlitedb
+if os.getuid() == 0:
+    os.setgid(65534)
+    os.setuid(65534)  # nobody: the read-only folder is really read-only
+conn = sqlitedb.connect(__import__("pathlib").Path(sys.argv[1]), read_only=True)
+print(conn.execute("SELECT COUNT(*) FROM t").fetchone()[0])
+"""
+
+
+def test_a_reader_in_a_read_only_folder_sees_what_a_killed_writer_left_in_the_wal(tmp_path: Path) -> None:
+    """SQLite cannot recover a killed writer's WAL without writing: the reader reads a private copy instead."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="ragkit-ro-wal-"))
+    try:
+        db = root / "db.sqlite"
+        writer = (
+            "import sqlite3, os, sys; c = sqlite3.connect(sys.argv[1], isolation_level=None); "
+            "c.execute('PRAGMA journal_mode=WAL'); c.execute('PRAGMA wal_autocheckpoint=0'); "
+            "c.execute('CREATE TABLE t(x)'); [c.execute('INSERT INTO t VALUES (?)', (i,)) for i in range(5)]; "
+            "os._exit(0)"  # killed: five committed rows are in the WAL only
+        )
+        subprocess.run([sys.executable, "-c", writer, str(db)], check=True)
+        Path(f"{db}-shm").unlink(missing_ok=True)  # its index is gone: reading the WAL needs a recovery
+        (root / "reader.py").write_text(PRIVATE_READER)
+        before = {p.name: p.read_bytes() for p in root.iterdir()}
+        for path in [root, *root.iterdir()]:
+            path.chmod(0o555 if path.is_dir() else 0o444)
+        result = subprocess.run(
+            [sys.executable, str(root / "reader.py"), str(db)], capture_output=True, text=True, timeout=120,
+            env=dict(os.environ, HOME=str(root)),
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == "5"
+        assert {p.name: p.read_bytes() for p in root.iterdir()} == before
+    finally:
+        for path in [root, *root.iterdir()]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        shutil.rmtree(root, ignore_errors=True)
