@@ -38,7 +38,7 @@ test: install
 lint: install
 	$(BIN)/ruff check ragkit connectors graph pipelines eval tests bench examples
 	rm -rf $(MYPY_TREE) && mkdir -p $(MYPY_TREE)/ragkit
-	ln -s $(CURDIR)/ragkit/*.py $(MYPY_TREE)/ragkit/
+	ln -s $(CURDIR)/ragkit/*.py $(CURDIR)/ragkit/serve $(MYPY_TREE)/ragkit/
 	for pkg in connectors graph pipelines eval; do ln -s $(CURDIR)/$$pkg $(MYPY_TREE)/ragkit/$$pkg; done
 	cd $(MYPY_TREE) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml \
 		--cache-dir $(CURDIR)/.mypy_cache ragkit

@@ -1,4 +1,4 @@
-"""The ``ragkit`` command: index, ask, stats, delete, eval.
+"""The ``ragkit`` command: index, ask, stats, delete, repair, eval, serve, mcp.
 
 Exit codes: 0 success, 1 fatal error, 2 bad usage, 3 partial success (some files failed, the rest is indexed).
 """
@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ragkit.eval.cli import add_eval_parser
 
     add_eval_parser(commands, parents=[common])
+    from ragkit.serve.cli import add_serve_parsers
+
+    add_serve_parsers(commands, parents=[common])
     return parser
 
 
@@ -504,6 +507,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ragkit.eval.cli import cmd_eval
 
             return cmd_eval(args)
+        if args.command in ("serve", "mcp"):
+            from ragkit.serve.cli import cmd_mcp, cmd_serve
+
+            return cmd_serve(args) if args.command == "serve" else cmd_mcp(args)
         return COMMANDS[args.command](args)
     except argparse.ArgumentTypeError as exc:
         print(f"ragkit {args.command}: {exc}", file=sys.stderr)
