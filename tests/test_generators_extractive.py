@@ -268,3 +268,27 @@ def test_auto_is_extractive_on_a_cpu_and_the_server_when_one_is_configured(monke
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert resolve_name(GeneratorSettings()) == "local"
     assert resolve_name(GeneratorSettings(name="extractive")) == "extractive"
+
+
+def test_extractive_draws_on_several_passages_and_reads_pronouns_as_the_subject() -> None:
+    """The answer sentence says "It" for its passage's subject; a passage that shares nothing is left out."""
+    hits = [
+        titled_hit(0, "Thumb Wrestling Federation", "Thumb Wrestling Federation is a children's series shown on "
+                   "Cartoon Network. It ran for five seasons."),
+        titled_hit(1, "Chess", "Chess is a board game for two players."),
+        titled_hit(2, "Cartoon Network", "Cartoon Network is an American cable channel. It was founded by Betty "
+                   "Cohen and launched in 1992."),
+    ]
+    answer = ExtractiveGenerator().generate("Thumb Wrestling Federation is on a network founded by who?", hits)
+    assert answer.text.startswith("It was founded by Betty Cohen and launched in 1992. [1]")  # the answer first
+    assert answer.citations[0] is hits[2] and hits[0] in answer.citations
+    assert "board game" not in answer.text
+
+
+def test_extractive_limits_sentences_and_takes_typographic_quotes_for_prose() -> None:
+    text = "Victoria Falls (``The Smoke that Thunders'') is a waterfall on the Zambezi River."
+    answer = ExtractiveGenerator().generate("Which waterfall is on the Zambezi?", [make_hit(0, text)])
+    assert answer.text == f"{text} [1]"  # doubled backticks open a quotation; they are not code
+    many = [make_hit(i, f"Copper fact number {i} is that copper conducts heat.") for i in range(6)]
+    answer = ExtractiveGenerator(max_sentences=2).generate("Does copper conduct heat?", many)
+    assert len(cited_numbers(answer.text)) == 2

@@ -1,7 +1,10 @@
-"""The generator that needs no model: the best sentences of the top hits, each followed by its citation.
+"""The generator that needs no model: one sentence from each of the best passages, each followed by its citation.
 
-It always works, which makes it the fallback of every other generator. Scoring is deliberately simple and
-deterministic: how many of the question's content words a sentence contains, weighted down by its hit's rank.
+It always works, which makes it the fallback of every other generator, and it is the default on a machine
+without a GPU or a configured server. Scoring is deterministic and takes milliseconds: a sentence counts the
+question's content words it contains, more when it holds the kind of thing the question asks for (a year, a
+number, a name); passages compete by their best sentence, their rank, and whether they are the second hop of a
+multi-hop question (see :meth:`ExtractiveGenerator._select`). docs/benchmarks.md has its answer figures.
 """
 
 from __future__ import annotations
@@ -47,11 +50,15 @@ def split_sentences(text: str) -> list[str]:
     return passage_sentences(text)
 
 
+# A sentence opening with a pronoun or "The <common noun>" ("It was founded by ...", "The club was formed in
+# 1993") is about its passage's subject, though it does not name it.
+_ANAPHOR = re.compile(r"(?:[Hh]e|[Ss]he|[Ii]ts?|[Tt]hey|[Hh]is|[Hh]er|[Tt]heir|[Tt]his|[Tt]hese|[Tt]he [a-z]+)\b")
 _NAME = re.compile(r"\b[A-Z][\w'-]*")
 _YEAR = re.compile(r"\b(1[0-9]{3}|20[0-9]{2})\b")
 _MONTH = re.compile(r"\b(January|February|March|April|May|June|July|August|September|October|November|December)\b")
 _NUMBER = re.compile(r"\d")
-_CODE = re.compile(r"[{}`]|^\s*(def|class|import|from|return|\$|>>>|#+)\s|=>|::|\w\(\)")
+# A lone backtick is inline code; a doubled one (``like this'') is a typographic opening quote.
+_CODE = re.compile(r"[{}]|(?<!`)`(?!`)|^\s*(def|class|import|from|return|\$|>>>|#+)\s|=>|::|\w\(\)")
 
 
 def answer_kind(question: str) -> str:
@@ -92,10 +99,27 @@ class _Sentence:
     rank: int
     position: int
     text: str
-    words: set[str]
     title: str
     score: float
     typed: float
+    overlap: float
+    second_hop: bool = False
+
+
+LEAD_BONUS = 0.5
+"""Added to the score of a passage's first sentence: it usually says what the passage's subject is."""
+UNNAMED_BONUS = 0.5
+"""A passage about something the question does not name counts this much more (the answer is rarely the
+question's own subject)."""
+BRIDGE_BONUS = 1.0
+"""A passage about something another retrieved passage names counts this much more (a second hop)."""
+SAME_PASSAGE_DECAY = 0.5
+"""Each further sentence of one passage counts this much of the one before it."""
+
+
+def _title_key(title: str) -> str:
+    """A title as words, lower case, without a parenthesised qualifier: "Hello Love (song)" -> "hello love"."""
+    return " ".join(_WORD.findall(re.sub(r"\s*\([^)]*\)", "", title).lower()))
 
 
 def rank_weight(rank: int) -> float:
@@ -104,14 +128,14 @@ def rank_weight(rank: int) -> float:
 
 
 class ExtractiveGenerator:
-    """Answers with the best two or three sentences of the top hits, each cited as ``[n]``; no model needed.
+    """Answers with the best sentence of each of (up to) four passages, each cited as ``[n]``; no model needed.
 
     >>> answer = ExtractiveGenerator().generate("What is the capital of France?", hits)
     >>> answer.text
     'Paris is the capital of France. [1]'
     """
 
-    def __init__(self, max_sentences: int = 3, max_hits: int = 5, min_words: int = 3) -> None:
+    def __init__(self, max_sentences: int = 4, max_hits: int = 5, min_words: int = 3) -> None:
         if max_sentences < 1 or max_hits < 1:
             raise ValueError("max_sentences and max_hits must be at least 1")
         self.name = "extractive"
@@ -120,78 +144,68 @@ class ExtractiveGenerator:
         self.min_words = min_words
 
     def _select(self, question: str, hits: Sequence[Hit]) -> list[tuple[str, int]]:
-        """The chosen ``(sentence, hit index)`` pairs, the most answer-like first."""
+        """The chosen ``(sentence, hit index)`` pairs, the most answer-like first, spread over the passages.
+
+        A sentence scores by the question's content words it shares (a sentence that refers back to its
+        passage's subject, "It was founded by ...", shares the subject's words too), more when it holds what the
+        question asks for, plus a bonus for a passage's lead sentence, which in encyclopaedic and documentation
+        text says what the subject is. Passages weigh their sentences by their rank and by whether they are a
+        *second hop*: a passage about something another retrieved passage names (its title occurs there) but
+        the question does not. Multi-hop questions ("Who founded the company that makes X?") are answered in
+        such a passage: the question names X, X's passage names the company, the company's passage holds the
+        answer. Each further sentence of one passage counts half as much as the one before, so the answer
+        draws on several passages; a passage that shares no word with the question is used only as a bridge.
+        """
         terms = set(content_words(question))
         question_words = {w.lower() for w in _WORD.findall(question)}
+        question_text = f" {' '.join(_WORD.findall(question.lower()))} "
         kind = answer_kind(question)
-        candidates: list[_Sentence] = []
+        passages: list[list[_Sentence]] = []
         seen: set[str] = set()
         for rank, hit in enumerate(hits[: self.max_hits]):
             title = str(hit.chunk.meta.get("title") or "")
+            subject_words = set(content_words(title)) if title else set()
+            sentences: list[_Sentence] = []
             for position, sentence in enumerate(split_sentences(hit.chunk.text)):
+                if position == 0 and not title:  # an untitled passage is about what its first sentence names
+                    subject_words = {_stem(w.lower()) for w in _NAME.findall(sentence)} - _STOPWORDS
                 key = sentence.lower()
                 if len(sentence.split()) < self.min_words or key in seen or not_prose(sentence):
                     continue
                 seen.add(key)
                 words = content_words(sentence)
-                overlap = len(terms.intersection(words))
+                about = subject_words.union(words) if _ANAPHOR.match(sentence) else words
                 # Dividing by log length keeps long run-on sentences from winning on size alone.
-                score = overlap * rank_weight(rank) / math.log2(2 + len(words))
+                overlap = len(terms.intersection(about)) / math.log2(2 + len(words))
                 typed = answer_type_bonus(kind, sentence, question_words)
-                candidates.append(_Sentence(rank, position, sentence, set(words), title, score, typed))
-        if not candidates:  # every sentence was too short or not prose: the top hit's text as it is
+                score = overlap * (1 + typed) + (LEAD_BONUS if position == 0 else 0.0)
+                sentences.append(_Sentence(rank, position, sentence, title, score, typed, overlap))
+            if sentences:
+                passages.append(sorted(sentences, key=lambda c: -c.score))
+        if not passages:  # every sentence was too short or not prose: the top hit's text as it is
             return [(" ".join(hits[0].chunk.text.split()), 0)] if hits[0].chunk.text.strip() else []
-        by_score = sorted(candidates, key=lambda c: (-(c.score * (1 + c.typed)), c.rank, c.position))
-        first = by_score[0]
-        if first.score == 0:  # nothing overlaps the question: the lead sentence of the best hit
-            lead = min(candidates, key=lambda c: (c.rank, c.position))
+        texts = {s[0].rank: f" {' '.join(_WORD.findall(hits[s[0].rank].chunk.text.lower()))} " for s in passages}
+        ranked: list[tuple[float, _Sentence]] = []
+        for sentences in passages:
+            rank, subject = sentences[0].rank, _title_key(sentences[0].title)
+            bridge = bool(subject) and any(f" {subject} " in texts[o] for o in texts if o != rank)
+            if not bridge and not any(c.overlap for c in sentences):
+                continue
+            unnamed = bool(subject) and f" {subject} " not in question_text
+            prior = rank_weight(rank) * (1 + UNNAMED_BONUS * unnamed + BRIDGE_BONUS * bridge)
+            for nth, candidate in enumerate(sentences):
+                if nth and not candidate.overlap:
+                    continue
+                candidate.second_hop = bridge and unnamed
+                ranked.append((prior * (0.2 + candidate.score) * SAME_PASSAGE_DECAY**nth, candidate))
+        if not ranked:  # nothing overlaps the question: the lead sentence of the best hit
+            lead = min((c for s in passages for c in s), key=lambda c: (c.rank, c.position))
             return [(lead.text, lead.rank)]
-        chosen = [first]
-        bridge = self._second_hop(first, candidates, terms, question_words, kind)
-        if bridge is not None:
-            chosen.append(bridge)
-        for candidate in by_score[1:]:
-            if len(chosen) >= self.max_sentences:
-                break
-            if candidate.score > 0 and candidate not in chosen:
-                chosen.append(candidate)
-        # the most answer-like sentence first: the second hop's, when the question asks for something it holds
-        if bridge is not None and kind != "other" and bridge.typed:
-            chosen.sort(key=lambda c: c is not bridge)
-        else:
-            chosen.sort(key=lambda c: -c.typed)
+        ranked.sort(key=lambda pair: (-pair[0], pair[1].rank, pair[1].position))
+        chosen = [candidate for _, candidate in ranked[: self.max_sentences]]
+        # the most answer-like first: what the question asks for, found in the second hop when there is one
+        chosen.sort(key=lambda c: (-c.typed, not c.second_hop))
         return [(c.text, c.rank) for c in chosen]
-
-    @staticmethod
-    def _second_hop(
-        first: _Sentence, candidates: list[_Sentence], terms: set[str], question_words: set[str], kind: str
-    ) -> _Sentence | None:
-        """The best sentence of another passage about something the first sentence names (its bridge).
-
-        Multi-hop questions ("Who founded the company that makes X?") are answered in a passage that the
-        question does not name: the first hop's sentence names it (the company). A passage whose title, or
-        failing that whose sentence, mentions the first sentence's new names is that second passage; its best
-        sentence shares the question's other words and holds what the question asks for, beyond the bridge.
-        """
-        raw_names = {w.lower() for w in _NAME.findall(first.text)} - question_words
-        names = {_stem(w) for w in raw_names} - _STOPWORDS
-        if not names:
-            return None
-        best: tuple[float, _Sentence] | None = None
-        for candidate in candidates:
-            if candidate.rank == first.rank:
-                continue
-            title_words = {_stem(w.lower()) for w in _WORD.findall(candidate.title)}
-            linked = 2 * len(names & title_words) + len(names & candidate.words)
-            if not linked:
-                continue
-            typed = answer_type_bonus(kind, candidate.text, question_words | raw_names)
-            shared = len((terms & candidate.words) - names)
-            score = (linked + 2 * shared) * (1 + typed) / math.log2(2 + len(candidate.words))
-            score /= 1 + 0.1 * candidate.position
-            if best is None or score > best[0]:
-                best = (score, candidate)
-        return best[1] if best else None
 
     def generate(self, question: str, hits: Sequence[Hit]) -> Answer:
         hits = list(hits)
