@@ -57,8 +57,11 @@ _NAME = re.compile(r"\b[A-Z][\w'-]*")
 _YEAR = re.compile(r"\b(1[0-9]{3}|20[0-9]{2})\b")
 _MONTH = re.compile(r"\b(January|February|March|April|May|June|July|August|September|October|November|December)\b")
 _NUMBER = re.compile(r"\d")
-# A lone backtick is inline code; a doubled one (``like this'') is a typographic opening quote.
-_CODE = re.compile(r"[{}]|(?<!`)`(?!`)|^\s*(def|class|import|from|return|\$|>>>|#+)\s|=>|::|\w\(\)")
+# Code outside inline spans: braces, a statement keyword or prompt at the start, arrows, scope operators, calls.
+_CODE = re.compile(r"[{}]|^\s*(def|class|import|from|return|\$|>>>|#+)\s|=>|::|\w\(\)")
+# An inline code span (`ragkit index`) inside a sentence of prose; a doubled backtick (``like this'') is a
+# typographic opening quote, not code.
+_INLINE_CODE = re.compile(r"(?<!`)`[^`\n]+`(?!`)")
 
 
 def answer_kind(question: str) -> str:
@@ -87,8 +90,12 @@ def answer_type_bonus(kind: str, sentence: str, question_words: set[str]) -> flo
 
 
 def not_prose(sentence: str) -> bool:
-    """Headings, code and boilerplate: lines an answer should not quote."""
-    if _CODE.search(sentence):
+    """Headings, code and boilerplate: lines an answer should not quote. A sentence of prose that names a
+    command or a setting in an inline code span (`ragkit index`) is prose; a stray backtick is not."""
+    prose = _INLINE_CODE.sub("code", sentence)
+    if prose.count("|") >= 2:  # a table row
+        return True
+    if _CODE.search(prose) or re.search(r"(?<!`)`(?!`)", prose):
         return True
     letters = sum(ch.isalpha() for ch in sentence)
     return letters < 0.6 * len(sentence.replace(" ", ""))
@@ -188,7 +195,10 @@ class ExtractiveGenerator:
         ranked: list[tuple[float, _Sentence]] = []
         for sentences in passages:
             rank, subject = sentences[0].rank, _title_key(sentences[0].title)
-            bridge = bool(subject) and any(f" {subject} " in texts[o] for o in texts if o != rank)
+            doc_id = hits[rank].chunk.doc_id  # a document's own chunks naming its title make no second hop
+            bridge = bool(subject) and any(
+                f" {subject} " in text for o, text in texts.items() if hits[o].chunk.doc_id != doc_id
+            )
             if not bridge and not any(c.overlap for c in sentences):
                 continue
             unnamed = bool(subject) and f" {subject} " not in question_text
@@ -204,7 +214,7 @@ class ExtractiveGenerator:
         ranked.sort(key=lambda pair: (-pair[0], pair[1].rank, pair[1].position))
         chosen = [candidate for _, candidate in ranked[: self.max_sentences]]
         # the most answer-like first: what the question asks for, found in the second hop when there is one
-        chosen.sort(key=lambda c: (-c.typed, not c.second_hop))
+        chosen.sort(key=lambda c: (-c.typed, not (c.typed and c.second_hop)))
         return [(c.text, c.rank) for c in chosen]
 
     def generate(self, question: str, hits: Sequence[Hit]) -> Answer:
