@@ -133,6 +133,7 @@ def add_items(
     sync_scope: Sequence[str] | None = None,
     progress: Progress | None = None,
     replace_row_files: bool = False,
+    atomic: bool = False,
 ) -> IndexReport:
     """Index documents (and count load errors); only new or changed documents are chunked and embedded.
 
@@ -146,12 +147,17 @@ def add_items(
     rows came through without an error, the documents of that source that ``items`` did not hold are removed:
     they are its rows under earlier ids (another ``id_field``) or rows deleted from it. A file with a bad row
     keeps them all (its good rows are still indexed); ``--sync`` is not needed.
+
+    ``atomic``: every document of the run commits in one catalog transaction at the end (batches are still
+    embedded as they fill, and a document failing a stage is still left out), so a crash leaves all of them or
+    none (``ragkit serve`` upload jobs). Memory then holds the whole run's chunks and vectors; a write failure
+    fails the run instead of being retried document by document.
     """
     started = time.perf_counter()
     report = IndexReport()
     check_tags(tags)
     with store.writer() as index_writer:  # catches up with an interrupted earlier run first
-        writer = _BatchWriter(index_writer, tags, report, progress)
+        writer = _BatchWriter(index_writer, tags, report, progress, atomic=atomic)
         seen: set[str] = set()
         failed_sources: set[str] = set()
         row_sources: set[str] = set()  # the row files this run loaded documents from
@@ -190,7 +196,7 @@ def add_items(
                     _triage(store, pending, tags, report, writer)
                     pending, pending_chars = [], 0
             _triage(store, pending, tags, report, writer)
-            writer.flush()
+            writer.flush(final=True)
         finally:
             writer.close()
         failed_sources.update(writer.failed_sources)
@@ -271,10 +277,18 @@ class _BatchWriter:
     """
 
     def __init__(
-        self, writer: IndexWriter, tags: Mapping[str, Any], report: IndexReport, progress: Progress | None
+        self,
+        writer: IndexWriter,
+        tags: Mapping[str, Any],
+        report: IndexReport,
+        progress: Progress | None,
+        *,
+        atomic: bool = False,
     ) -> None:
         self.writer, self.store = writer, writer.store
         self.tags, self.report, self.progress = tags, report, progress
+        self.atomic = atomic  # hold every batch's entries back until the final flush, then one transaction
+        self._staged: list[_Entry] = []
         self.failed_sources: set[str] = set()
         self._chunker: Chunker | None = None
         self._graph: GraphWriter | None = None
@@ -301,9 +315,9 @@ class _BatchWriter:
         if self._pending_chunks >= BATCH_CHUNKS:
             self.flush()
 
-    def flush(self) -> None:
+    def flush(self, *, final: bool = False) -> None:
         batch, self._pending, self._pending_chunks = self._pending, [], 0
-        if not batch:
+        if not batch and not (final and self._staged):
             return
         if self._graph is None and self.store.manifest.graph:
             from ragkit.pipelines.graph_indexing import GraphWriter
@@ -320,13 +334,19 @@ class _BatchWriter:
         batch = self._stage("embed", batch, embed)
         if self._graph is not None:
             batch = self._stage("graph", batch, self._graph.extract)
-        batch = self._isolated("write", batch, self._write)
+        if self.atomic:
+            self._staged += batch  # counted as written: embedded and extracted, committed at the final flush
+        else:
+            batch = self._isolated("write", batch, self._write)
         self.report.embedded += computed
         self._written += sum(len(e.chunks) for e in batch)
         if self.progress:
             self.progress("embed", self._written, self._chunked)
             if self._graph is not None:
                 self.progress("graph", self._written, self._chunked)
+        if final and self._staged:
+            staged, self._staged = self._staged, []
+            self._write(staged)
 
     def close(self) -> None:
         if self._graph is not None:

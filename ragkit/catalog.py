@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,19 @@ CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 _CHUNK_COLUMNS = "c.id, c.doc_id, c.text, c.start, c.end, c.meta, d.title"
+
+
+@dataclass(frozen=True)
+class DocumentSummary:
+    """A document as :meth:`Catalog.list_documents` describes it: everything but its text."""
+
+    id: str
+    source: str
+    title: str
+    meta: dict[str, Any]
+    tags: dict[str, Any]
+    chunks: int
+    indexed_at: float
 
 
 class Catalog:
@@ -277,6 +291,62 @@ class Catalog:
         documents = self._query("SELECT COUNT(*) FROM documents")[0][0]
         chunks = self._query("SELECT COUNT(*) FROM chunks")[0][0]
         return {"documents": documents, "chunks": chunks}
+
+    def list_documents(
+        self,
+        *,
+        tags: Mapping[str, Any] | None = None,
+        ids: Sequence[str] | None = None,
+        after: str | None = None,
+        offset: int = 0,
+        limit: int = 100,
+    ) -> list[DocumentSummary]:
+        """Documents in id order without their text: those whose tags hold every ``key == value`` of ``tags``
+        (a tenant's), among ``ids`` when given. Paged by ``after`` (the last id of the previous page, which
+        stays correct while documents come and go) and/or ``offset``."""
+        clauses, params = self._tag_clauses(tags)
+        if ids is not None:
+            if not ids:
+                return []
+            clauses.append(f"d.id IN ({','.join('?' * len(ids))})")
+            params += list(ids)
+        if after is not None:
+            clauses.append("d.id > ?")
+            params.append(after)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self._query(
+            "SELECT d.id, d.source, d.title, d.meta, d.tags, d.indexed_at, "
+            f"(SELECT COUNT(*) FROM chunks c WHERE c.doc_id = d.id) FROM documents d {where} "
+            "ORDER BY d.id LIMIT ? OFFSET ?",
+            [*params, int(limit), int(offset)],
+        )
+        return [
+            DocumentSummary(
+                id=doc_id, source=source, title=title, meta=self._json(meta, f"metadata of document {doc_id!r}"),
+                tags=self._json(tags_text, f"tags of document {doc_id!r}"), chunks=chunks, indexed_at=indexed_at,
+            )
+            for doc_id, source, title, meta, tags_text, indexed_at, chunks in rows
+        ]
+
+    def count_documents(self, tags: Mapping[str, Any] | None = None) -> dict[str, int]:
+        """:meth:`counts` of the documents whose tags hold every ``key == value`` of ``tags``."""
+        clauses, params = self._tag_clauses(tags)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        documents, chunks = self._query(
+            f"SELECT COUNT(*), COALESCE(SUM((SELECT COUNT(*) FROM chunks c WHERE c.doc_id = d.id)), 0) "
+            f"FROM documents d {where}",
+            params,
+        )[0]
+        return {"documents": documents, "chunks": chunks}
+
+    @staticmethod
+    def _tag_clauses(tags: Mapping[str, Any] | None) -> tuple[list[str], list[Any]]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        for key, value in (tags or {}).items():
+            clauses.append("json_extract(d.tags, ?) = ?")
+            params += [f'$."{key}"', value]
+        return clauses, params
 
     def get_state(self, key: str) -> str | None:
         rows = self._query("SELECT value FROM state WHERE key = ?", (key,))

@@ -353,27 +353,12 @@ def _print_streamed(stream: Any, hits: list[Any], explain: bool) -> None:
 
 
 def _answer_json(question: str, answer: Any, hits: list[Any], timings: dict[str, float], batch: int) -> dict:
-    cited = {h.chunk.id for h in answer.citations}
-    return {
-        "question": question,
-        "answer": answer.text,
-        "generator": answer.generator,
-        "degraded": answer.degraded,
-        "reason": answer.reason,
-        "citations": [
-            {"number": n, "chunk_id": h.chunk.id, "doc_id": h.chunk.doc_id, "source": h.source}
-            for n, h in enumerate(answer.citations, start=1)
-        ],
-        "unsupported": list(answer.unsupported),
-        "hits": [
-            {
-                "rank": rank, "chunk_id": h.chunk.id, "doc_id": h.chunk.doc_id, "source": h.source,
-                "score": h.score, "retriever": h.retriever, "text": h.chunk.text, "start": h.chunk.start,
-                "end": h.chunk.end, "cited": h.chunk.id in cited, **({"explain": h.explain} if h.explain else {}),
-            }
-            for rank, h in enumerate(hits, start=1)
-        ],
-        "timings_ms": {k: round(v / batch, 2) for k, v in timings.items()} | {"batch": batch},
+    """``ask --json``'s line: the answer as the server's ``/v1/ask`` writes it (one shared definition,
+    ``ragkit.serve.schemas.answer_json``), with this run's timings per question."""
+    from ragkit.serve.schemas import answer_json
+
+    return answer_json(question, answer, hits) | {
+        "timings_ms": {k: round(v / batch, 2) for k, v in timings.items()} | {"batch": batch}
     }
 
 

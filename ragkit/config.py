@@ -239,6 +239,33 @@ class GraphSection(_Section):
         return value
 
 
+class ServeSettings(_Section):
+    """``[serve]``: how ``ragkit serve`` listens, batches, limits and shuts down (``--host``, ``--port`` and
+    ``--keys`` override the first three)."""
+
+    host: str = Field("127.0.0.1", min_length=1, description="address to bind; a non-loopback one needs keys")
+    port: int = Field(8000, ge=1, le=65535)
+    keys: str | None = Field(None, description="API key file (ragkit serve keys add); None: no keys, loopback only")
+    max_batch: int = Field(32, ge=1, le=4096, description="queries coalesced into one retrieve_many call")
+    max_wait_ms: float = Field(
+        5.0, ge=0, le=1000, description="how long the first query of a batch waits for others to join it"
+    )
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="larger request bodies get a 413")
+    max_k: int = Field(100, ge=1, description="the largest k a request may ask for")
+    max_queries: int = Field(64, ge=1, description="the most queries one /v1/retrieve request may batch")
+    request_timeout_s: float = Field(120.0, gt=0, description="a request still working after this gets a 504")
+    generation_concurrency: int = Field(8, ge=1, description="answers generated at once (threads)")
+    max_concurrent: int = Field(256, ge=1, description="/v1 requests admitted at once, over every key")
+    max_queue: int = Field(1024, ge=0, description="/v1 requests waiting for admission before 429s")
+    rate_per_s: float | None = Field(None, gt=0, description="a key's default request rate; None: unlimited")
+    max_concurrent_per_key: int | None = Field(None, ge=1, description="a key's default requests in flight")
+    data_dir: str | None = Field(None, description="uploads and job records; None: <index>/serve")
+    shutdown_grace_s: float = Field(30.0, ge=0, description="SIGTERM: how long in-flight requests may finish")
+    metrics_access: Literal["loopback", "public"] = Field(
+        "loopback", description="who may read /metrics (index-wide counts): loopback clients only, or anyone"
+    )
+
+
 class Settings(_Section):
     embedder: EmbedderSettings = EmbedderSettings()
     chunking: ChunkingSettings = ChunkingSettings()
@@ -248,6 +275,7 @@ class Settings(_Section):
     grounding: GroundingSettings = GroundingSettings()
     loaders: LoaderSettings = LoaderSettings()
     graph: GraphSection = GraphSection()
+    serve: ServeSettings = ServeSettings()
 
     def merged(self, **sections: dict[str, Any]) -> Settings:
         """A copy with some keys of some sections replaced (``None`` values are ignored)."""

@@ -209,9 +209,20 @@ class Index:
             self.store, [str(s) for s in sources], tags=dict(meta or {}), sync=sync, progress=progress
         )
 
-    def add_documents(self, documents: Iterable[Document], *, meta: Mapping[str, Any] | None = None) -> IndexReport:
-        """Index documents built in code (ids are kept: a known id with new text is an update)."""
-        return indexing.add_items(self.store, documents, tags=dict(meta or {}))
+    def add_documents(
+        self,
+        documents: Iterable[Document],
+        *,
+        meta: Mapping[str, Any] | None = None,
+        atomic: bool = False,
+        progress: Progress | None = None,
+    ) -> IndexReport:
+        """Index documents built in code (ids are kept: a known id with new text is an update).
+
+        ``atomic``: all of them commit in one transaction, so a crash leaves all or none (``ragkit serve``'s
+        upload jobs); otherwise they commit batch by batch as they stream through.
+        """
+        return indexing.add_items(self.store, documents, tags=dict(meta or {}), atomic=atomic, progress=progress)
 
     def delete(self, doc_id_or_source: str) -> list[str]:
         """Delete a document by id, or every document a source (file path) produced; returns the ids removed."""

@@ -9,6 +9,7 @@ honouring ``Retry-After``; every error names the URL and the cause.
 
 from __future__ import annotations
 
+import copy
 import email.utils
 import json
 import os
@@ -27,6 +28,7 @@ from ragkit.connectors.generators.prompt import (
     TokenCounter,
     approx_token_count,
     build_messages,
+    fit_history,
     parse_citations,
 )
 from ragkit.errors import GeneratorError
@@ -102,6 +104,7 @@ class OpenAIGenerator:
         extra_body: dict[str, Any] | None = None,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        history: Sequence[dict[str, str]] = (),
     ) -> None:
         self.name = "openai"
         self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
@@ -118,6 +121,7 @@ class OpenAIGenerator:
         self.max_backoff_s = max_backoff_s
         self.concurrency = max(1, concurrency)
         self.extra_body = dict(extra_body or {})
+        self.history: tuple[dict[str, str], ...] = tuple(dict(turn) for turn in history)
         self._sleep = sleep
         self._rng = random.Random()
         self._model_lock = threading.Lock()
@@ -199,7 +203,23 @@ class OpenAIGenerator:
         return body
 
     def _messages(self, question: str, hits: Sequence[Hit]) -> tuple[Messages, tuple[Hit, ...]]:
-        return build_messages(question, hits, self.context_tokens, self.count_tokens, self.system_prompt)
+        """System prompt, the conversation so far (``history``, at most half the token budget, latest turns
+        first), then the passages and the question in the budget left."""
+        turns = fit_history(self.history, self.context_tokens // 2, self.count_tokens) if self.history else []
+        budget = self.context_tokens - sum(self.count_tokens(turn["content"]) + 4 for turn in turns)
+        messages, used = build_messages(question, hits, budget, self.count_tokens, self.system_prompt)
+        return [*messages[:1], *turns, *messages[1:]], used
+
+    def with_history(self, history: Sequence[dict[str, str]]) -> OpenAIGenerator:
+        """This generator for one turn of a conversation: the same server, client and settings, with the earlier
+        ``{"role", "content"}`` turns sent before the question (the caller's own instance is unchanged).
+
+        >>> generator.with_history([{"role": "user", "content": "Who wrote Hamlet?"},
+        ...                         {"role": "assistant", "content": "Shakespeare [1]."}]).generate("When?", hits)
+        """
+        turn = copy.copy(self)
+        turn.history = tuple(dict(message) for message in history)
+        return turn
 
     # -- the Generator protocol -----------------------------------------------------------------------------
 
@@ -225,10 +245,12 @@ class OpenAIGenerator:
         """Text deltas as the server sends them; ``[n]`` is the prompt's n-th passage (not renumbered)."""
         messages, _ = self._messages(question, hits)
         response = self._send("POST", "chat/completions", self._body(messages, stream=True), stream=True)
+        events = 0
         try:
             for line in response.iter_lines():
                 if not line.startswith("data:"):
                     continue  # blank separators, comments, "event:" and "id:" fields
+                events += 1
                 data = line[5:].strip()
                 if data == "[DONE]":
                     return
@@ -242,6 +264,9 @@ class OpenAIGenerator:
                     piece = (choice.get("delta") or {}).get("content")
                     if piece:
                         yield piece
+            if not events:  # a 200 that is no event stream at all (an HTML error page from a proxy)
+                kind = response.headers.get("content-type", "no content type")
+                raise self._fail("chat/completions", f"malformed stream: no server-sent events in a {kind} body")
         except httpx.TransportError as exc:
             raise self._fail("chat/completions", f"stream interrupted: {type(exc).__name__}: {exc}") from exc
         finally:
