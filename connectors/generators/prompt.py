@@ -22,6 +22,9 @@ SYSTEM_PROMPT = (
     "After each statement, cite the passage it comes from by its number in square brackets, like [1] or [2]. "
     "If the passages do not contain the answer, say that you do not know."
 )
+# The last line of the user message. It names real markers ("[1]"), never a placeholder ("[n]"): small models
+# copy what they are shown, and a literal "[n]" came back in their answers.
+ANSWER_INSTRUCTION = "Answer briefly and cite the passages you use as [n]."
 
 Messages = list[dict[str, str]]
 TokenCounter = Callable[[str], int]
@@ -52,7 +55,7 @@ def _user_message(question: str, passages: Sequence[str]) -> str:
     return (
         f"Context passages:\n{context}\n\n"
         f"Question: {question.strip()}\n"
-        "Answer briefly and cite the passages you use as [n]."
+        f"{ANSWER_INSTRUCTION}"
     )
 
 
@@ -200,3 +203,30 @@ def streamed_answer(generator: Generator, question: str, hits: Sequence[Hit], te
     body, citations = parse_citations(text.strip(), hits)
     meta = {"passages": tuple(hit.chunk.id for hit in hits)}
     return Answer(text=body, citations=citations, generator=generator.name, meta=meta)
+
+
+def fit_history(
+    history: Sequence[dict[str, str]], budget_tokens: int, count_tokens: TokenCounter = approx_token_count
+) -> Messages:
+    """The latest turns of a conversation that fit ``budget_tokens``, to go between the system prompt and the
+    question (so that "and where was she born?" reads as a follow-up).
+
+    Only ``user`` and ``assistant`` turns with text are kept (a client's own system prompt would compete with the
+    citation instructions); the oldest are dropped first, whole, until the rest fit.
+
+    >>> fit_history([{"role": "user", "content": "Who wrote Hamlet?"}, {"role": "assistant", "content": "..."}], 256)
+    """
+    turns = [
+        {"role": str(turn.get("role")), "content": str(turn.get("content") or "")}
+        for turn in history
+        if turn.get("role") in ("user", "assistant") and (turn.get("content") or "").strip()
+    ]
+    kept: Messages = []
+    used = 0
+    for turn in reversed(turns):
+        cost = count_tokens(turn["content"]) + 4  # the chat template's role markers
+        if used + cost > budget_tokens:
+            break
+        kept.append(turn)
+        used += cost
+    return kept[::-1]
