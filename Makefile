@@ -10,12 +10,14 @@ DEMO_QUESTION ?= How does ragkit keep chunk ids stable when a folder is indexed 
 # to ragkit.connectors and so on, so `make lint` checks a tree of symlinks laid out like the installed package:
 # every package (ragkit, connectors, graph, pipelines, eval).
 MYPY_TREE := build/mypy
+# the browser of tests/test_web.py (Debian's chromium package; `make browser` installs it)
+CHROMIUM ?= /usr/bin/chromium
 
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test lint bench clean
+.PHONY: install browser demo test lint bench clean
 
 $(BIN)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -28,11 +30,23 @@ $(BIN)/.installed: pyproject.toml Makefile
 
 install: $(BIN)/.installed
 
+# tests/test_web.py drives Debian's Chromium through Playwright's Python API (the dev extra), which downloads no
+# browser of its own. CI's machine is fresh: install the package when it is missing (as root, with apt-get).
+# Elsewhere it says what to install; the browser tests then skip with that reason, but fail when CI is set.
+browser:
+	@if [ -x "$(CHROMIUM)" ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	else \
+		echo "make browser: $(CHROMIUM) is missing: install Debian's chromium package for tests/test_web.py" >&2; \
+		[ -z "$$CI" ] || exit 1; \
+	fi
+
 demo: install
 	$(BIN)/ragkit index docs --index $(DEMO_INDEX)
 	$(BIN)/ragkit ask "$(DEMO_QUESTION)" --index $(DEMO_INDEX)
 
-test: install
+test: install browser
 	$(BIN)/pytest -q -p no:cacheprovider
 
 lint: install

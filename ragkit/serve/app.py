@@ -17,6 +17,7 @@ import asyncio
 import json
 import logging
 import math
+import re
 import threading
 import time
 import uuid
@@ -24,14 +25,15 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Hashable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -46,7 +48,15 @@ from ragkit.manifest import Manifest
 from ragkit.pipelines import query
 from ragkit.protocols import Generator
 from ragkit.registry import retrieval_modes
-from ragkit.serve.auth import LOCAL_PRINCIPAL, TENANT_TAG, KeyRing, Principal, tenant_where
+from ragkit.serve.auth import (
+    LOCAL_PRINCIPAL,
+    TENANT_TAG,
+    KeyRing,
+    Principal,
+    confine_explains,
+    explained_chunks,
+    tenant_where,
+)
 from ragkit.serve.batching import MicroBatcher, SerializedEmbedder
 from ragkit.serve.documents import documents_router
 from ragkit.serve.jobs import JobManager
@@ -228,7 +238,8 @@ class ServeState:
         where: Mapping[str, Any] | None,
         rerank: bool | None = None,
     ) -> list[list[Hit]]:
-        """Hits for each query, confined to the principal's tenant, through the micro-batcher."""
+        """Hits for each query, confined to the principal's tenant, through the micro-batcher; graph explanations
+        are confined too (:meth:`confine_explanations`)."""
         if len(queries) > self.serve.max_queries:
             raise ApiError(
                 400, f"at most {self.serve.max_queries} queries per request (got {len(queries)})", "too_many_queries"
@@ -237,7 +248,20 @@ class ServeState:
         key = RetrievalKey(
             self.mode(mode), self.k(k), tuple(sorted((confined or {}).items(), key=lambda kv: kv[0])), rerank
         )
-        return await self.retriever.submit_many(key, list(queries))
+        found = await self.retriever.submit_many(key, list(queries))
+        if principal.tenant is None or not any(hit.explain for hits in found for hit in hits):
+            return found
+        return await asyncio.to_thread(self.confine_explanations, principal, found)
+
+    def confine_explanations(self, principal: Principal, found: list[list[Hit]]) -> list[list[Hit]]:
+        """``found`` with explanations that name only what the principal's tenant may see: a graph walk is
+        filtered by tenant only at its end, so its seed entities and path can come from other tenants' chunks."""
+        hits = [hit for row in found for hit in row]
+        own = {hit.chunk.id for hit in hits}
+        named = explained_chunks(hit.explain for hit in hits) - own
+        visible = own | (self.visible_chunks(principal, named) if named else set())
+        explains = iter(confine_explains([hit.explain for hit in hits], visible))
+        return [[replace(hit, explain=next(explains)) for hit in row] for row in found]
 
     def generator_for(self, history: Sequence[dict[str, str]] = ()) -> Generator:
         """The generator of one request: a fresh fallback wrapper (its stream state is per request) around the
@@ -420,6 +444,7 @@ def create_app(index: Index, *, keyring: KeyRing | None = None, generator: Gener
     app.add_middleware(RequestMetrics, metrics=state.metrics)  # type: ignore[arg-type]
     app.add_middleware(BodyLimit, max_bytes=state.serve.max_body_bytes)  # type: ignore[arg-type]
     _add_routes(app, state)
+    _add_web_routes(app, state)
     app.include_router(documents_router(index=index, jobs=state.jobs, authorize=authorize))
     return app
 
@@ -626,6 +651,192 @@ def _add_routes(app: FastAPI, state: ServeState) -> None:
         relevant_cited = cited & set(body.relevant)
         state.metrics.record_feedback(cited, body.relevant)
         return {"recorded": True, "cited": len(cited), "relevant_cited": len(relevant_cited)}
+
+
+# -- the web page (issue 19) ------------------------------------------------------------------------------------
+
+WEB_DIR = Path(__file__).parent / "web"
+"""The page's static files (``index.html``, ``app.js``, ``style.css``): package data, served by ragkit itself."""
+
+WEB_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+}
+"""Content types by suffix, fixed here rather than guessed from the platform's MIME table (which maps ``.js`` to
+``text/plain`` on some systems, and then browsers refuse the script)."""
+
+WEB_FILE = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")  # one name in WEB_DIR: no folders, no ``..``
+PAGE_HEADERS = {
+    # everything comes from the server itself; the eval plot is fetched with the key and shown as a blob: URL
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; base-uri 'none'; "
+        "form-action 'self'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+REPORTS_DIR = "reports"
+REPORT_FILE = "report.json"
+REPORT_PLOT = "recall_at_k.png"
+PLOT_URL = "/v1/index/report/plot"
+
+
+def latest_report(index_dir: Path) -> Path | None:
+    """The newest ``report.json`` under ``<index>/reports/`` (``reports/report.json`` or
+    ``reports/<run>/report.json``, as ``ragkit eval --report <index>/reports/<run>`` writes it), by modification
+    time; None when there is none. A link that leads out of ``reports/`` is ignored: the page serves nothing from
+    outside the index directory."""
+    root = index_dir / REPORTS_DIR
+    if not root.is_dir():
+        return None
+    base = root.resolve()
+    found: list[tuple[float, str, Path]] = []
+    for path in [root / REPORT_FILE, *root.glob(f"*/{REPORT_FILE}")]:
+        try:
+            real = path.resolve(strict=True)
+            if real.is_relative_to(base) and real.is_file():
+                found.append((real.stat().st_mtime, str(path), real))
+        except OSError:
+            continue
+    return max(found)[2] if found else None
+
+
+def report_summary(report: Path, index_dir: Path, *, tenant: str | None) -> dict[str, Any]:
+    """What ``GET /v1/index`` says of an eval report: its place under the index directory, when it was written,
+    the dataset, and the per-mode ``results`` (the report's main table), or ``error`` when it cannot be read.
+
+    A tenant's key is not shown ``passages`` (for a gold file evaluated against the served index, that is the
+    index-wide count) nor ``unmatched_gold`` (ids that may be another tenant's); the metrics are aggregates."""
+    shown = report.relative_to(index_dir.resolve()).as_posix()
+    try:
+        # NaN and Infinity (a hand-edited file) become null: the response must stay valid JSON
+        data = json.loads(report.read_text(encoding="utf-8"), parse_constant=lambda _: None)
+        modified = report.stat().st_mtime
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        return {"path": shown, "error": f"the report could not be read ({type(exc).__name__})"}
+    if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
+        return {"path": shown, "error": "not a ragkit eval report (no 'results' object)"}
+    summary: dict[str, Any] = {
+        "path": shown,
+        "modified": datetime.fromtimestamp(modified, UTC).isoformat(timespec="seconds"),
+        "dataset": data.get("dataset"),
+        "queries": data.get("queries"),
+        "results": data["results"],
+        "plot": PLOT_URL if (report.parent / REPORT_PLOT).is_file() else None,
+    }
+    if tenant is None:
+        summary["passages"] = data.get("passages")
+        summary["unmatched_gold"] = len(data.get("unmatched_gold") or ())
+    return summary
+
+
+def _shown_name(name: str | None) -> str | None:
+    """A model name as the page shows it: a local path is reduced to its last part (the server's own folders are
+    none of the client's business); a hub name such as ``sentence-transformers/all-MiniLM-L6-v2`` stays."""
+    if name is None:
+        return None
+    if name.startswith(("/", "~", ".", "\\")) or re.match(r"[A-Za-z]:[\\/]", name):
+        return Path(name.replace("\\", "/")).name or name
+    return name
+
+
+def public_settings(state: ServeState) -> dict[str, Any]:
+    """The settings the page shows, chosen field by field: never an API key, a token, a server URL or a path."""
+    manifest, settings = state.index.manifest, state.settings
+    chunking = manifest.chunking
+    return {
+        "embedder": {"model": _shown_name(manifest.embedder), "dimension": manifest.dimension},
+        "chunking": {key: chunking.get(key) for key in ("strategy", "max_tokens", "overlap", "max_chars")},
+        "vectors": {key: manifest.vectors.get(key) for key in ("backend", "kind", "shards")},
+        "graph": manifest.graph,
+        "retrieval": {
+            "mode": settings.retrieval.mode,
+            "k": settings.retrieval.k,
+            "max_k": state.serve.max_k,
+            "rerank": _shown_name(settings.retrieval.rerank),
+            "modes": retrieval_modes.names(),
+        },
+        "generator": {"name": state.generator.name},
+        "grounding": {"enabled": settings.grounding.enabled},
+    }
+
+
+def index_overview(state: ServeState, principal: Principal) -> dict[str, Any]:
+    """The body of ``GET /v1/index`` (see the route); runs on a worker thread (SQLite, files)."""
+    index = state.index
+    tenant = principal.tenant
+    if tenant is None:
+        counts: dict[str, int | None] = dict(index.catalog.counts())
+        graph = index.graph_stats()
+        counts["entities"] = graph["entities"] if graph is not None else None
+        counts["relations"] = graph["relations"] if graph is not None else None
+    else:
+        # entities and relations are index-wide (one graph over every tenant's documents): their counts would
+        # tell a tenant about the others' documents, so a tenant's key is not shown them
+        counts = {**index.catalog.count_documents({TENANT_TAG: tenant}), "entities": None, "relations": None}
+    report = latest_report(index.path)
+    return {
+        "tenant": tenant,
+        "key": principal.name if state.keyring is not None else None,
+        "counts": counts,
+        "counts_scope": "index" if tenant is None else "tenant",
+        "settings": public_settings(state),
+        "report": report_summary(report, index.path, tenant=tenant) if report is not None else None,
+    }
+
+
+def _add_web_routes(app: FastAPI, state: ServeState) -> None:
+    """``/`` (the page), ``/static/<file>`` (its script and style), ``GET /v1/index`` and the eval plot. The page
+    and its files need no key (they hold no data); everything under ``/v1`` does, as every other route."""
+    read = Depends(authorize("read"))
+
+    @app.get("/", tags=["web"], include_in_schema=False)
+    async def page() -> FileResponse:
+        """The web page: ask, documents, index (``ragkit/serve/web/index.html``)."""
+        return FileResponse(WEB_DIR / "index.html", media_type=WEB_TYPES[".html"], headers=PAGE_HEADERS)
+
+    @app.get("/static/{name:path}", tags=["web"], include_in_schema=False)
+    async def static(name: str) -> FileResponse:
+        """One file of the page's folder, by its plain name; anything else (a folder, ``..``, an unknown
+        suffix, a missing file) is a 404."""
+        path = WEB_DIR / name
+        media = WEB_TYPES.get(path.suffix)
+        if not WEB_FILE.fullmatch(name) or media is None or not path.is_file():
+            raise ApiError(404, f"no such file: /static/{name}", "not_found")
+        return FileResponse(path, media_type=media, headers={"X-Content-Type-Options": "nosniff"})
+
+    @app.get("/web/auth", tags=["web"], include_in_schema=False)
+    async def web_auth() -> dict[str, bool]:
+        """Whether ``/v1`` needs a key: the page asks for one before its first request rather than after a 401
+        (which browsers log as an error). It tells nothing that a 401 would not."""
+        return {"keys": state.keyring is not None}
+
+    @app.get("/v1/index", tags=["web"])
+    async def index_info(principal: Principal = read) -> dict[str, Any]:
+        """What the page's Index tab shows: ``counts`` (documents, chunks, entities, relations), the index's
+        ``settings`` (models, chunking, vector backend, retrieval and generator: no keys, tokens, URLs or paths)
+        and ``report``, the latest ``ragkit eval`` report found under ``<index>/reports/`` (None when there is
+        none; write one with ``ragkit eval GOLD --index DIR --report DIR/reports/RUN``).
+
+        With a tenant's key the counts are that tenant's documents and chunks; ``entities`` and ``relations``
+        (one graph over every tenant) are null, as are the report's index-wide figures.
+
+        curl -H "Authorization: Bearer $KEY" $URL/v1/index
+        """
+        return await asyncio.to_thread(index_overview, state, principal)
+
+    @app.get(PLOT_URL, tags=["web"], response_class=FileResponse)
+    async def report_plot(principal: Principal = read) -> FileResponse:
+        """The recall@k plot (PNG) of the report ``GET /v1/index`` names; 404 when there is none."""
+        report = await asyncio.to_thread(latest_report, state.index.path)
+        plot = report.parent / REPORT_PLOT if report is not None else None
+        if plot is None or not plot.is_file():
+            raise ApiError(404, "no eval report with a plot under the index's reports/ folder", "not_found")
+        return FileResponse(plot, media_type="image/png", headers={"Cache-Control": "no-cache"})
 
 
 def _model_mode(state: ServeState, model: str) -> str:

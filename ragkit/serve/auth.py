@@ -29,7 +29,7 @@ import re
 import secrets
 import stat
 import tomllib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,6 +206,76 @@ def tenant_where(principal: Principal, where: Mapping[str, Any] | None) -> dict[
     if principal.tenant is not None:
         result[TENANT_TAG] = principal.tenant
     return result or None
+
+
+def explained_chunks(explains: Iterable[Mapping[str, Any] | None]) -> set[str]:
+    """The chunk ids that the graph paths of ``explains`` name (``path`` steps, nested explains included)."""
+    found: set[str] = set()
+    for explain in explains:
+        for path in _paths(explain):
+            found.update(step["chunk"] for step in path if isinstance(step.get("chunk"), str))
+    return found
+
+
+def confine_explains(
+    explains: Sequence[Mapping[str, Any] | None], visible_chunks: set[str]
+) -> list[dict[str, Any] | None]:
+    """``explains`` without what a tenant may not see: a graph walk is confined to the tenant's chunks only at
+    its end (the hits), so its explanation can name other tenants' chunks and entities.
+
+    A path step is kept when its chunk is in ``visible_chunks``, or when it names no chunk (the question's linked
+    entity, a relation hop) and its entity is vouched for: mentioned in a visible chunk, i.e. named by a kept step
+    or by a hit's ``via_entities``. ``seed_entities`` (the question's links into the whole graph) keep only
+    vouched-for names. Everything else (modes, scores, ranks) is kept as it was.
+    """
+    vouched: set[str] = set()
+    for explain in explains:
+        for nested in _explain_dicts(explain):
+            vouched.update(e for e in nested.get("via_entities") or () if isinstance(e, str))
+        for path in _paths(explain):
+            vouched.update(
+                step["entity"]
+                for step in path
+                if step.get("chunk") in visible_chunks and isinstance(step.get("entity"), str)
+            )
+
+    def confined(explain: Mapping[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        for key, value in explain.items():
+            if isinstance(value, Mapping):
+                result[key] = confined(value)
+            elif key == "path" and isinstance(value, list):
+                result[key] = [
+                    step for step in value
+                    if isinstance(step, Mapping) and (
+                        step.get("chunk") in visible_chunks
+                        or (step.get("chunk") is None and step.get("entity") in vouched)
+                    )
+                ]
+            elif key == "seed_entities" and isinstance(value, list):
+                result[key] = [name for name in value if name in vouched]
+            else:
+                result[key] = value
+        return result
+
+    return [None if explain is None else confined(explain) for explain in explains]
+
+
+def _explain_dicts(explain: Mapping[str, Any] | None) -> Iterator[Mapping[str, Any]]:
+    """``explain`` and the explains nested in it (``auto`` mode keeps the graph's under ``graph``)."""
+    if explain is None:
+        return
+    yield explain
+    for value in explain.values():
+        if isinstance(value, Mapping):
+            yield from _explain_dicts(value)
+
+
+def _paths(explain: Mapping[str, Any] | None) -> Iterator[list[Mapping[str, Any]]]:
+    for nested in _explain_dicts(explain):
+        path = nested.get("path")
+        if isinstance(path, list):
+            yield [step for step in path if isinstance(step, Mapping)]
 
 
 # -- checking --------------------------------------------------------------------------------------------------
