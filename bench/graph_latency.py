@@ -1,7 +1,8 @@
 """Query latency of the graph modes on a large synthetic graph (default 100k chunks).
 
-    .venv/bin/python bench/graph_latency.py [--chunks 100000] [--queries 200] [--modes graph multihop graph_hybrid]
-                                            [--dense flat|hnsw] [--db FILE] [--stages]
+    .venv/bin/python bench/graph_latency.py [--chunks 100000] [--queries 200]
+                                            [--modes graph multihop graph_hybrid auto] [--dense flat|hnsw]
+                                            [--db FILE] [--stages]
 
 Extracting 100k real passages would take hours on 2 cores, so the graph is synthetic with the shape measured on
 MuSiQue: per chunk one title entity, ~8 named-entity and ~12 noun-phrase mentions drawn from vocabularies with a
@@ -11,6 +12,13 @@ embedder), an exact dense search over 100k 384-d vectors (a flat FAISS index, ra
 entity linking against entity-name vectors, and the walk.
 Questions name entities of the graph ("When did Talvor Menske's mother die?"). ``--stages`` also prints, per
 mode, the p50 of each stage of a query: embedding it, the vector search, its spaCy parse, PageRank.
+
+``auto`` (the default mode) is ragkit's own ``AutoRetriever`` (routing by ``is_question``, BM25 through
+``BM25Retriever``, the reciprocal rank fusion and the explanations), over a stand-in for the parts of an
+``IndexStore`` it reads: the settings, a BM25 index that ``ragkit.bm25`` builds once from synthetic chunk texts
+(each chunk's title, entity names and noun phrases, read back from the graph), and the graph search. Its queries
+are the questions plus as many statements and keyword queries about the same entities ("Talvor Menske
+discography"); it prints the p50 of each route beside the mode's.
 """
 
 from __future__ import annotations
@@ -23,10 +31,13 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
+from ragkit.bm25 import BM25Index
+from ragkit.config import Settings
 from ragkit.connectors.embedders.sentence_transformers import SentenceTransformerEmbedder
 from ragkit.connectors.vectors.faiss import FaissShardedIndex
 from ragkit.graph import retrieve
@@ -34,9 +45,15 @@ from ragkit.graph.model import ChunkExtraction, EntityMention, RelationMention
 from ragkit.graph.retrieve import GraphRetriever, HybridGraphRetriever, MultiHopRetriever
 from ragkit.graph.settings import GraphSettings
 from ragkit.graph.store import GraphStore
+from ragkit.pipelines.retrievers import AutoRetriever, is_question
+from ragkit.protocols import Scored
+from ragkit.types import Chunk
+
+if TYPE_CHECKING:
+    from ragkit.store import IndexStore
 
 SYLLABLES = "ka lo mer vin tal or sk dra bel qu en ri sto va nel gar mo thi ul pe ras dun fen wo ly".split()
-TARGET_P50_MS = 50.0  # issue "Knowledge graph": graph-mode p50 on an index of 100k chunks
+TARGET_P50_MS = 50.0  # graph-mode p50 on 100k chunks (issue "Knowledge graph"); the default mode's (issue 15)
 PHRASE_WORDS = (
     "river county album song film band station journal treaty league church school party team mother "
     "president author painter city country province language university company label studio army"
@@ -46,6 +63,12 @@ QUESTIONS = [
     "Which country was {} born in?",
     "Who founded the company that published {}?",
     "What is the capital of the province where {} is located?",
+]
+STATEMENTS = [  # auto's other route: claims and keyword searches; the common words have long BM25 posting lists
+    "{} discography",
+    "{} founded in the 1990s",
+    "{} album recorded with the band",
+    "river and county history around {}",
 ]
 
 
@@ -115,11 +138,105 @@ def timed(record: dict[str, list[float]], stage: str, function: Callable[..., An
     return wrapper
 
 
+DenseSearch = Callable[[str, int], list[tuple[str, float]]]
+
+
+def synthetic_chunks(conn: sqlite3.Connection, chunk_ids: list[str]) -> list[Chunk]:
+    """The chunks as an index would hold them for BM25: the title entity as the document title, the text the
+    chunk's entity names and noun phrases in the order they were mentioned (read back from the graph, so a
+    cached graph gives the same texts as a fresh one)."""
+    titles: dict[str, str] = {}
+    words: dict[str, list[str]] = {}
+    documents: dict[str, str] = {}
+    for chunk_id, doc_id, kind, surface in conn.execute(
+        "SELECT chunk_id, doc_id, kind, surface FROM graph_mentions ORDER BY rowid"
+    ):
+        documents[chunk_id] = doc_id
+        if kind == "title":
+            titles[chunk_id] = surface
+        else:
+            words.setdefault(chunk_id, []).append(surface)
+    chunks = []
+    for chunk_id in chunk_ids:
+        text = ", ".join(words.get(chunk_id, [])) + "."
+        chunks.append(Chunk(chunk_id, documents.get(chunk_id, chunk_id), text, 0, len(text),
+                            {"title": titles.get(chunk_id, "")}))
+    return chunks
+
+
+class GraphSearchMirror:
+    """``GraphSearch.search`` (pipelines/retrievers.py) without its ``where`` filter, over the bench's graph.
+
+    ``GraphSearch`` builds its engines from an ``IndexStore``; this one builds the same two that ``auto`` uses
+    (``graph`` and ``graph_hybrid``) over the synthetic graph, sharing its compiled matrices with ``shared``. As
+    there, one dense search per batch of queries, ``dense_candidates`` deep, feeds the engines' walks.
+    """
+
+    def __init__(
+        self, store: GraphStore, embedder: SentenceTransformerEmbedder, dense: DenseSearch, settings: GraphSettings,
+        shared: GraphRetriever | MultiHopRetriever | None,
+    ) -> None:
+        self.dense, self.settings = dense, settings
+        self._batch: dict[str, list[tuple[str, float]]] = {}
+        pagerank = GraphRetriever(store, embedder, self._lookup, settings, shared=shared)
+        hybrid = HybridGraphRetriever(store, embedder, self._lookup, settings, shared=shared or pagerank)
+        self.engines: dict[str, GraphRetriever | MultiHopRetriever] = {"graph": pagerank, "graph_hybrid": hybrid}
+
+    def _lookup(self, query: str, k: int) -> list[tuple[str, float]]:
+        return self._batch.get(query, [])[:k]
+
+    def search(self, mode: str, queries: list[str], k: int, where: Any = None) -> list[list[Scored]]:
+        if where:
+            raise ValueError("the bench's graph search has no where filter")
+        engine = self.engines[mode]
+        depth = max(self.settings.dense_candidates, k)
+        self._batch = {query: self.dense(query, depth) for query in queries}
+        try:
+            return [[(cid, score, why) for cid, score, why in engine.retrieve_chunks(q, k)[:k]] for q in queries]
+        finally:
+            self._batch = {}
+
+
+class AutoStore:
+    """The parts of an ``IndexStore`` that ``AutoRetriever`` reads (``settings``, ``manifest.graph``, ``bm25()``
+    and ``part("graph-search", ...)``), over the bench's graph: an index of 100k real chunks would take hours of
+    spaCy extraction on 2 cores, so the product's retriever runs on a stand-in of its store."""
+
+    def __init__(self, keyword: BM25Index, graph: GraphSearchMirror) -> None:
+        self.settings = Settings()  # ragkit's defaults: retrieval.candidates 50, rrf_constant 60
+        self.manifest = SimpleNamespace(graph=True)
+        self.keyword, self.graph = keyword, graph
+
+    def bm25(self) -> BM25Index:
+        return self.keyword
+
+    def part(self, key: str, build: Callable[[], Any]) -> Any:
+        if key != "graph-search":
+            raise KeyError(f"the bench's stand-in store has no part {key!r}")
+        return self.graph
+
+
+def auto_top5(auto: AutoRetriever, query: str) -> list[Scored]:
+    return auto.search([query], 5)[0]
+
+
+def engine_top5(engine: GraphRetriever | MultiHopRetriever, query: str) -> list[Scored]:
+    return [(cid, score, explain) for cid, score, explain in engine.retrieve_chunks(query, 5)]
+
+
+def percentiles(values: list[float]) -> tuple[float, float, float]:
+    """p50, p90 and p99 in ms of durations in seconds."""
+    values_ms = sorted(1000 * v for v in values)
+    p90, p99 = (values_ms[int(q * (len(values_ms) - 1))] for q in (0.9, 0.99))
+    return statistics.median(values_ms), p90, p99
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--chunks", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=200)
-    parser.add_argument("--modes", nargs="*", default=["graph", "multihop", "graph_hybrid"])
+    parser.add_argument("--modes", nargs="*", default=["graph", "multihop", "graph_hybrid"],
+                        choices=["graph", "multihop", "graph_hybrid", "auto"])
     parser.add_argument("--dense", choices=["flat", "hnsw"], default="flat",
                         help="FAISS index of the dense search that seeds the walk (flat: ragkit's default)")
     parser.add_argument("--db", default=":memory:", help="SQLite file for the synthetic graph (reused if present)")
@@ -162,42 +279,87 @@ def main() -> None:
         scores, rows = search(embed(query)[None, :], k)
         return [(chunk_ids[i], float(s)) for i, s in zip(rows[0], scores[0], strict=True) if i >= 0]
 
-    titles = [entity_name(c * 7919 % (30 * args.chunks)) for c in rng.integers(0, args.chunks, size=args.queries)]
+    picked = rng.integers(0, args.chunks, size=args.queries)  # the chunk whose title entity each query names
+    titles = [entity_name(int(c) * 7919 % (30 * args.chunks)) for c in picked]
     questions = [QUESTIONS[i % len(QUESTIONS)].format(title) for i, title in enumerate(titles)]
     settings = GraphSettings()
-    kinds = {"graph": GraphRetriever, "multihop": MultiHopRetriever, "graph_hybrid": HybridGraphRetriever}
-    dense_label = f"dense search (embed + {args.dense} 100k)"
+    kinds: dict[str, type[GraphRetriever] | type[MultiHopRetriever]] = {
+        "graph": GraphRetriever, "multihop": MultiHopRetriever, "graph_hybrid": HybridGraphRetriever
+    }
+    dense_label = f"dense search (embed + {args.dense} {args.chunks // 1000}k)"
     timings: dict[str, list[float]] = {dense_label: []}
     for question in questions[:50]:
         start = time.perf_counter()
         dense(question, settings.dense_candidates)
         timings[dense_label].append(time.perf_counter() - start)
-    first = None
-    for mode in args.modes:
-        retriever = kinds[mode](store, embedder, dense, settings)
-        if first is not None:  # as in an index: the modes share one compiled graph and what derives from it
-            retriever._cache, retriever._derived, retriever._lock, retriever._nlp = (
-                first._cache, first._derived, first._lock, first.nlp
-            )
-        first = first or retriever
+
+    # auto: the questions and as many statements about the same entities, interleaved so that both routes see the
+    # same machine; BM25 as an index builds it (once, from the chunks), timed alone as dense search is above
+    statements = [STATEMENTS[i % len(STATEMENTS)].format(title) for i, title in enumerate(titles)]
+    auto_queries = [query for pair in zip(questions, statements, strict=True) for query in pair]
+    wanted: dict[str, str] = {}  # query -> the chunk titled with the entity it names
+    for c, question, statement in zip(picked, questions, statements, strict=True):
+        wanted[question] = wanted[statement] = f"c{c}"
+    keyword_index = None
+    if "auto" in args.modes:
         start = time.perf_counter()
-        retriever.retrieve_chunks(questions[0], 5)
-        print(f"{mode}: first query (compiles matrices, loads vectors) {time.perf_counter() - start:.1f} s")
+        keyword_index = BM25Index.build(synthetic_chunks(conn, chunk_ids), generation=0)
+        print(f"BM25 index of {len(keyword_index)} synthetic chunk texts built in {time.perf_counter() - start:.0f} s")
+        bm25_label = f"BM25 search alone ({len(keyword_index) // 1000}k chunks)"
+        timings[bm25_label] = []
+        for statement in statements[:50]:
+            start = time.perf_counter()
+            keyword_index.search([statement], Settings().retrieval.candidates)
+            timings[bm25_label].append(time.perf_counter() - start)
+
+    first: GraphRetriever | MultiHopRetriever | None = None
+    routes: dict[str, list[float]] = {}
+    for mode in args.modes:
+        queries = questions
+        if mode == "auto":
+            assert keyword_index is not None
+            graph_search = GraphSearchMirror(store, embedder, dense, settings, shared=first)
+            first = first or graph_search.engines["graph"]
+            # the product's retriever on a stand-in of the store it reads (see AutoStore)
+            auto = AutoRetriever(cast("IndexStore", AutoStore(keyword_index, graph_search)))
+            run: Callable[[str], list[Scored]] = functools.partial(auto_top5, auto)
+            queries = auto_queries
+        else:
+            # as in an index: the modes share one compiled graph and what derives from it
+            engine = kinds[mode](store, embedder, dense, settings, shared=first)
+            first = first or engine
+            run = functools.partial(engine_top5, engine)
+        start = time.perf_counter()
+        for query in dict.fromkeys(queries[:2]):  # auto: a question and a statement, one per route
+            run(query)
+        print(f"{mode}: first queries (compile matrices, load vectors) {time.perf_counter() - start:.1f} s")
         timings[mode] = []
         stages.clear()
-        for question in questions:
+        asked: dict[str, int] = {}
+        found: dict[str, int] = {}  # queries whose top 5 holds the chunk titled with the entity they name
+        for query in queries:
             start = time.perf_counter()
-            retriever.retrieve_chunks(question, 5)
-            timings[mode].append(time.perf_counter() - start)
+            hits = run(query)
+            elapsed = time.perf_counter() - start
+            timings[mode].append(elapsed)
+            route = "questions" if is_question(query) else "statements"
+            if mode == "auto":
+                explained = {str((explain or {}).get("route")) for _, _, explain in hits}
+                if explained - {route[:-1]}:
+                    raise AssertionError(f"auto sent {query!r} ({route}) to {explained}")
+                routes.setdefault(route, []).append(elapsed)
+            asked[route] = asked.get(route, 0) + 1
+            found[route] = found.get(route, 0) + any(cid == wanted[query] for cid, _, _ in hits)
+        shares = ", ".join(f"{found[route]}/{n} {route}" for route, n in asked.items())
+        print(f"{mode}: the named entity's own chunk in the top 5 for {shares}")
         if args.stages:
             parts = ", ".join(f"{stage} {1000 * statistics.median(v):.1f}" for stage, v in stages.items())
             print(f"{mode} stages, p50 ms: {parts}")
-    for what, values in timings.items():
-        values_ms = sorted(1000 * v for v in values)
-        p90, p99 = (values_ms[int(q * (len(values_ms) - 1))] for q in (0.9, 0.99))
-        p50 = statistics.median(values_ms)
-        target = "" if what.startswith("dense") else f"   (target p50 <= {TARGET_P50_MS:.0f} ms)"
-        print(f"{what:36s} p50 {p50:6.1f} ms   p90 {p90:6.1f} ms   p99 {p99:6.1f} ms{target}")
+    route_labels = {"questions": "  auto: questions -> graph_hybrid", "statements": "  auto: statements -> BM25+graph"}
+    for what, values in [*timings.items(), *((route_labels[r], v) for r, v in routes.items())]:
+        p50, p90, p99 = percentiles(values)
+        target = f"   (target p50 <= {TARGET_P50_MS:.0f} ms)" if what in args.modes else ""
+        print(f"{what:36s} p50 {p50:6.1f} ms   p90 {p90:6.1f} ms   p99 {p99:6.1f} ms   n {len(values):3d}{target}")
 
 
 if __name__ == "__main__":
