@@ -7,7 +7,13 @@ import re
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ragkit.connectors.generators.prompt import SYSTEM_PROMPT, build_messages, format_passage, parse_citations
+from ragkit.connectors.generators.prompt import (
+    ANSWER_INSTRUCTION,
+    SYSTEM_PROMPT,
+    build_messages,
+    format_passage,
+    parse_citations,
+)
 from ragkit.types import Chunk, Hit
 
 
@@ -37,6 +43,18 @@ def test_messages_number_passages_with_sources_and_ask_for_citations() -> None:
     assert user.index("[1]") < user.index("[2]") < user.index("[3]")
     assert "What is the capital of Spain?" in user
     assert used == tuple(HITS)
+
+
+def test_instructions_ask_for_short_cited_answers_and_show_no_placeholder() -> None:
+    """A small model copies what it is shown: a "[n]" in the prompt came back as a literal "[n]" in answers."""
+    messages, _ = build_messages("What is the capital of Spain?", HITS, budget_tokens=10_000)
+    user = messages[1]["content"]
+    assert user.endswith(ANSWER_INSTRUCTION)  # the last thing the model reads before answering
+    assert user.index("[3] (madrid.md)") < user.index("Question: What is the capital of Spain?")
+    for text in (SYSTEM_PROMPT, ANSWER_INSTRUCTION):
+        assert not re.search(r"\[\s*[A-Za-z]+\s*\]", text)  # no [n], [N], [number]
+        assert "[1]" in text  # the markers are shown as the passages are numbered
+    assert re.search(r"one to three sentences", SYSTEM_PROMPT + ANSWER_INSTRUCTION)
 
 
 def test_budget_drops_the_lowest_ranked_passages_first() -> None:
