@@ -556,7 +556,9 @@ async def test_a_flooding_tenant_does_not_starve_another(world: World) -> None:
         flood_started = time.perf_counter()
         flood = [asyncio.create_task(alpha_request(n)) for n in range(FLOOD)]
         deepest = 0.0
-        while deepest < FLOOD // 2:  # the server holds at least half the flood in its queue
+        # the server holds a quarter of the flood in its queue (15x its slots); on a slow machine the client sends
+        # the flood slowly enough that the queue may never hold half of it
+        while deepest < FLOOD // 4:
             assert time.perf_counter() - flood_started < 60 and len(answered) < FLOOD // 2, (
                 f"the flood never queued up (deepest queue {deepest}, {len(answered)} answered)")
             deepest = max(deepest, metric_value((await http.get("/metrics")).text, "ragkit_requests_waiting"))
