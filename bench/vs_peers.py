@@ -1,5 +1,6 @@
 """Side by side: ragkit against LangChain and LlamaIndex, same machine, same data, same weights (issue 16, point 1).
 
+    .venv/bin/pip install -e '.[peers]'        # LangChain's and LlamaIndex's packages (pyproject.toml)
     .venv/bin/python bench/vs_peers.py [--datasets hotpotqa-train100,musique-train100,scifact]
         [--frameworks langchain,llamaindex,ragkit,ragkit-graph] [--threads 2] [--repeat 1] [--stages]
         [--json FILE] [--quick]
@@ -48,6 +49,7 @@ that measures the frameworks rather than the scheduler. On an idle machine, pass
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import resource
@@ -76,6 +78,11 @@ LABELS = {
     "llamaindex": "LlamaIndex (VectorStoreIndex)",
     "ragkit": "ragkit (graph off)",
     "ragkit-graph": "ragkit (graph on)",
+}
+# the modules each framework's child imports, checked before any work starts
+REQUIRES = {
+    "langchain": ("langchain_community", "langchain_core"),
+    "llamaindex": ("llama_index.core", "llama_index.embeddings.huggingface"),
 }
 PRIMARY_METRIC = {"scifact": "ndcg@10"}  # every other set: recall@5 (the HippoRAG papers' passage recall)
 K = 10
@@ -555,6 +562,13 @@ def format_dataset(name: str, results: dict[str, dict[str, Any]], rounds: int) -
     return "\n".join(lines)
 
 
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a missing parent package
+        return False
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated folders of ../shared/data")
@@ -573,6 +587,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     unknown = [f for f in args.frameworks if f not in FRAMEWORKS]
     if unknown or not args.frameworks:
         parser.error(f"--frameworks: unknown {unknown} (valid: {', '.join(FRAMEWORKS)})")
+    absent = [module for f in args.frameworks for module in REQUIRES.get(f, ()) if not _importable(module)]
+    if absent:
+        parser.error(f"--frameworks: {', '.join(absent)} not installed; run: .venv/bin/pip install -e '.[peers]'")
     missing = [d for d in args.datasets if not (args.data / d / "corpus.jsonl").is_file()]
     if missing or not args.datasets:
         parser.error(f"--datasets: no BEIR folder (corpus.jsonl) for {missing} under {args.data}")
