@@ -105,6 +105,32 @@ def test_extractive_prefers_a_sentence_with_what_the_question_asks_for() -> None
     assert answer.text == "The Halden bridge opened in 1877 after a flood. [1]"
 
 
+def test_extractive_weighs_a_rare_question_word_above_words_every_sentence_repeats() -> None:
+    text = (
+        "Carl Bach lived in Berlin. A German musician played there nightly. Every German musician knew him. "
+        "The German musicians met weekly. His godfather was Georg Telemann."
+    )
+    question = "Who was the godfather of the German musician?"
+    answer = ExtractiveGenerator(max_sentences=1).generate(question, [make_hit(0, text)])
+    assert answer.text == "His godfather was Georg Telemann. [1]"  # flat weights choose "A German musician played ..."
+
+
+def test_term_weights_favour_rare_terms_and_keep_every_term_counting() -> None:
+    from ragkit.connectors.generators.extractive import term_weights
+
+    sentences = [{"german", "musician"}, {"german", "sonata"}, {"german", "godfath"}, {"flute"}]
+    weights = term_weights({"german", "godfath", "absent"}, sentences)
+    assert weights["godfath"] > 1 > weights["german"] > 0.5
+    assert weights["absent"] > weights["godfath"]  # no sentence holds it, so it is rarest, yet matches nothing
+    assert term_weights({"a"}, []) == {"a": 1.0}
+
+
+def test_extractive_stems_so_that_inflections_meet() -> None:
+    hits = [make_hit(0, "The council met in March. In 1946 the province refused to surrender its mandate.")]
+    answer = ExtractiveGenerator(max_sentences=1).generate("When did the province refuse the surrender?", hits)
+    assert answer.text == "In 1946 the province refused to surrender its mandate. [1]"
+
+
 def test_extractive_skips_code_and_headings() -> None:
     text = "def stable_id(doc): return sha1(doc)\n\n## Stable ids\n\nChunk ids stay stable across runs of the index."
     answer = ExtractiveGenerator().generate("How do chunk ids stay stable?", [make_hit(0, text)])

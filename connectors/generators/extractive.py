@@ -2,18 +2,22 @@
 
 It always works, which makes it the fallback of every other generator, and it is the default on a machine
 without a GPU or a configured server. Scoring is deterministic and takes milliseconds: a sentence counts the
-question's content words it contains, more when it holds the kind of thing the question asks for (a year, a
-number, a name); passages compete by their best sentence, their rank, and whether they are the second hop of a
-multi-hop question (see :meth:`ExtractiveGenerator._select`). docs/benchmarks.md has its answer figures.
+question's content words it contains (a rare one more than a common one), more when it holds the kind of thing
+the question asks for (a year, a number, a name); passages compete by their best sentence, their rank, and
+whether they are the second hop of a multi-hop question (see :meth:`ExtractiveGenerator._select`).
+docs/benchmarks.md has its answer figures.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+
+import Stemmer
 
 from ragkit.connectors.generators.prompt import parse_citations
 from ragkit.types import Answer, Hit
@@ -28,16 +32,17 @@ _STOPWORDS = frozenset(
 )
 
 
+_STEMMER = Stemmer.Stemmer("english")  # Snowball, the stemmer of the BM25 index
+
+
+@functools.lru_cache(maxsize=1 << 16)
 def _stem(word: str) -> str:
-    """A crude suffix strip so that "flows" meets "flow" and "erupted" meets "erupt"; deterministic."""
-    for suffix in ("ing", "ed", "es", "s"):
-        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
-            return word[: -len(suffix)]
-    return word
+    """The English Snowball stem, so that "refused" meets "refuse" and "located" meets "location"."""
+    return str(_STEMMER.stemWord(word))
 
 
 def content_words(text: str) -> list[str]:
-    """Lower-cased, crudely stemmed words minus a small English stopword list (numbers are kept)."""
+    """Lower-cased, stemmed words minus a small English stopword list (numbers are kept)."""
     return [_stem(w) for w in (m.group(0).lower() for m in _WORD.finditer(text)) if w not in _STOPWORDS]
 
 
@@ -129,6 +134,25 @@ def _title_key(title: str) -> str:
     return " ".join(_WORD.findall(re.sub(r"\s*\([^)]*\)", "", title).lower()))
 
 
+def term_weights(terms: set[str], sentences: Sequence[set[str]]) -> dict[str, float]:
+    """How much each of the question's ``terms`` counts when a sentence shares it: ``0.5 + 0.5 * idf / mean``.
+
+    ``idf`` is the term's inverse frequency over the retrieved passages' ``sentences`` (sets of content words),
+    and ``mean`` its mean over the terms that occur there. A word every passage repeats (the question's subject,
+    "film", "state") says little about which sentence answers; a word one sentence holds ("godfather",
+    "headquartered", "abbreviated") says much. Half of each weight stays flat so that no term stops counting.
+    """
+    if not sentences:
+        return dict.fromkeys(terms, 1.0)
+    frequency = {term: sum(term in words for words in sentences) for term in terms}
+    idf = {term: math.log((len(sentences) + 1) / (0.5 + n)) for term, n in frequency.items()}
+    present = [idf[term] for term in terms if frequency[term]]
+    mean = sum(present) / len(present) if present else 0.0
+    if mean <= 0:
+        return dict.fromkeys(terms, 1.0)
+    return {term: 0.5 + 0.5 * value / mean for term, value in idf.items()}
+
+
 def rank_weight(rank: int) -> float:
     """How much a sentence from the hit at ``rank`` (0 = best) counts: 1, 0.8, 0.67, 0.57, ..."""
     return 1.0 / (1.0 + 0.25 * rank)
@@ -153,8 +177,9 @@ class ExtractiveGenerator:
     def _select(self, question: str, hits: Sequence[Hit]) -> list[tuple[str, int]]:
         """The chosen ``(sentence, hit index)`` pairs, the most answer-like first, spread over the passages.
 
-        A sentence scores by the question's content words it shares (a sentence that refers back to its
-        passage's subject, "It was founded by ...", shares the subject's words too), more when it holds what the
+        A sentence scores by the question's content words it shares, each weighted by how rare it is among the
+        retrieved sentences (:func:`term_weights`; a sentence that refers back to its passage's subject, "It was
+        founded by ...", shares the subject's words too), more when it holds what the
         question asks for, plus a bonus for a passage's lead sentence, which in encyclopaedic and documentation
         text says what the subject is. Passages weigh their sentences by their rank and by whether they are a
         *second hop*: a passage about something another retrieved passage names (its title occurs there) but
@@ -169,11 +194,13 @@ class ExtractiveGenerator:
         kind = answer_kind(question)
         passages: list[list[_Sentence]] = []
         seen: set[str] = set()
+        split = [split_sentences(hit.chunk.text) for hit in hits[: self.max_hits]]
+        weight = term_weights(terms, [set(content_words(s)) for sentences in split for s in sentences])
         for rank, hit in enumerate(hits[: self.max_hits]):
             title = str(hit.chunk.meta.get("title") or "")
             subject_words = set(content_words(title)) if title else set()
             sentences: list[_Sentence] = []
-            for position, sentence in enumerate(split_sentences(hit.chunk.text)):
+            for position, sentence in enumerate(split[rank]):
                 if position == 0 and not title:  # an untitled passage is about what its first sentence names
                     subject_words = {_stem(w.lower()) for w in _NAME.findall(sentence)} - _STOPWORDS
                 key = sentence.lower()
@@ -183,7 +210,7 @@ class ExtractiveGenerator:
                 words = content_words(sentence)
                 about = subject_words.union(words) if _ANAPHOR.match(sentence) else words
                 # Dividing by log length keeps long run-on sentences from winning on size alone.
-                overlap = len(terms.intersection(about)) / math.log2(2 + len(words))
+                overlap = sum(weight[term] for term in terms.intersection(about)) / math.log2(2 + len(words))
                 typed = answer_type_bonus(kind, sentence, question_words)
                 score = overlap * (1 + typed) + (LEAD_BONUS if position == 0 else 0.0)
                 sentences.append(_Sentence(rank, position, sentence, title, score, typed, overlap))
