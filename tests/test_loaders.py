@@ -138,6 +138,24 @@ def test_html_main_text_without_markup_scripts_styles_or_navigation(tmp_path: Pa
         assert unwanted not in doc.text
 
 
+def test_html_headings_stand_apart_from_the_paragraph_below(tmp_path: Path) -> None:
+    from ragkit.connectors.generators.extractive import split_sentences
+
+    path = tmp_path / "trip.html"
+    path.write_text(
+        "<html><body><article><h1>Trip to Lisbon</h1><p>We stayed in Alfama for a week in May.</p><h2>Packing</h2>"
+        "<p>Bring a raincoat and walking shoes.<br>also a hat for the sun.</p><table><tr><th>Item</th><th>Price</th>"
+        "</tr><tr><td>Tea</td><td>2</td></tr></table></article></body></html>",
+        encoding="utf-8",
+    )
+    [doc] = load_one(path)
+    assert isinstance(doc, Document)
+    assert "Packing\n\nBring a raincoat" in doc.text
+    assert "walking shoes.\nalso a hat" in doc.text  # a line break inside a paragraph stays one block
+    assert "| Item | Price |" in doc.text and "\n\n|---" not in doc.text  # a table stays one block
+    assert "Bring a raincoat and walking shoes." in split_sentences(doc.text)
+
+
 def test_html_falls_back_to_body_text_when_trafilatura_finds_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -74,7 +74,20 @@ def _main_text(tree: Any) -> str:
         )
     except Exception:  # noqa: BLE001 - a page trafilatura chokes on falls back to the plain body text
         text = None
-    return (text or "").strip()
+    return _blocks((text or "").strip())
+
+
+def _blocks(text: str) -> str:
+    """trafilatura's text has one block (heading, paragraph, list item, table row) per line: separate the blocks
+    by blank lines, as in Markdown, so that a heading does not run into the paragraph below it as one sentence
+    ("Packing Bring a raincoat"). A table's rows stay together, and a line that goes on in lower case (after a
+    ``<br>``) stays with the line before it."""
+    lines = text.splitlines()
+    out = lines[:1]
+    for before, line in zip(lines, lines[1:], strict=False):
+        same_block = (before.startswith("|") and line.startswith("|")) or line[:1].islower()
+        out.append(line if same_block else f"\n{line}")
+    return "\n".join(out)
 
 
 def load_html(path: Path, max_file_bytes: int | None = None) -> Iterator[Document | LoadError]:
