@@ -1,10 +1,14 @@
 """GPU throughput: batched embedding (end to end vs the model's raw forward rate) and batched local generation.
 
     python bench/gpu.py [--embed-model DIR] [--gen-model DIR | --gen-config DIR] [--chunks N] [--questions N]
+                        [--no-warm-up] [--skip-generation]
 
-Embedding: N chunks of at most 128 tokens through ``SentenceTransformerEmbedder.embed_documents`` (texts in,
-normalized float32 vectors out: tokenization, transfer, forward, pooling, copy back), next to the forward pass
-alone on the same pre-tokenized batches. Target (issue "Generation backends"): >= 50,000 chunks/s on one H100.
+Embedding, as a user's fresh process meets it: the model's load is timed first (on CUDA it ends with the
+embedder's warm-up, which runs every padded batch shape once: counted as load, printed apart), then N chunks of
+at most 128 tokens go through ``SentenceTransformerEmbedder.embed_documents`` in the process's first embedding
+call (texts in, normalized float32 vectors out: tokenization, transfer, forward, pooling, copy back), then again
+(the warm rate), next to the forward pass alone on the same pre-tokenized batches. ``--no-warm-up`` loads the
+embedder without its warm-up. Target (issue 16): >= 50,000 chunks/s on one H100 in the first call.
 
 Generation: the same questions answered one at a time and with ``generate_many`` (batched), in generated tokens
 per second. Target: batched >= 10x one at a time. ``--gen-config DIR`` builds a model of that config and
@@ -55,15 +59,22 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def bench_embedding(model: str, n: int) -> dict:
-    embedder = SentenceTransformerEmbedder(model)
-    texts = make_chunks(embedder, n)
-    embedder.embed_documents(texts[:4096])  # warm up kernels and the allocator
+def bench_embedding(model: str, n: int, warm_up: bool = True) -> dict:
     sync()
     started = time.perf_counter()
-    vectors = embedder.embed_documents(texts)
+    embedder = SentenceTransformerEmbedder(model, warm_up=warm_up)
     sync()
-    end_to_end = n / (time.perf_counter() - started)
+    load_s = time.perf_counter() - started
+    texts = make_chunks(embedder, n)
+    sync()
+    started = time.perf_counter()
+    vectors = embedder.embed_documents(texts)  # the first call of this process: nothing embedded before it
+    sync()
+    first_s = time.perf_counter() - started
+    started = time.perf_counter()
+    embedder.embed_documents(texts)
+    sync()
+    second_s = time.perf_counter() - started
 
     transformer = embedder.model[0]
     order = np.argsort([-len(t) for t in texts], kind="stable")
@@ -90,9 +101,11 @@ def bench_embedding(model: str, n: int) -> dict:
     agreement = float(np.min(np.sum(reference * vectors[:256], axis=1)))
     return {
         "chunks": n, "max_tokens": 128, "device": embedder.device, "batch_size": embedder.batch_size,
-        "end_to_end_chunks_per_s": round(end_to_end), "forward_chunks_per_s": round(forward),
-        "ratio": round(end_to_end / forward, 3), "target_chunks_per_s": 50_000,
-        "min_cosine_vs_sentence_transformers_encode": round(agreement, 5),
+        "warm_up_at_load": warm_up, "load_s": round(load_s, 3), "warm_up_s": round(embedder.warm_up_seconds, 3),
+        "first_call_s": round(first_s, 3), "end_to_end_chunks_per_s": round(n / first_s),
+        "with_load_chunks_per_s": round(n / (load_s + first_s)), "warm_chunks_per_s": round(n / second_s),
+        "forward_chunks_per_s": round(forward), "ratio": round(n / first_s / forward, 3),
+        "target_chunks_per_s": 50_000, "min_cosine_vs_sentence_transformers_encode": round(agreement, 5),
     }
 
 
@@ -149,14 +162,20 @@ def main() -> int:
     parser.add_argument("--questions", type=int, default=64)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--skip-generation", action="store_true")
+    parser.add_argument("--no-warm-up", action="store_true", help="load the embedder without its warm-up")
     args = parser.parse_args()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (CPU)"
     figures: dict = {"gpu": gpu, "torch": torch.__version__}
-    figures["embedding"] = bench_embedding(args.embed_model, args.chunks)
-    e = figures["embedding"]
+    figures["embedding"] = e = bench_embedding(args.embed_model, args.chunks, warm_up=not args.no_warm_up)
+    met = "met" if e["end_to_end_chunks_per_s"] >= e["target_chunks_per_s"] else "MISSED"
     print(f"GPU: {gpu}")
-    print(f"embedding end to end {e['end_to_end_chunks_per_s']:>9,} chunks/s   (target >= 50,000)")
-    print(f"embedding forward    {e['forward_chunks_per_s']:>9,} chunks/s   ratio {e['ratio']}")
+    print(f"model load                 {e['load_s']:>9.2f} s        (of which warm-up {e['warm_up_s']:.2f} s: every "
+          f"padded batch shape run once, counted as load{'' if e['warm_up_at_load'] else '; off'})")
+    print(f"embedding, first call      {e['end_to_end_chunks_per_s']:>9,} chunks/s ({e['first_call_s']:.2f} s for "
+          f"{e['chunks']:,} chunks; target >= 50,000: {met})")
+    print(f"  ... counting the load    {e['with_load_chunks_per_s']:>9,} chunks/s")
+    print(f"embedding, second call     {e['warm_chunks_per_s']:>9,} chunks/s (warm)")
+    print(f"forward alone              {e['forward_chunks_per_s']:>9,} chunks/s (first call / forward {e['ratio']})")
     if not args.skip_generation:
         model = random_model(args.gen_config) if args.gen_config else args.gen_model
         figures["generation"] = g = bench_generation(model, args.questions, args.max_new_tokens, args.questions)

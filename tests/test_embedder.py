@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ragkit.connectors.embedders import EmbeddingCache
-from ragkit.connectors.embedders.sentence_transformers import encode_pipelined, mean_pooling_model
+from ragkit.connectors.embedders.sentence_transformers import PipelinedEncoder, encode_pipelined, mean_pooling_model
 
 pytestmark = pytest.mark.slow
 
@@ -25,6 +25,18 @@ def test_pipelined_encoding_matches_sentence_transformers(minilm):
     reference = minilm.model.encode(TEXTS, normalize_embeddings=True, convert_to_numpy=True)
     fast = encode_pipelined(minilm.model, TEXTS, batch_size=2, device="cpu")
     np.testing.assert_allclose(np.sum(reference * fast, axis=1), 1.0, atol=1e-5)
+
+
+def test_padded_batches_and_warm_up_change_no_vector(minilm):
+    """The GPU path pads each batch to a multiple of 8 tokens (masked out) and can warm up every such shape; both
+    run on CPU too, and a call smaller than the workers' batches is cut so that each worker tokenizes a part."""
+    reference = minilm.model.encode(TEXTS * 30, normalize_embeddings=True, convert_to_numpy=True)
+    encoder = PipelinedEncoder(minilm.model, "cpu", batch_size=4, pad_multiple=8, workers=2)
+    assert encoder.warm_up() > 0
+    padded = encoder(TEXTS * 30)
+    assert padded.dtype == np.float32 and padded.shape == (150, 384)
+    np.testing.assert_allclose(np.sum(reference * padded, axis=1), 1.0, atol=1e-5)
+    assert encoder([]).shape == (0, 384)
 
 
 def test_cache_embeds_each_text_once(minilm, tmp_path):
