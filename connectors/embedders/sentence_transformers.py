@@ -269,7 +269,10 @@ class PipelinedEncoder:
                 ids = torch.full((self.batch_size, width), self.pad_id, dtype=torch.int32)
                 lengths = torch.full((self.batch_size,), width, dtype=torch.int64)
                 self._forward(ids, lengths, None)
-        self(["warm up the tokenizer threads, the pinned buffers and the copy back"] * (2 * self.workers))
+        # Full batches of the longest texts through the whole path: each tokenizer thread's memory, the pinned
+        # buffers and the copy back reach their largest sizes here rather than inside the first real call.
+        self(["warm up the tokenizer threads and buffers"] * self.max_length)
+        self(["warm up " * self.max_length] * (self.batch_size * self.workers))
         if self.on_cuda:
             torch.cuda.synchronize(self.device)
         return time.perf_counter() - started
