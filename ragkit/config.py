@@ -42,9 +42,29 @@ def _one_of(value: str, names: tuple[str, ...]) -> str:
 
 
 class EmbedderSettings(_Section):
+    """The embedder of a new index. ``backend`` and ``precision`` choose how a sentence-transformers model runs:
+    ``torch``, or ``onnx`` (ONNX Runtime on the CPU, exported once and cached), in ``fp32`` or ``int8`` (onnx
+    only); ``auto`` is torch on a GPU and ``ragkit.connectors.embedders.AUTO_CPU_BACKEND`` on the CPU. The index's
+    manifest records the encoder, and opening the index uses it whatever these settings say."""
+
     model: str = DEFAULT_EMBEDDER
-    batch_size: int | None = Field(None, ge=1, description="None: 64 on CPU, 1024 on CUDA")
+    batch_size: int | None = Field(None, ge=1, description="None: 64 on CPU, 1024 on CUDA, 32 on onnx")
     device: str = "auto"
+    backend: Literal["auto", "torch", "onnx"] = "auto"
+    precision: Literal["fp32", "int8"] = "fp32"
+
+    @model_validator(mode="after")
+    def _runnable(self) -> EmbedderSettings:
+        if self.backend == "torch" and self.precision == "int8":
+            raise PydanticCustomError(
+                "embedder_precision", "precision 'int8' runs on the onnx backend: set backend to 'onnx' or 'auto'"
+            )
+        if self.device.startswith("cuda") and (self.backend == "onnx" or self.precision == "int8"):
+            raise PydanticCustomError(
+                "embedder_device",
+                "the onnx backend and int8 run on the CPU: set device to 'auto' or 'cpu', or backend to 'torch'",
+            )
+        return self
 
 
 class ChunkingSettings(_Section):

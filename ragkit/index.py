@@ -95,7 +95,8 @@ class Index:
                 raise FileExistsError(f"{path}: an index already exists here")
             return cls.open(path, settings=settings, embedder=instance, vectors=vectors)
         model = instance or make_embedder(
-            settings.embedder.model, device=settings.embedder.device, batch_size=settings.embedder.batch_size
+            settings.embedder.model, device=settings.embedder.device, batch_size=settings.embedder.batch_size,
+            backend=settings.embedder.backend, precision=settings.embedder.precision,
         )
         vector_settings = settings.vectors.model_dump()
         vector_settings["shards"] = vector_settings["shards"] or 1

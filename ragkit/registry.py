@@ -311,6 +311,7 @@ vector_backends.register("chroma", "ragkit.connectors.vectors:open_chroma")
 # An exact name first, then a family (``hashing-64`` -> ``hashing``), then sentence-transformers for any name.
 embedders.register("sentence-transformers", "ragkit.connectors.embedders:sentence_transformer_embedder")
 embedders.register("hashing", "ragkit.connectors.embedders:hashing_embedder")
+embedders.register("onnx", "ragkit.connectors.embedders:onnx_embedder")
 
 generators.register("extractive", "ragkit.connectors.generators.extractive:ExtractiveGenerator")
 generators.register("local", "ragkit.connectors.generators.local:LocalGenerator")

@@ -1,0 +1,327 @@
+"""ONNX Runtime embedder for CPU: a sentence-transformers model exported once to ONNX (fp32, or int8 weights),
+cached on disk, then run without torch or transformers.
+
+The first construction for a model directory and precision exports the transformer with mean pooling and L2
+normalization inside the graph (this step imports torch), quantizes it for ``int8``
+(``onnxruntime.quantization.quantize_dynamic``), and writes the file atomically under :func:`onnx_cache_dir`.
+Every later process only loads it: the query path imports ``onnxruntime`` and ``tokenizers`` (the model's own
+``tokenizer.json``), never torch. Nothing is downloaded.
+
+>>> embedder = OnnxEmbedder()                        # packaged all-MiniLM-L6-v2, fp32    # doctest: +SKIP
+>>> embedder.embed_documents(["a passage"]).shape                                         # doctest: +SKIP
+(1, 384)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import importlib.metadata
+import json
+import os
+import re
+import tempfile
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, get_args
+
+import numpy as np
+
+from ragkit.connectors.embedders.sentence_transformers import DEFAULT_MODEL, resolve_model
+
+if TYPE_CHECKING:
+    import onnxruntime
+    import tokenizers
+
+Precision = Literal["fp32", "int8"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+CACHE_ENV = "RAGKIT_ONNX_CACHE"
+EXPORT_VERSION = 1  # bump when the exported graph changes: old cache entries are then ignored
+OPSET = 17
+INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+ENCODER_SEPARATOR = "@"
+NAME_SUFFIXES = {"fp32": "onnx", "int8": "onnx-int8"}  # the embedder's name is MODEL@<suffix>: see make_embedder
+_MODEL_FILE = "model.onnx"
+_SKIPPED_FILES = {"README.md", ".gitattributes"}
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _rust_safe(text: str) -> str:
+    """Lone surrogates cannot cross into the Rust tokenizer; one U+FFFD each keeps the offsets."""
+    return _SURROGATE.sub("\ufffd", text) if _SURROGATE.search(text) else text
+
+
+def onnx_cache_dir() -> Path:
+    """Where exported models live: ``$RAGKIT_ONNX_CACHE``, else ``$RAGKIT_CACHE/onnx``, else
+    ``$XDG_CACHE_HOME/ragkit/onnx`` (``~/.cache/ragkit/onnx``)."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = os.environ.get("RAGKIT_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "ragkit"
+    )
+    return Path(base) / "onnx"
+
+
+def _version(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "-"
+
+
+def export_key(model_dir: Path, precision: str) -> str:
+    """A hash of the model directory's files (names and contents), the precision and the exporting versions."""
+    digest = hashlib.sha256()
+    files = [Path(root, name) for root, _, names in os.walk(model_dir, followlinks=True) for name in names]
+    for path in sorted(p for p in files if p.is_file() and p.name not in _SKIPPED_FILES):
+        digest.update(str(path.relative_to(model_dir)).encode() + b"\0")
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    versions = [EXPORT_VERSION, OPSET, precision, _version("torch"), _version("onnxruntime")]
+    digest.update(json.dumps(versions).encode())
+    return digest.hexdigest()[:24]
+
+
+def max_sequence_length(model_dir: Path) -> int:
+    """The sentence-transformers ``max_seq_length`` (256 for MiniLM), else the transformer's position limit."""
+    settings = model_dir / "sentence_bert_config.json"
+    if settings.is_file():
+        value = json.loads(settings.read_text()).get("max_seq_length")
+        if value:
+            return int(value)
+    config = json.loads((model_dir / "config.json").read_text())
+    return int(config.get("max_position_embeddings", 512))
+
+
+def check_exportable(model_dir: Path) -> None:
+    """ValueError unless the model is a plain Transformer -> mean Pooling (-> Normalize) stack with a fast
+    tokenizer: the shape the exported graph reproduces."""
+    problems = []
+    if not (model_dir / "tokenizer.json").is_file():
+        problems.append("no tokenizer.json")
+    modules_file = model_dir / "modules.json"
+    if modules_file.is_file():
+        modules = json.loads(modules_file.read_text())
+        kinds = [m.get("type", "").rsplit(".", 1)[-1] for m in modules]
+        if kinds[:2] != ["Transformer", "Pooling"] or kinds[2:] not in ([], ["Normalize"]):
+            problems.append(f"modules {kinds} are not Transformer, Pooling (, Normalize)")
+        pooling_dir = model_dir / (modules[1].get("path", "") if len(modules) > 1 else "1_Pooling")
+        pooling_file = pooling_dir / "config.json"
+        if pooling_file.is_file():
+            pooling = json.loads(pooling_file.read_text())
+            modes = {k for k, v in pooling.items() if k.startswith("pooling_mode_") and v is True}
+            if modes != {"pooling_mode_mean_tokens"} and pooling.get("pooling_mode") != "mean":
+                problems.append(f"pooling {sorted(modes)} is not mean pooling")
+    if problems:
+        raise ValueError(f"{model_dir}: cannot run on the onnx backend: {'; '.join(problems)}")
+
+
+def exported_model(model_dir: Path, precision: str, cache_dir: Path | None = None) -> Path:
+    """The cached ONNX file for ``model_dir`` at ``precision``, exporting it first when missing (imports torch)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)} (got {precision!r})")
+    folder = (cache_dir or onnx_cache_dir()) / f"{model_dir.name}-{export_key(model_dir, precision)}"
+    target = folder / _MODEL_FILE
+    if target.is_file():
+        return target
+    check_exportable(model_dir)
+    source = exported_model(model_dir, "fp32", cache_dir) if precision == "int8" else None
+    folder.mkdir(parents=True, exist_ok=True)
+    with _scratch_dir(folder) as scratch:
+        result = scratch / f"{precision}.onnx"
+        try:
+            if source is None:
+                export_fp32(model_dir, result)
+            else:
+                quantize_int8(source, result)
+        except ModuleNotFoundError as exc:
+            raise ImportError(f"exporting to ONNX needs {exc.name}: pip install 'ragkit[onnx]'") from exc
+        os.replace(result, target)  # atomic: a concurrent reader sees no file or the whole file
+    return target
+
+
+@contextlib.contextmanager
+def _scratch_dir(folder: Path) -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".export-") as name:
+        yield Path(name)
+
+
+def export_fp32(model_dir: Path, target: Path) -> None:
+    """Export the transformer with mean pooling and L2 normalization to ``target`` (one output, ``embedding``)."""
+    import torch
+    from transformers import AutoModel
+
+    from ragkit.connectors.huggingface import quiet_progress_bars
+
+    with quiet_progress_bars():
+        # eager attention: a plain MatMul/Softmax graph that ONNX Runtime fuses (SDPA's export adds mask and NaN ops)
+        encoder = AutoModel.from_pretrained(str(model_dir), local_files_only=True, attn_implementation="eager")
+    encoder.eval()
+
+    class Pooled(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder = encoder
+
+        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
+            hidden = self.encoder(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            ).last_hidden_state
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+            return torch.nn.functional.normalize(pooled, p=2.0, dim=-1)
+
+    ids = torch.ones((2, 8), dtype=torch.int64)
+    sample = (ids, torch.ones_like(ids), torch.zeros_like(ids))
+    axes = {name: {0: "batch", 1: "sequence"} for name in INPUTS}
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's notes on tracing, not the user's concern
+        torch.onnx.export(
+            Pooled(), sample, str(target), input_names=list(INPUTS), output_names=["embedding"],
+            dynamic_axes={**axes, "embedding": {0: "batch"}}, opset_version=OPSET, dynamo=False,
+        )
+
+
+def quantize_int8(source: Path, target: Path) -> None:
+    """Dynamic int8 quantization of the MatMul weights (activations quantized per batch at run time)."""
+    import logging
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # quantize_dynamic logs a pre-processing hint on the root logger
+    try:
+        quantize_dynamic(str(source), str(target), weight_type=QuantType.QUInt8, per_channel=True)
+    finally:
+        root.setLevel(level)
+
+
+def session_options(threads: int | None = None) -> onnxruntime.SessionOptions:
+    """Sequential execution, all graph optimizations, ``threads`` intra-op threads (None: this process's cores)."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    options.intra_op_num_threads = threads or _cores()
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return options
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+class OnnxEmbedder:
+    """Normalized float32 embeddings from a sentence-transformers model run by ONNX Runtime on the CPU.
+
+    ``precision`` is ``"fp32"`` (the torch model's vectors to ~1e-6) or ``"int8"`` (dynamically quantized
+    weights). ``threads``: ONNX Runtime's intra-op threads (None: every core this process may use).
+    ``cache_dir``: where the exported model is kept (None: :func:`onnx_cache_dir`).
+
+    >>> embedder = OnnxEmbedder("all-MiniLM-L6-v2", precision="int8")                    # doctest: +SKIP
+    >>> embedder.embed_query("who wrote it?").shape                                       # doctest: +SKIP
+    (384,)
+    """
+
+    backend = "onnx"
+
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        *,
+        precision: str = "fp32",
+        device: str = "auto",
+        batch_size: int | None = None,
+        threads: int | None = None,
+        cache_dir: Path | None = None,
+    ) -> None:
+        try:
+            import onnxruntime
+        except ImportError as exc:
+            raise ImportError("the onnx embedder backend needs onnxruntime: pip install 'ragkit[onnx]'") from exc
+        import tokenizers
+
+        if precision not in PRECISIONS:
+            raise ValueError(f"embedder precision must be one of {', '.join(PRECISIONS)} (got {precision!r})")
+        if device not in ("auto", "cpu"):
+            raise ValueError(f"the onnx embedder runs on the CPU, not on device {device!r}; use the torch backend")
+        model_dir = Path(resolve_model(model))
+        if not (model_dir / "config.json").is_file():
+            raise OSError(f"embedder {model!r}: the onnx backend needs a local model directory (got {model_dir})")
+        self.name = f"{model}{ENCODER_SEPARATOR}{NAME_SUFFIXES[precision]}"  # what the manifest records
+        self.model = model
+        self.precision = precision
+        self.device = "cpu"
+        self.batch_size = batch_size or 32
+        self.max_tokens = max_sequence_length(model_dir)
+        self.model_path = exported_model(model_dir, precision, cache_dir)
+        self.session = onnxruntime.InferenceSession(
+            str(self.model_path), session_options(threads), providers=["CPUExecutionProvider"]
+        )
+        self._inputs = {i.name for i in self.session.get_inputs()}
+        self.dim = int(self.session.get_outputs()[0].shape[-1] or self._probe_dim())
+        whole = tokenizers.Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        whole.no_padding()
+        whole.no_truncation()
+        self._plain: tokenizers.Tokenizer = whole  # counts and offsets: no truncation, as chunking needs
+        truncated = tokenizers.Tokenizer.from_str(whole.to_str())
+        truncated.enable_truncation(self.max_tokens)
+        self._truncated: tokenizers.Tokenizer = truncated
+        self._pad_id = whole.token_to_id("[PAD]") or 0
+
+    def _probe_dim(self) -> int:
+        return int(self._run(np.array([[0]], dtype=np.int64), np.array([1]))[0].shape[-1])
+
+    @functools.cached_property
+    def tokenizer(self) -> tokenizers.Tokenizer:
+        """The model's Rust tokenizer (``tokenizers.Tokenizer``), without truncation or padding."""
+        return self._plain
+
+    def token_offsets(self, text: str) -> list[tuple[int, int]]:
+        """Character spans of the model's tokens (without special tokens), for token-window chunking."""
+        return [(start, end) for start, end in self._plain.encode(_rust_safe(text), add_special_tokens=False).offsets]
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._plain.encode(_rust_safe(text), add_special_tokens=False).ids)
+
+    def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        if len(texts) == 1:
+            return self.embed_queries(texts)
+        encodings = self._truncated.encode_batch([_rust_safe(t) for t in texts])
+        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
+        order = np.argsort(-lengths, kind="stable")  # batches of similar lengths carry little padding
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start : start + self.batch_size]
+            width = int(lengths[rows].max())
+            ids = np.full((len(rows), width), self._pad_id, dtype=np.int64)
+            for slot, row in enumerate(rows):
+                ids[slot, : lengths[row]] = encodings[row].ids
+            out[rows] = self._run(ids, lengths[rows])
+        return out
+
+    def embed_query(self, text: str) -> np.ndarray:
+        ids = np.array([self._truncated.encode(_rust_safe(text)).ids], dtype=np.int64)
+        return self._run(ids, np.array([ids.shape[1]]))[0]
+
+    def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
+        if len(texts) == 1:
+            return self.embed_query(texts[0])[None, :]
+        return self.embed_documents(texts)
+
+    def _run(self, ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        mask = (np.arange(ids.shape[1]) < lengths[:, None]).astype(np.int64)
+        feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+        (vectors,) = self.session.run(None, {k: v for k, v in feeds.items() if k in self._inputs})
+        return np.ascontiguousarray(vectors, dtype=np.float32)
