@@ -37,8 +37,8 @@ against LangChain: index speed >= 1.5x, dense p50
 `--stages` also times, in the ragkit children, where indexing goes (embedding against everything else) and
 where a dense query goes (query embedding, FAISS search, catalog look-ups, the rest), next to the model's bare
 `preprocess` + forward of the same query, by wrapping methods of the open index's objects from here (no ragkit
-code changes). The machine may be shared: the load average before and after each run is printed; read close
-figures with that in mind.
+code changes; `bench/query_path.py --stages` splits a query finer). The machine may be shared: the load average
+before and after each run is printed; read close figures with that in mind.
 
 Every child gets the same `OMP_NUM_THREADS`/`MKL_NUM_THREADS`/`OPENBLAS_NUM_THREADS` (`--threads`, default 1):
 on the project's 2-core machine, busy with other jobs (load 6-7), one MiniLM query took 15 ms with one thread and
@@ -292,9 +292,10 @@ def dense_query_stages(index: Any, stopwatch: Stopwatch, queries: Sequence[Seque
 
     index.retrieve(queries[0][1], k=K, mode="dense")  # the read-only vectors copy and the catalog are open
     stopwatch.seconds.clear()
-    stopwatch.wrap(index.embedder, "embed_queries", "embed query (ragkit embedder)")
+    # the store's, not the embedder's: one query to the packaged model takes ragkit's lean path (SingleQueryEncoder)
+    stopwatch.wrap(index.store, "embed_queries", "embed query (ragkit)")
     stopwatch.wrap(index.vectors, "search", "FAISS search")
-    for method in ("chunk_ids_of_vectors", "chunks_by_ids", "document_sources"):
+    for method in ("chunk_ids_of_vectors", "chunks_with_sources", "chunks_by_ids", "document_sources"):
         stopwatch.wrap(index.catalog, method, "catalog look-ups")
     rows: list[dict[str, float]] = []
     for _, text in queries:

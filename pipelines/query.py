@@ -95,17 +95,16 @@ def search_by_vector(
 
 def to_hits(store: IndexStore, found: Sequence[Sequence[Scored]], mode: str) -> list[list[Hit]]:
     """Ranked chunk ids become hits with their chunk and source; chunks deleted meanwhile are left out."""
-    wanted = list({cid for row in found for cid, _, _ in row})
-    chunks = store.catalog.chunks_by_ids(wanted)
-    sources = store.catalog.document_sources({c.doc_id for c in chunks.values()})
+    wanted = list(dict.fromkeys(cid for row in found for cid, _, _ in row))
+    chunks = store.catalog.chunks_with_sources(wanted) if wanted else {}
     results = []
     for row in found:
         hits = []
         for cid, score, explain in row:
-            chunk = chunks.get(cid)
-            if chunk is None or chunk.doc_id not in sources:  # deleted between search and lookups
+            looked_up = chunks.get(cid)
+            if looked_up is None:  # deleted between search and look-up
                 continue
-            hits.append(Hit(chunk, score, mode, sources[chunk.doc_id], explain))
+            hits.append(Hit(looked_up[0], score, mode, looked_up[1], explain))
         results.append(hits)
     return results
 

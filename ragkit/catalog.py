@@ -235,6 +235,20 @@ class Catalog:
             result.update((row[0], self._chunk(row)) for row in rows)
         return result
 
+    def chunks_with_sources(self, chunk_ids: Sequence[str]) -> dict[str, tuple[Chunk, str]]:
+        """The chunks with these ids and their documents' sources, in one statement (the query path's look-up;
+        chunks of deleted documents are left out)."""
+        result: dict[str, tuple[Chunk, str]] = {}
+        for batch in _batches(list(chunk_ids)):
+            marks = ",".join("?" * len(batch))
+            rows = self._query(
+                f"SELECT {_CHUNK_COLUMNS}, d.source FROM chunks c JOIN documents d ON d.id = c.doc_id "
+                f"WHERE c.id IN ({marks})",
+                batch,
+            )
+            result.update((row[0], (self._chunk(row), row[7])) for row in rows)
+        return result
+
     def iter_chunks(self, batch_size: int = 5000) -> Iterator[list[Chunk]]:
         """All chunks in a stable order (by vector id), in batches; used to rebuild derived stores."""
         last = -1

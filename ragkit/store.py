@@ -40,6 +40,7 @@ from ragkit.bm25 import BM25Index
 from ragkit.catalog import Catalog
 from ragkit.config import Settings
 from ragkit.connectors.embedders import EmbeddingCache, make_embedder
+from ragkit.connectors.embedders.single_query import SingleQueryEncoder
 from ragkit.connectors.vectors import open_vector_index
 from ragkit.errors import EmbedderMismatchError, IndexFormatError, sqlite_damage
 from ragkit.manifest import MANIFEST, Manifest
@@ -157,6 +158,11 @@ class VectorState:
             batch = missing[start : start + 4096]
             chunks = catalog.chunks_by_vector_ids(batch)
             tags = catalog.vector_tags(batch)
+            # a writer in another process may delete chunks between these reads: the generation then moves on,
+            # and the next call catches up again
+            batch = [v for v in batch if v in chunks and v in tags]
+            if not batch:
+                continue
             embeddings, _ = self.store.embed([chunks[v].embed_text for v in batch], store=self.writable)
             self.index.add(np.array(batch, dtype=np.int64), embeddings, [tags[v] for v in batch])
         self.generation = generation
@@ -344,6 +350,13 @@ class IndexStore:
             return cache.embed(texts, self.embedder.embed_documents)
 
     def embed_queries(self, queries: Sequence[str]) -> np.ndarray:
+        """Query vectors, float32. One query to a plain sentence-transformers model on the CPU skips ``encode``'s
+        per-call bookkeeping (``SingleQueryEncoder``: the same vector, bit for bit); anything else goes through
+        the embedder."""
+        if len(queries) == 1:
+            single: SingleQueryEncoder | None = self.part("single-query", lambda: SingleQueryEncoder.of(self.embedder))
+            if single is not None and single.usable:
+                return single(queries[0])
         return np.asarray(self.embedder.embed_queries(queries), dtype=np.float32)
 
     def _damaged_cache(self) -> Any:
