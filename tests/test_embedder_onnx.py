@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from ragkit.config import Settings
-from ragkit.connectors.embedders import encoder_name, make_embedder, split_encoder
+from ragkit.connectors.embedders import encoder_name, make_embedder, resolve_backend, split_encoder
 from ragkit.connectors.embedders import onnx as onnx_module
 from ragkit.connectors.embedders.onnx import CACHE_ENV, OnnxEmbedder
 from ragkit.errors import ConfigError, EmbedderMismatchError
@@ -156,6 +156,14 @@ def test_settings_validate_the_encoder():
         Settings().merged(embedder={"backend": "onnx", "device": "cuda"})
     with pytest.raises(ConfigError, match="runs on ONNX Runtime on the CPU"):
         make_embedder("all-MiniLM-L6-v2@onnx", device="cuda:0")
+
+
+def test_auto_is_onnx_on_the_cpu_and_torch_on_a_gpu():
+    assert resolve_backend("all-MiniLM-L6-v2", "auto", "fp32", "cpu") == "onnx"
+    assert resolve_backend("all-MiniLM-L6-v2", "auto", "fp32", "cuda") == "torch"
+    assert resolve_backend("all-MiniLM-L6-v2", "auto", "int8", "cpu") == "onnx"
+    assert resolve_backend("all-MiniLM-L6-v2", "torch", "fp32", "cpu") == "torch"
+    assert resolve_backend("/no/such/model", "auto", "fp32", "cpu") == "torch"  # not a local mean-pooling model
 
 
 def test_backend_settings_leave_other_embedders_alone():

@@ -28,7 +28,7 @@ ONNX_ENTRY = "onnx"
 ENCODERS = {suffix: ("onnx", precision) for precision, suffix in NAME_SUFFIXES.items()}  # -> (backend, precision)
 Backend = Literal["auto", "torch", "onnx"]
 Precision = Literal["fp32", "int8"]
-AUTO_CPU_BACKEND: Literal["torch", "onnx"] = "torch"  # what "auto" picks on the CPU: docs/benchmarks.md says why
+AUTO_CPU_BACKEND: Literal["torch", "onnx"] = "onnx"  # what "auto" picks on the CPU: docs/benchmarks.md says why
 
 
 def split_encoder(name: str) -> tuple[str, str, str]:

@@ -138,7 +138,7 @@ def exported_model(model_dir: Path, precision: str, cache_dir: Path | None = Non
             else:
                 quantize_int8(source, result)
         except ModuleNotFoundError as exc:
-            raise ImportError(f"exporting to ONNX needs {exc.name}: pip install 'ragkit[onnx]'") from exc
+            raise ImportError(f"exporting to ONNX needs {exc.name} (pip install {exc.name})") from exc
         os.replace(result, target)  # atomic: a concurrent reader sees no file or the whole file
     return target
 
@@ -247,7 +247,7 @@ class OnnxEmbedder:
         try:
             import onnxruntime
         except ImportError as exc:
-            raise ImportError("the onnx embedder backend needs onnxruntime: pip install 'ragkit[onnx]'") from exc
+            raise ImportError("the onnx embedder needs onnxruntime (pip install onnxruntime)") from exc
         import tokenizers
 
         if precision not in PRECISIONS:
