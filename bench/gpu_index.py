@@ -8,8 +8,9 @@ a new index: with ``--no-graph``, and with the graph (spaCy in ``--n-process`` w
 core). Each run is timed as a user sees it (the whole command: interpreter start, imports, model load with its
 warm-up, indexing, commit) and, from inside the same process, stage by stage: model load, chunk, embed (of which
 the embedder's own ``embed_documents``), graph extraction, catalog writes, the final commit (vector shards and
-BM25), and the rest (loading and parsing the file, hashing, starting the graph's workers). Last, in a third fresh
-process, the embedder alone on the same chunk texts (one call, after its load): the embedding-only figure.
+BM25), and the rest (loading and parsing the file, hashing, starting the graph's workers). First, in a fresh
+process of its own, the embedder alone on the same chunk texts (one call, after its load): the embedding-only
+figure.
 
 The stage timers wrap the index pipeline's functions from outside (this script only); they add one clock read
 per batch of 512 chunks.
@@ -157,6 +158,10 @@ def main() -> int:
     config.write_text(f"[graph]\nenabled = true\n[graph.options]\nn_process = {args.n_process}\n")
 
     figures: dict[str, Any] = {"chunks_requested": args.chunks, "n_process": args.n_process, "cpus": os.cpu_count()}
+    found, wall, _ = child("--embed-only", str(corpus))
+    figures["embedding_only"] = e = found["EMBED"]
+    print(f"embedding only: {e['chunks']:,} chunks in {e['embed_s']} s = {e['chunks_per_s']:,} chunks/s "
+          f"(load {e['load_s']} s, of which warm-up {e['warm_up_s']} s)", flush=True)
     for graph in ("off", "on"):
         found, wall, _ = child("--run-one", str(corpus), str(work / f"index-graph-{graph}"), str(config), graph)
         report, stages = found["REPORT"], found["STAGES"]
@@ -170,12 +175,6 @@ def main() -> int:
         print(f"graph {graph}: {chunks:,} chunks; whole command {wall:.1f} s = {chunks / wall:,.0f} chunks/s; "
               f"Index.add {report['seconds']:.1f} s = {chunks / report['seconds']:,.0f} chunks/s", flush=True)
         print("  stages (s): " + ", ".join(f"{k} {v}" for k, v in stages.items()), flush=True)
-    found, wall, _ = child("--embed-only", str(corpus))
-    figures["embedding_only"] = found["EMBED"]
-    e = found["EMBED"]
-    print(f"embedding only: {e['chunks']:,} chunks in {e['embed_s']} s = {e['chunks_per_s']:,} chunks/s "
-          f"(load {e['load_s']} s, of which warm-up {e['warm_up_s']} s)", flush=True)
-
     print("\n| run | chunks/s (whole command) | chunks/s (Index.add) | slowest stage |")
     print("|---|---|---|---|")
     for graph in ("off", "on"):
