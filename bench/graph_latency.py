@@ -38,7 +38,7 @@ import numpy as np
 
 from ragkit.bm25 import BM25Index
 from ragkit.config import Settings
-from ragkit.connectors.embedders.sentence_transformers import SentenceTransformerEmbedder
+from ragkit.connectors.embedders import make_embedder
 from ragkit.connectors.vectors.faiss import FaissShardedIndex
 from ragkit.graph import retrieve
 from ragkit.graph.model import ChunkExtraction, EntityMention, RelationMention
@@ -46,7 +46,7 @@ from ragkit.graph.retrieve import GraphRetriever, HybridGraphRetriever, MultiHop
 from ragkit.graph.settings import GraphSettings
 from ragkit.graph.store import GraphStore
 from ragkit.pipelines.retrievers import AutoRetriever, is_question
-from ragkit.protocols import Scored
+from ragkit.protocols import Embedder, Scored
 from ragkit.types import Chunk
 
 if TYPE_CHECKING:
@@ -173,7 +173,7 @@ class GraphSearchMirror:
     """
 
     def __init__(
-        self, store: GraphStore, embedder: SentenceTransformerEmbedder, dense: DenseSearch, settings: GraphSettings,
+        self, store: GraphStore, embedder: Embedder, dense: DenseSearch, settings: GraphSettings,
         shared: GraphRetriever | MultiHopRetriever | None,
     ) -> None:
         self.dense, self.settings = dense, settings
@@ -242,7 +242,9 @@ def main() -> None:
     parser.add_argument("--db", default=":memory:", help="SQLite file for the synthetic graph (reused if present)")
     parser.add_argument("--stages", action="store_true", help="also print each stage's p50 per mode")
     args = parser.parse_args()
-    embedder = SentenceTransformerEmbedder(device="cpu")  # ragkit's default embedder, as an index uses it
+    defaults = Settings().embedder  # ragkit's default embedder on this CPU, as a new index gets it (ONNX Runtime)
+    embedder = make_embedder(defaults.model, device="cpu", backend=defaults.backend, precision=defaults.precision)
+    print(f"embedder: {embedder.name}")
     rng = np.random.default_rng(0)
     conn = sqlite3.connect(args.db)
     store = GraphStore(conn)
