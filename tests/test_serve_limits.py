@@ -232,9 +232,11 @@ async def test_a_flooding_tenant_does_not_starve_another() -> None:
     async with asyncio.timeout(30):
         flood = [asyncio.create_task(request(flooder_keys[i % 3])) for i in range(200)]
         await settle()
-        assert lim.queue_depth == 200 - max_concurrent
+        # the flood is queued: every slot taken and the rest waiting (on a loaded machine a few of the first
+        # holders may already be done and replaced by the time the event loop gets here, hence a bound)
+        assert lim.in_flight == max_concurrent and lim.queue_depth >= 200 - 4 * max_concurrent, lim.queue_depth
 
-        # A burst of B's requests arrives behind A's 196 waiting ones. In arrival order, FIFO would admit all of
+        # A burst of B's requests arrives behind A's ~196 waiting ones. In arrival order, FIFO would admit all of
         # A's first; fair queueing admits B's first at the next free slot and the others alternating with A's.
         # (An A admitted just before B arrived may log itself just after: hence bounds, not exact counts.)
         burst = await asyncio.gather(*(request(key("b", "B")) for _ in range(5)))
