@@ -37,9 +37,9 @@ def resolve_model(name: str) -> str:
 def pick_device(device: str = "auto") -> str:
     if device != "auto":
         return device
-    import torch
+    from ragkit.devices import cuda_available
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cuda" if cuda_available() else "cpu"
 
 
 class SentenceTransformerEmbedder:

@@ -68,14 +68,9 @@ def resolve_name(settings: GeneratorSettings) -> GeneratorName | str:
         return settings.name
     if settings.base_url:
         return "openai"
-    try:
-        import torch
+    from ragkit.devices import cuda_available
 
-        if torch.cuda.is_available():
-            return "local"
-    except ImportError:
-        pass
-    return "extractive"
+    return "local" if cuda_available() else "extractive"
 
 
 def from_settings(settings: GeneratorSettings, *, degrade: bool = True) -> Generator:
