@@ -288,7 +288,6 @@ def dense_query_stages(index: Any, stopwatch: Stopwatch, queries: Sequence[Seque
                        search: Search) -> dict[str, float]:
     """Median ms per dense query spent in each part of ragkit's query path, and the model's bare work."""
     import numpy as np
-    import torch
 
     index.retrieve(queries[0][1], k=K, mode="dense")  # the read-only vectors copy and the catalog are open
     stopwatch.seconds.clear()
@@ -308,6 +307,12 @@ def dense_query_stages(index: Any, stopwatch: Stopwatch, queries: Sequence[Seque
         spent["total"] = total
         rows.append(spent)
     stopwatch.restore()
+    if getattr(index.embedder, "backend", "torch") == "onnx":
+        onnx_bare_query(index.embedder, rows, queries)
+        labels = list(dict.fromkeys(label for row in rows for label in row))
+        return {label: float(np.median([row.get(label, 0.0) for row in rows])) * 1000.0 for label in labels}
+    import torch
+
     model = index.embedder.model  # the SentenceTransformer ragkit's embedder wraps
     for row, (_, text) in zip(rows, queries, strict=True):
         began = time.perf_counter()
@@ -327,6 +332,19 @@ def dense_query_stages(index: Any, stopwatch: Stopwatch, queries: Sequence[Seque
     return {label: float(np.median([row.get(label, 0.0) for row in rows])) * 1000.0 for label in labels}
 
 
+def onnx_bare_query(embedder: Any, rows: list[dict[str, float]], queries: Sequence[Sequence[str]]) -> None:
+    """The bare work of ragkit's ONNX Runtime encoder on each query: Rust tokenizer, then the session's run."""
+    import numpy as np
+
+    for row, (_, text) in zip(rows, queries, strict=True):
+        began = time.perf_counter()
+        ids = np.array([embedder._truncated.encode(text).ids], dtype=np.int64)
+        tokenized = time.perf_counter()
+        embedder._run(ids, np.array([ids.shape[1]]))
+        forward = time.perf_counter()
+        row.update({"bare: tokenize": tokenized - began, "bare: forward (ONNX Runtime)": forward - tokenized})
+
+
 def child_main(framework: str, data_file: Path, out_file: Path) -> int:
     """Run one framework on the prepared data and write its timings and hits as JSON."""
     warnings.filterwarnings("ignore")  # deprecation notices of the peers' classes; figures are what matters
@@ -338,9 +356,8 @@ def child_main(framework: str, data_file: Path, out_file: Path) -> int:
         "ragkit-graph": lambda: run_ragkit(data, graph=True),
     }
     result = runners[framework]()
-    import torch
-
-    result["torch_threads"] = torch.get_num_threads()
+    torch = sys.modules.get("torch")  # not imported here: that alone would add ~180 MB to a torch-free child
+    result["torch_threads"] = torch.get_num_threads() if torch is not None else None
     result["maxrss_self_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result["maxrss_children_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     out_file.write_text(json.dumps(result), encoding="utf-8")

@@ -80,6 +80,28 @@ def test_query_paths_agree_with_batches(onnx_fp32):
     assert (spans[0], spans[-1]) == ((0, 1), (4, 5))
 
 
+def test_batches_keep_to_the_token_budget(onnx_fp32, monkeypatch):
+    """Runs hold at most ``max_batch_tokens`` padded tokens (one long text alone still runs) and the vectors are
+    the same as one text a run."""
+    texts = [f"{t} {' '.join(['word'] * (7 * i))}" for i, t in enumerate(TEXTS * 3)]
+    shapes: list[tuple[int, int]] = []
+    run = onnx_fp32._run
+
+    def recorded(ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        shapes.append(ids.shape)
+        return run(ids, lengths)
+
+    monkeypatch.setattr(onnx_fp32, "_run", recorded)
+    monkeypatch.setattr(onnx_fp32, "max_batch_tokens", 200)
+    vectors = onnx_fp32.embed_documents(texts)
+    assert len(shapes) > 2 and all(rows * width <= 200 or rows == 1 for rows, width in shapes)
+    assert any(rows > 1 for rows, _ in shapes) and any(width > 200 for _, width in shapes)  # one long text alone
+    assert sum(rows for rows, _ in shapes) == len(texts)
+    monkeypatch.setattr(onnx_fp32, "max_batch_tokens", 10**9)
+    monkeypatch.setattr(onnx_fp32, "batch_size", 1)
+    assert np.abs(vectors - onnx_fp32.embed_documents(texts)).max() < 1e-5
+
+
 def test_tokens_match_the_torch_embedder(onnx_fp32, minilm):
     for text in TEXTS:
         assert onnx_fp32.count_tokens(text) == minilm.count_tokens(text)
