@@ -60,6 +60,11 @@ def make_chunks(embedder: SentenceTransformerEmbedder, n: int, max_tokens: int =
     return chunks
 
 
+def progress(message: str) -> None:
+    """A line on stderr as each step ends, so that a run cut off still tells how far it got."""
+    print(f"[gpu.py] {message}", file=sys.stderr, flush=True)
+
+
 def sync() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -71,16 +76,21 @@ def bench_embedding(model: str, n: int, warm_up: bool = True) -> dict:
     embedder = SentenceTransformerEmbedder(model, warm_up=warm_up)
     sync()
     load_s = time.perf_counter() - started
+    progress(f"model loaded in {load_s:.1f} s")
+    began = time.perf_counter()
     texts = make_chunks(embedder, n)
+    progress(f"{n:,} chunks made in {time.perf_counter() - began:.1f} s (not timed)")
     sync()
     started = time.perf_counter()
     vectors = embedder.embed_documents(texts)  # the first call of this process: nothing embedded before it
     sync()
     first_s = time.perf_counter() - started
+    progress(f"first call: {n / first_s:,.0f} chunks/s ({first_s:.2f} s)")
     started = time.perf_counter()
     embedder.embed_documents(texts)
     sync()
     second_s = time.perf_counter() - started
+    progress(f"second call: {n / second_s:,.0f} chunks/s")
 
     transformer = embedder.model[0]
     order = np.argsort([-len(t) for t in texts], kind="stable")

@@ -24,6 +24,9 @@ exclusive: a stage's nested stages are subtracted from it.
 - embed: tokenize: the Transformer module's ``preprocess`` (the Hugging Face tokenizer, tensors);
 - embed: forward: the Transformer module's ``forward`` (the encoder's forward plus its output dict);
 - embed: pooling, embed: normalize: the Pooling and Normalize modules;
+- with the ONNX Runtime encoder (a CPU index's default): embed: forward is the session's run (pooling and
+  normalization are inside the exported graph), embed: tokenize and feeds the rest of ``embed_query``; the
+  bare forward is ``session.run`` on the same query's prepared inputs;
 - embed: other: the rest of the embedder's ``embed_queries`` (sentence-transformers' ``encode`` bookkeeping, the
   normalization it repeats, the copy to numpy);
 - store: up-to-date checks: ``IndexStore.vectors()`` / ``.bm25()`` (the catalog generation read);
@@ -119,6 +122,9 @@ def wrap_stages(stopwatch: ExclusiveStopwatch, index: Any, mode: str) -> None:
     if single is not None:
         stopwatch.wrap(single, "tokenize", "embed: tokenize")
         stopwatch.wrap(single, "forward", "embed: forward")
+    if getattr(embedder, "backend", "") == "onnx":  # ONNX Runtime: tokenizing is the rest of embed_query
+        stopwatch.wrap(embedder, "embed_query", "embed: tokenize and feeds")
+        stopwatch.wrap(embedder, "_run", "embed: forward")
     model = getattr(embedder, "model", None)
     if model is not None and hasattr(model, "__getitem__"):  # a SentenceTransformer: its modules
         modules = list(model)
@@ -143,7 +149,19 @@ def wrap_stages(stopwatch: ExclusiveStopwatch, index: Any, mode: str) -> None:
 
 
 def bare_forward(model: Any, text: str) -> float:
-    """Seconds of the encoder's forward alone on ``text``, tokenized by the model's own preprocess beforehand."""
+    """Seconds of the encoder's forward alone on ``text``, tokenized by the model's own preprocess beforehand.
+    For ONNX Runtime (``model`` is then ragkit's ``OnnxEmbedder``): the session's ``run`` on the prepared inputs,
+    which includes the pooling and normalization the exported graph holds."""
+    if getattr(model, "backend", "") == "onnx":
+        import numpy as np
+
+        ids = np.array([model._truncated.encode(text).ids], dtype=np.int64)
+        wanted = {i.name for i in model.session.get_inputs()}
+        feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+        feeds = {key: value for key, value in feeds.items() if key in wanted}
+        began = time.perf_counter()
+        model.session.run(None, feeds)
+        return time.perf_counter() - began
     import torch
 
     features = model.preprocess([text])
@@ -156,6 +174,17 @@ def bare_forward(model: Any, text: str) -> float:
         return time.perf_counter() - began
 
 
+def threaded_session(embedder: Any, threads: int) -> Any:
+    """The ONNX encoder's session again with ``threads`` intra-op threads (ragkit gives it every core)."""
+    import onnxruntime
+
+    from ragkit.connectors.embedders.onnx import session_options
+
+    return onnxruntime.InferenceSession(
+        str(embedder.model_path), session_options(threads), providers=["CPUExecutionProvider"]
+    )
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     position = (len(ordered) - 1) * q / 100.0
@@ -165,7 +194,7 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 def measure(index: Any, queries: Sequence[str], mode: str, rounds: int, stages: bool) -> dict[str, Any]:
-    model = index.embedder.model
+    model = index.embedder if getattr(index.embedder, "backend", "") == "onnx" else index.embedder.model
     for text in queries[:WARMUP]:
         index.retrieve(text, k=K, mode=mode)
         bare_forward(model, text)
@@ -231,7 +260,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--modes", default="dense,hybrid", help="comma-separated retrieval modes")
     parser.add_argument("--rounds", type=int, default=3, help="times every judged query is asked")
-    parser.add_argument("--threads", type=int, default=1, help="OMP/MKL/OpenBLAS and torch threads (default 1)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="OMP/MKL/OpenBLAS threads, and the encoder's (torch or ONNX Runtime; default 1)")
     parser.add_argument("--stages", action="store_true", help="split each query into its stages")
     parser.add_argument("--index", type=Path, help="an index built by an earlier run (--keep) instead of a new one")
     parser.add_argument("--keep", type=Path, help="build the index here and keep it")
@@ -247,13 +277,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[name] = str(args.threads)  # before numpy's and torch's thread pools start
     os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TQDM_DISABLE="1")
-    import torch
-
     from ragkit import Index, Settings
     from ragkit.eval.datasets import load_beir
     from ragkit.eval.metrics import relevant_count
 
-    torch.set_num_threads(args.threads)
     dataset = load_beir(args.data / args.dataset)
     queries = [text for qid, text in dataset.queries.items() if relevant_count(dataset.qrels.get(qid, {}))]
     date = time.strftime("%Y-%m-%d %H:%M")
@@ -271,6 +298,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = Settings().merged(embedder={"device": "cpu"})
     try:
         with Index.open(path, settings) as index:
+            if getattr(index.embedder, "backend", "") == "onnx":
+                index.embedder.session = threaded_session(index.embedder, args.threads)
+            else:  # PyTorch only for a torch index: once loaded, it would also run the scan (ragkit.linalg)
+                import torch
+
+                torch.set_num_threads(args.threads)
+            print(f"encoder: {index.embedder.name}", flush=True)
             for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
                 result = measure(index, queries, mode, args.rounds, args.stages)
                 report["modes"][mode] = result
