@@ -126,7 +126,7 @@ def wrap_stages(stopwatch: ExclusiveStopwatch, index: Any, mode: str) -> None:
         stopwatch.wrap(embedder, "embed_query", "embed: tokenize and feeds")
         stopwatch.wrap(embedder, "_run", "embed: forward")
     model = getattr(embedder, "model", None)
-    if model is not None and hasattr(model, "__getitem__"):  # a SentenceTransformer: its modules
+    if getattr(embedder, "backend", "") != "onnx" and model is not None:  # a SentenceTransformer: its modules
         modules = list(model)
         stopwatch.wrap(modules[0], "preprocess", "embed: tokenize")
         stopwatch.wrap(modules[0], "forward", "embed: forward")

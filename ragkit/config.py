@@ -48,7 +48,9 @@ class EmbedderSettings(_Section):
     manifest records the encoder, and opening the index uses it whatever these settings say."""
 
     model: str = DEFAULT_EMBEDDER
-    batch_size: int | None = Field(None, ge=1, description="None: 64 on CPU, 1024 on CUDA, 32 on onnx")
+    batch_size: int | None = Field(
+        None, ge=1, description="None: 64 on CPU, 1024 on CUDA, 32 on onnx (onnx: at most 2,048 padded tokens a batch)"
+    )
     device: str = "auto"
     backend: Literal["auto", "torch", "onnx"] = "auto"
     precision: Literal["fp32", "int8"] = "fp32"
