@@ -62,6 +62,18 @@ def test_fp32_matches_torch(onnx_fp32, minilm):
     assert (onnx_fp32.dim, onnx_fp32.max_tokens) == (minilm.dim, minilm.max_tokens)
 
 
+def test_fp32_graph_is_fused_and_int8_is_not(onnx_fp32, onnx_int8):
+    """fp32 runs ONNX Runtime's fused BERT operators; int8 is quantized from the plain export, as it was measured."""
+    import onnx
+
+    def ops(path: Path) -> set[str]:
+        return {node.op_type for node in onnx.load(str(path)).graph.node}
+
+    fused = ops(onnx_fp32.model_path)
+    assert {"Attention", "SkipLayerNormalization", "EmbedLayerNormalization"} <= fused and "Softmax" not in fused
+    assert "Attention" not in ops(onnx_int8.model_path)
+
+
 def test_int8_agrees_with_torch(onnx_int8, minilm):
     vectors = onnx_int8.embed_documents(TEXTS)
     assert vectors.dtype == np.float32

