@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_run import run_ragkit
 
 from ragkit.devices import nvidia_gpus
-from tests.cli_run import run_ragkit
 
 LOADED = (  # a line the process prints as it exits: which of these modules it imported
     "import atexit, sys; "
