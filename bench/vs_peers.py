@@ -307,13 +307,17 @@ def dense_query_stages(index: Any, stopwatch: Stopwatch, queries: Sequence[Seque
         spent["total"] = total
         rows.append(spent)
     stopwatch.restore()
-    if getattr(index.embedder, "backend", "torch") == "onnx":
-        onnx_bare_query(index.embedder, rows, queries)
-        labels = list(dict.fromkeys(label for row in rows for label in row))
-        return {label: float(np.median([row.get(label, 0.0) for row in rows])) * 1000.0 for label in labels}
+    bare = onnx_bare_query if getattr(index.embedder, "backend", "torch") == "onnx" else torch_bare_query
+    bare(index.embedder, rows, queries)
+    labels = list(dict.fromkeys(label for row in rows for label in row))
+    return {label: float(np.median([row.get(label, 0.0) for row in rows])) * 1000.0 for label in labels}
+
+
+def torch_bare_query(embedder: Any, rows: list[dict[str, float]], queries: Sequence[Sequence[str]]) -> None:
+    """The bare work of the SentenceTransformer that ragkit's torch embedder wraps, on each query."""
     import torch
 
-    model = index.embedder.model  # the SentenceTransformer ragkit's embedder wraps
+    model = embedder.model
     for row, (_, text) in zip(rows, queries, strict=True):
         began = time.perf_counter()
         features = model.preprocess([text])
@@ -328,8 +332,6 @@ def dense_query_stages(index: Any, stopwatch: Stopwatch, queries: Sequence[Seque
             "bare: forward": forward - tokenized,
             "bare: SentenceTransformer.encode": encoded - forward,
         })
-    labels = list(dict.fromkeys(label for row in rows for label in row))
-    return {label: float(np.median([row.get(label, 0.0) for row in rows])) * 1000.0 for label in labels}
 
 
 def onnx_bare_query(embedder: Any, rows: list[dict[str, float]], queries: Sequence[Sequence[str]]) -> None:

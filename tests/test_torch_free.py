@@ -6,6 +6,7 @@ Importing PyTorch costs about a second and 180 MB a process (``ragkit ask``: 4.0
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
@@ -30,7 +31,7 @@ def _python(code: str, cwd: Path | None = None) -> str:
 
 def _loaded(stdout: str) -> list[str]:
     line = next(line for line in stdout.splitlines() if line.startswith("LOADED "))
-    return list(json.loads(line.removeprefix("LOADED ").replace("'", '"')))
+    return list(ast.literal_eval(line.removeprefix("LOADED ")))
 
 
 @pytest.mark.skipif(nvidia_gpus() > 0, reason="this machine has an NVIDIA GPU: PyTorch is asked, as it should be")
