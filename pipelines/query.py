@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ragkit import linalg
 from ragkit.errors import ConfigError, GeneratorError
 from ragkit.protocols import Generator, Reranker, Retriever, Scored
 from ragkit.registry import retrieval_modes
@@ -26,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 
 def check_mode(mode: str) -> None:
-    if mode not in retrieval_modes.names():
+    if mode not in retrieval_modes:
         raise ConfigError(f"unknown retrieval mode {mode!r} (valid: {', '.join(retrieval_modes.names())})")
 
 
@@ -77,7 +78,16 @@ def retrieve_many(
     if not queries:
         return []
     depth = k if cross_encoder is None else max(k, store.settings.retrieval.rerank_candidates)
-    hits = to_hits(store, retriever(store, mode).search(list(queries), depth, where), mode)
+    found = retriever(store, mode)
+    search_hits = getattr(found, "search_hits", None)  # a mode that reads its chunks along with its ranking
+    products = linalg.products_scope()
+    try:
+        if search_hits is not None:
+            hits: list[list[Hit]] = search_hits(list(queries), depth, where)
+        else:
+            hits = to_hits(store, found.search(list(queries), depth, where), mode)
+    finally:
+        linalg.products_done(products)
     return hits if cross_encoder is None else cross_encoder.rerank_many(list(queries), hits, k)
 
 
@@ -90,7 +100,12 @@ def search_by_vector(
     if k < 1:
         raise ConfigError(f"k must be at least 1 (got {k})")
     dense: DenseRetriever = store.part("dense-vectors", lambda: DenseRetriever(store))
-    return to_hits(store, dense.search_vectors(vectors, k, where), "dense")
+    products = linalg.products_scope()
+    try:
+        linalg.products_beside(store.embedder)  # the products retrieve() makes for this index, to the last bit
+        return dense.hits_of_vectors(vectors, k, where)
+    finally:
+        linalg.products_done(products)
 
 
 def to_hits(store: IndexStore, found: Sequence[Sequence[Scored]], mode: str) -> list[list[Hit]]:

@@ -33,6 +33,7 @@ import numpy as np
 from ragkit.errors import ConfigError
 from ragkit.fusion import reciprocal_rank_fusion
 from ragkit.protocols import Scored
+from ragkit.types import Chunk, Hit
 
 if TYPE_CHECKING:
     from ragkit.graph import retrieve
@@ -61,6 +62,40 @@ class DenseRetriever:
             [(found[v], float(s), None) for s, v in zip(row_scores, row_ids, strict=False) if v >= 0 and v in found]
             for row_scores, row_ids in zip(scores, ids, strict=False)
         ]
+
+    def search_hits(self, queries: Sequence[str], k: int, where: Where = None) -> list[list[Hit]]:
+        """:meth:`search`'s ranking as hits, their chunks read along with it (see :meth:`hits_of_vectors`)."""
+        return self.hits_of_vectors(self.store.embed_queries(queries), k, where)
+
+    def hits_of_vectors(self, vectors: np.ndarray, k: int, where: Where = None) -> list[list[Hit]]:
+        """Dense hits in one catalog read: the chunks of the vectors found, their sources and the catalog's
+        generation come from one statement. The search runs on the vectors as last checked; when that
+        generation shows a write since, they are brought up to date and the search runs again. A query thus
+        reads the catalog once instead of three times (generation, chunk ids, chunks)."""
+        vectors = np.asarray(vectors, dtype=np.float32)
+        checked = self.store.vectors_as_checked()
+        if checked is not None:
+            index, generation = checked
+            scores, ids = index.search(vectors, k, where)
+            read, chunks = self.store.catalog.chunks_of_vectors(ids[ids >= 0].tolist())
+            if read == generation:
+                return _hits(scores, ids, chunks, self.name)
+        scores, ids = self.store.vectors().search(vectors, k, where)
+        return _hits(scores, ids, self.store.catalog.chunks_of_vectors(ids[ids >= 0].tolist())[1], self.name)
+
+
+def _hits(
+    scores: np.ndarray, ids: np.ndarray, chunks: Mapping[int, tuple[Chunk, str]], mode: str
+) -> list[list[Hit]]:
+    """Hits of a vector search's ``(scores, ids)`` rows; vectors whose chunk is gone are left out."""
+    return [
+        [
+            Hit(found[0], score, mode, found[1])
+            for score, vid in zip(row_scores.tolist(), row_ids.tolist(), strict=False)
+            if (found := chunks.get(vid)) is not None
+        ]
+        for row_scores, row_ids in zip(scores, ids, strict=False)
+    ]
 
 
 class BM25Retriever:

@@ -9,6 +9,7 @@ is behind (an interrupted run) and bring it up to date from here.
 from __future__ import annotations
 
 import json
+import json.scanner
 import sqlite3
 import threading
 import time
@@ -16,7 +17,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from ragkit.errors import IndexClosedError, IndexFormatError, sqlite_damage
 from ragkit.sqlitedb import connect
@@ -47,6 +48,8 @@ CREATE INDEX IF NOT EXISTS chunks_doc ON chunks(doc_id);
 CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
+# json.loads's own C scanner (typeshed types make_scanner's argument as the scanner class itself)
+_scan_json = json.scanner.make_scanner(cast(Any, json.JSONDecoder()))
 _CHUNK_COLUMNS = "c.id, c.doc_id, c.text, c.start, c.end, c.meta, d.title"
 
 
@@ -134,18 +137,24 @@ class Catalog:
     def _damaged(self) -> AbstractContextManager[None]:
         return sqlite_damage(self.path, "catalog is damaged or was modified")
 
-    def _json(self, text: Any, what: str) -> dict[str, Any]:
-        """A JSON object stored in the catalog; anything else is an IndexFormatError naming the catalog."""
+    def _json(self, text: Any, what: str, key: str) -> dict[str, Any]:
+        """A JSON object stored in the catalog (``what`` of ``key``, e.g. metadata of chunk ``c1``); anything
+        else is an IndexFormatError naming the catalog."""
         try:
-            value = json.loads(text)
-        except (ValueError, TypeError) as exc:
-            raise IndexFormatError(f"{self.path}: {what} is not valid JSON ({exc})") from None
+            value, end = _scan_json(text, 0)  # json.loads's own C scanner without its Python layers: 2x faster
+        except (StopIteration, ValueError, TypeError):
+            end = -1
+        if end < 0 or end != len(text):  # not JSON, or space or more after it: json.loads accepts it or says why
+            try:
+                value = json.loads(text)
+            except (ValueError, TypeError) as exc:
+                raise IndexFormatError(f"{self.path}: {what} {key!r} is not valid JSON ({exc})") from None
         if not isinstance(value, dict):
-            raise IndexFormatError(f"{self.path}: {what} is not a JSON object")
+            raise IndexFormatError(f"{self.path}: {what} {key!r} is not a JSON object")
         return value
 
     def _chunk(self, row: Sequence[Any]) -> Chunk:
-        meta = self._json(row[5], f"metadata of chunk {row[0]!r}")
+        meta = self._json(row[5], "metadata of chunk", row[0])
         if row[6]:
             meta["title"] = row[6]
         return Chunk(id=row[0], doc_id=row[1], text=row[2], start=row[3], end=row[4], meta=meta)
@@ -168,10 +177,13 @@ class Catalog:
     @property
     def generation(self) -> int:
         rows = self._query("SELECT value FROM state WHERE key = 'generation'")
+        return self._generation(rows[0][0] if rows else None)
+
+    def _generation(self, value: Any) -> int:
         try:
-            return int(rows[0][0]) if rows else 0
+            return int(value) if value is not None else 0
         except (ValueError, TypeError):
-            raise IndexFormatError(f"{self.path}: generation {rows[0][0]!r} is not a number") from None
+            raise IndexFormatError(f"{self.path}: generation {value!r} is not a number") from None
 
     def content_hashes(self, doc_ids: Iterable[str]) -> dict[str, str]:
         result: dict[str, str] = {}
@@ -249,6 +261,28 @@ class Catalog:
             result.update((row[0], (self._chunk(row), row[7])) for row in rows)
         return result
 
+    def chunks_of_vectors(self, vector_ids: Sequence[int]) -> tuple[int | None, dict[int, tuple[Chunk, str]]]:
+        """The chunks stored under these vector ids with their documents' sources (dense hits), and the catalog
+        generation they were read at, read together: one statement is one snapshot. The generation is None when
+        the ids took several statements (over 900) and a write came between them."""
+        result: dict[int, tuple[Chunk, str]] = {}
+        generations: set[int] = set()
+        for batch in _batches([int(v) for v in vector_ids]):
+            marks = ",".join("?" * len(batch))
+            rows = self._query(
+                f"SELECT {_CHUNK_COLUMNS}, d.source, c.vector_id, "
+                "(SELECT value FROM state WHERE key = 'generation') "
+                f"FROM chunks c JOIN documents d ON d.id = c.doc_id WHERE c.vector_id IN ({marks})",
+                batch,
+            )
+            result.update((row[8], (self._chunk(row), row[7])) for row in rows)
+            generations.update(self._generation(row[9]) for row in rows[:1])
+            if not rows:  # none of them is left: the generation alone, read after (a write since moves it on)
+                generations.add(self.generation)
+        if not vector_ids:
+            generations.add(self.generation)
+        return (generations.pop() if len(generations) == 1 else None), result
+
     def iter_chunks(self, batch_size: int = 5000) -> Iterator[list[Chunk]]:
         """All chunks in a stable order (by vector id), in batches; used to rebuild derived stores."""
         last = -1
@@ -297,7 +331,7 @@ class Catalog:
                 batch,
             )
             for vid, doc_id, source, tags in rows:
-                tag_map = self._json(tags, f"tags of document {doc_id!r}")
+                tag_map = self._json(tags, "tags of document", doc_id)
                 result[vid] = {**tag_map, "doc_id": doc_id, "source": source}
         return result
 
@@ -336,8 +370,8 @@ class Catalog:
         )
         return [
             DocumentSummary(
-                id=doc_id, source=source, title=title, meta=self._json(meta, f"metadata of document {doc_id!r}"),
-                tags=self._json(tags_text, f"tags of document {doc_id!r}"), chunks=chunks, indexed_at=indexed_at,
+                id=doc_id, source=source, title=title, meta=self._json(meta, "metadata of document", doc_id),
+                tags=self._json(tags_text, "tags of document", doc_id), chunks=chunks, indexed_at=indexed_at,
             )
             for doc_id, source, title, meta, tags_text, indexed_at, chunks in rows
         ]
@@ -393,7 +427,7 @@ class Catalog:
                     text=self._joined_chunks(spans.get(doc_id, [])),
                     source=source,
                     title=title,
-                    meta=self._json(meta, f"metadata of document {doc_id!r}"),
+                    meta=self._json(meta, "metadata of document", doc_id),
                 )
         return result
 

@@ -74,6 +74,9 @@ class Retriever(Protocol):
 
     ``search`` answers a batch of queries at once (one embedding batch) with up to ``k`` chunks per query, best
     first. ``where`` is an equality filter on ``doc_id``, ``source`` or a document tag.
+
+    Optional: ``search_hits(queries, k, where)`` returns the ``Hit`` lists themselves, for a mode that reads its
+    chunks along with its ranking (``dense``: one catalog read per query instead of two).
     """
 
     name: str

@@ -36,6 +36,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ragkit import linalg
 from ragkit.bm25 import BM25Index
 from ragkit.catalog import Catalog
 from ragkit.config import Settings
@@ -353,11 +354,13 @@ class IndexStore:
         """Query vectors, float32. One query to a plain sentence-transformers model on the CPU skips ``encode``'s
         per-call bookkeeping (``SingleQueryEncoder``: the same vector, bit for bit); anything else goes through
         the embedder."""
+        embedder = self.embedder
+        linalg.products_beside(embedder)  # the query's vector products run beside this encoder's threads
         if len(queries) == 1:
-            single: SingleQueryEncoder | None = self.part("single-query", lambda: SingleQueryEncoder.of(self.embedder))
+            single: SingleQueryEncoder | None = self.part("single-query", lambda: SingleQueryEncoder.of(embedder))
             if single is not None and single.usable:
                 return single(queries[0])
-        return np.asarray(self.embedder.embed_queries(queries), dtype=np.float32)
+        return np.asarray(embedder.embed_queries(queries), dtype=np.float32)
 
     def _damaged_cache(self) -> Any:
         return sqlite_damage(self.path / EMBEDDINGS, "embedding cache is damaged; delete it (it is only a cache)")
@@ -375,6 +378,17 @@ class IndexStore:
             bring_up_to_date(state, self.catalog)
             assert state.index is not None
             return state.index
+
+    def vectors_as_checked(self) -> tuple[VectorIndex, int] | None:
+        """The vector backend as the last :meth:`vectors` left it, and the catalog generation it matches, without
+        reading the catalog: for a reader that reads the generation in its own catalog look-up and calls
+        :meth:`vectors` when it has moved on (dense hits). None before the first :meth:`vectors`, and for live
+        backends (a server: readers never catch it up in memory)."""
+        with self._lock:
+            state = self._vectors
+            if state.index is None or state.generation is None or state.live:
+                return None
+            return state.index, state.generation
 
     def bm25(self) -> BM25Index:
         with self._lock:

@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 
+from ragkit import linalg
 from ragkit.linalg import inner_products
 
 
@@ -15,16 +16,40 @@ def _data(seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
     return rng.standard_normal((3, 48)).astype(np.float32), rng.standard_normal((500, 48)).astype(np.float32)
 
 
-def test_torch_does_the_product_when_it_is_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
+class _TorchOnCpu:
+    cpu_pool = "torch"
+
+
+def test_torch_does_the_product_beside_a_torch_encoder_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     torch = pytest.importorskip("torch")
     calls = []
     real = torch.from_numpy
     monkeypatch.setattr(torch, "from_numpy", lambda a: calls.append(a.shape) or real(a))
     queries, vectors = _data()
-    out = inner_products(queries, vectors)
+    token = linalg.products_scope()
+    try:
+        linalg.products_beside(_TorchOnCpu())
+        out = inner_products(queries, vectors)
+    finally:
+        linalg.products_done(token)
     assert calls == [queries.shape, vectors.shape]
+    inner_products(queries, vectors)  # after it: numpy again
+    assert len(calls) == 2
     assert out.dtype == np.float32 and out.shape == (3, 500)
     np.testing.assert_allclose(out, queries.astype(np.float64) @ vectors.T.astype(np.float64), rtol=1e-4, atol=1e-4)
+
+
+def test_an_import_of_torch_alone_changes_nothing() -> None:
+    """PyTorch and numpy round differently: what else the process imported must not re-rank near-ties."""
+    pytest.importorskip("torch")
+    queries, vectors = _data()
+    np.testing.assert_array_equal(inner_products(queries, vectors), queries @ vectors.T)
+    token = linalg.products_scope()
+    try:
+        linalg.products_beside(object())  # an index whose encoder is not PyTorch on the CPU
+        np.testing.assert_array_equal(inner_products(queries, vectors), queries @ vectors.T)
+    finally:
+        linalg.products_done(token)
 
 
 def test_numpy_does_it_without_torch(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,6 +11,8 @@ from ragkit import Document, Index, Settings
 from ragkit.bm25 import BM25Index
 from ragkit.connectors.vectors.faiss import FaissShardedIndex
 from ragkit.fusion import merge_topk
+from ragkit.pipelines.query import to_hits
+from ragkit.pipelines.retrievers import DenseRetriever
 
 QUERIES = [
     "If Gallu is a demon Lilu is what?",
@@ -70,3 +72,38 @@ def test_hits_carry_chunk_and_source_from_one_lookup(tmp_path, hashing):
         hits = index.retrieve("volcano lava", k=2, mode="hybrid")
         assert hits[0].chunk.doc_id == "a" and hits[0].source == "a.txt" and hits[0].chunk.meta["title"] == "Volcano"
         assert index.catalog.chunks_with_sources([]) == {}
+
+
+def _statements(index: Index) -> list[str]:
+    """Every statement the index's catalog reads from now on (its read-only connection's trace)."""
+    seen: list[str] = []
+    index.catalog.connection.set_trace_callback(seen.append)
+    return seen
+
+
+def test_a_dense_query_reads_the_catalog_once_and_still_sees_other_writers(tmp_path, hashing):
+    settings = Settings().merged(chunking={"strategy": "none"}, graph={"enabled": False})
+    docs = [Document(id=f"d{i}", text=f"note {i} about rivers and {word}", source=f"{i}.txt")
+            for i, word in enumerate(["ferries", "bridges", "otters", "locks"])]
+    with Index.create(tmp_path / "idx", settings, embedder=hashing) as writer:
+        writer.add_documents(docs)
+    with Index.open(tmp_path / "idx", embedder=hashing) as reader, Index.open(
+        tmp_path / "idx", embedder=hashing
+    ) as other:
+        first = reader.retrieve("rivers and otters", k=3, mode="dense")
+        seen = _statements(reader)
+        again = reader.retrieve("rivers and otters", k=3, mode="dense")
+        assert len(seen) == 1, seen  # chunks, sources and the generation in one statement
+        assert [(h.chunk.id, h.score, h.source) for h in again] == [(h.chunk.id, h.score, h.source) for h in first]
+        general = to_hits(reader.store, DenseRetriever(reader.store).search(["rivers and otters"], 3), "dense")[0]
+        assert general == first  # the ranking as chunk ids, then hits looked up by chunk id
+        assert first[0].chunk.doc_id == "d2" and first[0].retriever == "dense"
+
+        other.add_documents([Document(id="new", text="otters otters rivers and otters", source="new.txt")])
+        assert reader.retrieve("rivers and otters", k=1, mode="dense")[0].chunk.doc_id == "new"  # caught up
+        other.delete("new")
+        other.delete("d2")
+        after = reader.retrieve("rivers and otters", k=4, mode="dense")
+        assert {h.chunk.doc_id for h in after} == {"d0", "d1", "d3"}
+        vectors = reader.embedder.embed_queries(["rivers and otters"])
+        assert [h.chunk.id for h in reader.search_by_vector(vectors, k=4)[0]] == [h.chunk.id for h in after]

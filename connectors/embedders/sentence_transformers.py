@@ -74,6 +74,8 @@ class SentenceTransformerEmbedder:
                 f"embedder {model!r}: cannot load it offline ({exc}); pass a local model directory or a name "
                 "already in the Hugging Face cache"
             ) from None
+        # on the CPU, the query path's vector products join PyTorch's threads instead of waking OpenBLAS's
+        self.cpu_pool = None if self.device.startswith("cuda") else "torch"
         if self.device.startswith("cuda"):
             self.model.half()
         dimension = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension

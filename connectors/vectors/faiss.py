@@ -344,7 +344,9 @@ class FaissShardedIndex:
             return sum(shard.index.ntotal for shard in self._shards)
 
     def _check_dim(self, vectors: np.ndarray, what: str) -> np.ndarray:
-        vectors = np.ascontiguousarray(np.atleast_2d(vectors), dtype=np.float32)
+        ready = isinstance(vectors, np.ndarray) and vectors.ndim == 2 and vectors.dtype == np.float32
+        if not (ready and vectors.flags.c_contiguous):
+            vectors = np.ascontiguousarray(np.atleast_2d(vectors), dtype=np.float32)
         if vectors.shape[1] != self.dim:
             raise DimensionMismatchError(
                 f"{what} have dimension {vectors.shape[1]}, the index has {self.dim}"
@@ -450,7 +452,7 @@ class FaissShardedIndex:
             if self._pool is None:
                 shard = self._shards[0]
                 if shard.scans_flat(queries, allowed[0]):  # one exact scan: already merged (unique ids, ordered)
-                    return shard.search(queries, k, None)
+                    return shard._flat_search(queries, k)
                 parts = [shard.search(queries, k, allowed[0])]
             else:
                 parts = list(
@@ -482,6 +484,14 @@ class FaissShardedIndex:
 def _top_k(sims: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Per row of ``sims`` (queries x candidates), the ``k`` best scores and the ``ids`` of their columns."""
     take = min(k, len(ids))
+    if len(sims) == 1:  # one query (the usual case): the same in 1-D, half the numpy calls
+        row, ids = sims[0], np.asarray(ids, dtype=np.int64)
+        top = np.argpartition(row, len(row) - take)[len(row) - take :] if take < len(row) else np.arange(len(row))
+        top_scores, top_ids = row[top], ids[top]
+        order = np.lexsort((top_ids, -top_scores))  # best first, ties by smaller id: merge_topk's order
+        scores, out_ids = empty_result(1, k)
+        scores[0, :take], out_ids[0, :take] = top_scores[order], top_ids[order]
+        return scores, out_ids
     top = (
         np.argpartition(-sims, take - 1, axis=1)[:, :take]
         if take < len(ids)
