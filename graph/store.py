@@ -11,6 +11,7 @@ The store never commits: the caller owns the transaction (the index writes catal
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -69,16 +70,42 @@ CREATE TABLE IF NOT EXISTS graph_name_vectors (
 );
 CREATE TABLE IF NOT EXISTS graph_state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+# Per entity, its mentions counted by surface form and by label, kept with every add and delete: an entity's display
+# name and label (_REFRESH) come from these few rows instead of all its mentions, which grow with the corpus (a
+# frequent entity is touched by almost every batch: refreshing from the mentions made indexing quadratic).
+COUNTS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS graph_entity_surfaces (
+    entity_id INTEGER NOT NULL,
+    surface TEXT NOT NULL,
+    mentions INTEGER NOT NULL,
+    titled INTEGER NOT NULL,
+    PRIMARY KEY (entity_id, surface)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS graph_entity_labels (
+    entity_id INTEGER NOT NULL,
+    label TEXT NOT NULL,
+    mentions INTEGER NOT NULL,
+    PRIMARY KEY (entity_id, label)
+) WITHOUT ROWID;
+"""
+_TITLED_KINDS = ("title", "heading")
+# An index written before the counts existed gets them from its mentions, once, when a writer opens its graph.
+_BACKFILL = (
+    "INSERT INTO graph_entity_surfaces SELECT entity_id, surface, COUNT(*), SUM(kind IN ('title', 'heading')) "
+    "FROM graph_mentions GROUP BY entity_id, surface",
+    "INSERT INTO graph_entity_labels SELECT entity_id, label, COUNT(*) FROM graph_mentions GROUP BY entity_id, label",
+)
 
 _BATCH = 500  # SQL variables per IN (...) list
+_normalized = functools.lru_cache(maxsize=1 << 16)(normalize_name)  # surfaces repeat across chunks
 
 # The display name of an entity: a title/heading surface first, then the most frequent, longest, first in order.
 _REFRESH = """
 UPDATE graph_entities SET
-    name = (SELECT surface FROM graph_mentions m WHERE m.entity_id = graph_entities.id GROUP BY surface
-            ORDER BY MAX(kind IN ('title', 'heading')) DESC, COUNT(*) DESC, LENGTH(surface) DESC, surface LIMIT 1),
-    label = (SELECT label FROM graph_mentions m WHERE m.entity_id = graph_entities.id GROUP BY label
-             ORDER BY label IN ('TITLE', 'HEADING', 'NOUN'), COUNT(*) DESC, label LIMIT 1)
+    name = (SELECT surface FROM graph_entity_surfaces s WHERE s.entity_id = graph_entities.id
+            ORDER BY titled > 0 DESC, mentions DESC, LENGTH(surface) DESC, surface LIMIT 1),
+    label = (SELECT label FROM graph_entity_labels l WHERE l.entity_id = graph_entities.id
+             ORDER BY label IN ('TITLE', 'HEADING', 'NOUN'), mentions DESC, label LIMIT 1)
 WHERE id IN (SELECT id FROM temp.graph_touched)
 """
 
@@ -119,8 +146,16 @@ class GraphStore:
         self.conn = conn
         if conn.in_transaction:
             _create_in_transaction(conn)  # executescript() would commit the caller's open transaction
+            _create_counts(conn)
         else:
             conn.executescript(SCHEMA)
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                _create_counts(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
 
     @classmethod
     def reader(cls, conn: sqlite3.Connection) -> GraphStore:
@@ -169,7 +204,7 @@ class GraphStore:
             keys = set()
             for m in ex.mentions:
                 keys.add(m.key)
-                alias = normalize_name(m.surface)
+                alias = _normalized(m.surface)
                 mention_rows.append(
                     (ids[m.key], ex.chunk_id, ex.doc_id, m.surface, alias, m.label, m.kind, m.start, m.end)
                 )
@@ -177,6 +212,7 @@ class GraphStore:
                 if r.source in keys and r.target in keys and r.source != r.target:
                     relation_rows.append((ids[r.source], ids[r.target], r.label, r.kind, ex.chunk_id, ex.doc_id))
         conn.executemany("INSERT INTO graph_mentions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", mention_rows)
+        self._count(((row[0], row[3], row[5], row[6]) for row in mention_rows), +1)
         conn.executemany("INSERT INTO graph_relation_mentions VALUES (?, ?, ?, ?, ?, ?)", relation_rows)
         conn.executemany(
             "INSERT OR IGNORE INTO graph_relations(source, target, label, kind) VALUES (?, ?, ?, ?)",
@@ -201,9 +237,11 @@ class GraphStore:
         for i in range(0, len(values), _BATCH):
             part = values[i : i + _BATCH]
             marks = ",".join("?" * len(part))
-            touched.update(
-                r[0] for r in conn.execute(f"SELECT entity_id FROM graph_mentions WHERE {column} IN ({marks})", part)
-            )
+            removed = conn.execute(
+                f"SELECT entity_id, surface, label, kind FROM graph_mentions WHERE {column} IN ({marks})", part
+            ).fetchall()
+            touched.update(r[0] for r in removed)
+            self._count(removed, -1)
             edges.update(
                 conn.execute(
                     f"SELECT source, target, label, kind FROM graph_relation_mentions WHERE {column} IN ({marks})", part
@@ -212,6 +250,35 @@ class GraphStore:
             conn.execute(f"DELETE FROM graph_mentions WHERE {column} IN ({marks})", part)
             conn.execute(f"DELETE FROM graph_relation_mentions WHERE {column} IN ({marks})", part)
         return touched, edges
+
+    def _count(self, mentions: Iterable[tuple[int, str, str, str]], sign: int) -> None:
+        """Adds (``sign`` +1) or takes away (-1) mentions, as ``(entity id, surface, label, kind)``, from the
+        display-name counts; a count that reaches zero is deleted."""
+        surfaces: dict[tuple[int, str], list[int]] = {}
+        labels: dict[tuple[int, str], int] = {}
+        for entity_id, surface, label, kind in mentions:
+            counts = surfaces.setdefault((entity_id, surface), [0, 0])
+            counts[0] += sign
+            counts[1] += sign if kind in _TITLED_KINDS else 0
+            labels[(entity_id, label)] = labels.get((entity_id, label), 0) + sign
+        conn = self.conn
+        conn.executemany(
+            "INSERT INTO graph_entity_surfaces VALUES (?, ?, ?, ?) ON CONFLICT (entity_id, surface) DO UPDATE SET "
+            "mentions = mentions + excluded.mentions, titled = titled + excluded.titled",
+            [(eid, surface, n, titled) for (eid, surface), (n, titled) in surfaces.items()],
+        )
+        conn.executemany(
+            "INSERT INTO graph_entity_labels VALUES (?, ?, ?) ON CONFLICT (entity_id, label) DO UPDATE SET "
+            "mentions = mentions + excluded.mentions",
+            [(eid, label, n) for (eid, label), n in labels.items()],
+        )
+        if sign < 0:
+            conn.executemany(
+                "DELETE FROM graph_entity_surfaces WHERE entity_id = ? AND surface = ? AND mentions <= 0", surfaces
+            )
+            conn.executemany(
+                "DELETE FROM graph_entity_labels WHERE entity_id = ? AND label = ? AND mentions <= 0", labels
+            )
 
     def _drop_orphans(self, touched: set[int], edges: set[tuple[Any, ...]]) -> set[int]:
         """Deletes the touched relations and entities that no mention supports; returns the surviving entities."""
@@ -396,7 +463,16 @@ class GraphStore:
         return graph
 
 
-def _create_in_transaction(conn: sqlite3.Connection) -> None:
-    for statement in SCHEMA.split(";"):
+def _create_in_transaction(conn: sqlite3.Connection, schema: str = SCHEMA) -> None:
+    for statement in schema.split(";"):
         if statement.strip():
             conn.execute(statement)
+
+
+def _create_counts(conn: sqlite3.Connection) -> None:
+    """The display-name counts, inside the caller's transaction; filled from the mentions where they are new."""
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    _create_in_transaction(conn, COUNTS_SCHEMA)
+    for table, backfill in zip(("graph_entity_surfaces", "graph_entity_labels"), _BACKFILL, strict=True):
+        if table not in tables:
+            conn.execute(backfill)

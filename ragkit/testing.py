@@ -233,6 +233,23 @@ _GRAPH_CHECKS = (
 )
 _GRAPH_TABLES = {"graph_entities", "graph_mentions", "graph_relations", "graph_relation_mentions",
                  "graph_name_vectors"}
+# The display-name counts (written since 2026-12-06; an older index has none until a writer opens its graph) equal
+# the mentions they count.
+_COUNT_CHECKS = (
+    ("surface counts that differ from the mentions",
+     "SELECT COUNT(*) FROM (SELECT entity_id, surface, mentions, titled FROM graph_entity_surfaces EXCEPT "
+     "SELECT entity_id, surface, COUNT(*), SUM(kind IN ('title', 'heading')) FROM graph_mentions "
+     "GROUP BY entity_id, surface)"),
+    ("mention surfaces without a count",
+     "SELECT COUNT(*) FROM (SELECT DISTINCT entity_id, surface FROM graph_mentions EXCEPT "
+     "SELECT entity_id, surface FROM graph_entity_surfaces)"),
+    ("label counts that differ from the mentions",
+     "SELECT COUNT(*) FROM (SELECT entity_id, label, mentions FROM graph_entity_labels EXCEPT "
+     "SELECT entity_id, label, COUNT(*) FROM graph_mentions GROUP BY entity_id, label)"),
+    ("mention labels without a count",
+     "SELECT COUNT(*) FROM (SELECT DISTINCT entity_id, label FROM graph_mentions EXCEPT "
+     "SELECT entity_id, label FROM graph_entity_labels)"),
+)
 
 
 def _graph_problems(conn: sqlite3.Connection, chunks: list[Chunk]) -> list[str]:
@@ -243,9 +260,10 @@ def _graph_problems(conn: sqlite3.Connection, chunks: list[Chunk]) -> list[str]:
     if not _GRAPH_TABLES <= tables:
         # no graph written yet: right only while no chunk had to mention its document's title
         return [f"graph: {len(titled)} chunks of titled documents, and no graph tables"] if titled else []
+    counted = {"graph_entity_surfaces", "graph_entity_labels"} <= tables
     problems = [
         f"graph: {count} {what}"
-        for what, sql in _GRAPH_CHECKS
+        for what, sql in (*_GRAPH_CHECKS, *(_COUNT_CHECKS if counted else ()))
         if (count := conn.execute(sql).fetchone()[0])
     ]
     doc_of = {chunk.id: chunk.doc_id for chunk in chunks}

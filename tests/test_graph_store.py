@@ -153,3 +153,61 @@ def test_store_leaves_the_transaction_to_the_caller(tmp_path: Any) -> None:
     reopened = sqlite3.connect(path)
     assert reopened.execute("SELECT COUNT(*) FROM sqlite_master WHERE name = 'graph_entities'").fetchone()[0] == 0
     assert GraphStore(reopened).stats()["entities"] == 0
+
+
+# The display name and label as they were computed before the counts existed: from every mention of the entity.
+REFERENCE_NAMES = """
+SELECT e.key,
+    (SELECT surface FROM graph_mentions m WHERE m.entity_id = e.id GROUP BY surface
+     ORDER BY MAX(kind IN ('title', 'heading')) DESC, COUNT(*) DESC, LENGTH(surface) DESC, surface LIMIT 1),
+    (SELECT label FROM graph_mentions m WHERE m.entity_id = e.id GROUP BY label
+     ORDER BY label IN ('TITLE', 'HEADING', 'NOUN'), COUNT(*) DESC, label LIMIT 1)
+FROM graph_entities e
+"""
+
+
+def names_agree_with_mentions(store: GraphStore) -> None:
+    from ragkit.testing import _COUNT_CHECKS
+
+    q = store.conn.execute
+    assert sorted(q("SELECT key, name, label FROM graph_entities")) == sorted(q(REFERENCE_NAMES))
+    for what, sql in _COUNT_CHECKS:
+        assert q(sql).fetchone()[0] == 0, what
+
+
+def test_display_names_follow_every_write() -> None:
+    """Names and labels come from per-entity counts kept with each add and delete; they equal what all the
+    mentions say, through a random run of adds, replacements and deletes."""
+    import random
+
+    rng = random.Random(5)
+    surfaces = ["London", "LONDON", "london", "Londres", "Sherlock Holmes", "Holmes", "Baker Street", "Watson"]
+    store = GraphStore(sqlite3.connect(":memory:"))
+    for step in range(120):
+        doc = f"D{rng.randrange(12)}"
+        if rng.random() < 0.3:
+            store.delete_documents([doc])
+        else:
+            chunk = f"{doc}-{rng.randrange(3)}"
+            mentions = tuple(
+                m(surface, rng.choice(["GPE", "PERSON", "TITLE", "NOUN"]), rng.choice(["entity", "title", "heading"]),
+                  key=normalize_name(surface)[:5])
+                for surface in rng.sample(surfaces, rng.randint(1, 5))
+            )
+            store.add([ChunkExtraction(chunk, doc, mentions, ())])
+        names_agree_with_mentions(store)
+    assert store.stats()["entities"]
+
+
+def test_an_older_graph_gets_its_counts(alone: GraphStore) -> None:
+    alone.add(DOC_B)
+    conn = alone.conn
+    before = dump(alone)
+    conn.execute("DROP TABLE graph_entity_surfaces")  # as an index written before the counts existed
+    conn.execute("DROP TABLE graph_entity_labels")
+    reopened = GraphStore(conn)
+    assert dump(reopened) == before
+    names_agree_with_mentions(reopened)
+    reopened.delete_documents(["B"])
+    assert dict(reopened.to_networkx().nodes)["london"]["name"] == "London"
+    names_agree_with_mentions(reopened)
