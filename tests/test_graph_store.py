@@ -183,7 +183,7 @@ def test_display_names_follow_every_write() -> None:
     rng = random.Random(5)
     surfaces = ["London", "LONDON", "london", "Londres", "Sherlock Holmes", "Holmes", "Baker Street", "Watson"]
     store = GraphStore(sqlite3.connect(":memory:"))
-    for step in range(120):
+    for _ in range(120):
         doc = f"D{rng.randrange(12)}"
         if rng.random() < 0.3:
             store.delete_documents([doc])
