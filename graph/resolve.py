@@ -49,6 +49,15 @@ def alias_map(names: Iterable[NameForm]) -> dict[str, str]:
             classes[name.key].add(cls)
     words = {key: key.split(" ") for key in forms}
     acronyms = {key: acronym_of(form.surface) for key, form in forms.items()}
+    # a longer name can only match by its first word (prefix), last word (suffix) or acronym: look those up
+    # instead of pairing every name with every other (quadratic in the names of a document)
+    by_first: dict[str, list[str]] = {}
+    by_last: dict[str, list[str]] = {}
+    by_acronym: dict[str, list[str]] = {}
+    for key, key_words in words.items():
+        by_first.setdefault(key_words[0], []).append(key)
+        by_last.setdefault(key_words[-1], []).append(key)
+        by_acronym.setdefault(acronyms[key], []).append(key)
     mapping: dict[str, str] = {}
     for short, short_form in forms.items():
         short_words = words[short]
@@ -56,7 +65,11 @@ def alias_map(names: Iterable[NameForm]) -> dict[str, str]:
         candidates = set()
         is_acronym = looks_like_acronym(short_form.surface)
         compact = short_form.surface.replace(".", "").strip().upper()
-        for long, long_words in words.items():
+        longer = {*by_first.get(short_words[0], ()), *by_last.get(short_words[-1], ())}
+        if is_acronym:
+            longer.update(by_acronym.get(compact, ()))
+        for long in longer:
+            long_words = words[long]
             if long == short or len(long_words) <= len(short_words):
                 continue
             long_classes = classes[long]

@@ -113,3 +113,63 @@ def test_aliases_are_document_scoped_and_titles_are_never_aliases() -> None:
         "c4", "lothair", (mention("Lothair II", "TITLE", "title"), mention("Lothair II of Lotharingia", "PERSON")), ()
     )
     assert resolve_document([titled])[0].mentions[0].key == "lothair ii"
+
+
+def _all_pairs_alias_map(names: list[NameForm]) -> dict[str, str]:
+    """alias_map as first written: every name against every longer one (the oracle for the indexed version)."""
+    from ragkit.graph.model import type_class
+    from ragkit.graph.resolve import _SUFFIX_ALIAS_CLASSES
+
+    forms: dict[str, NameForm] = {}
+    classes: dict[str, set[str]] = {}
+    for name in names:
+        forms.setdefault(name.key, name)
+        cls = type_class(name.label)
+        classes.setdefault(name.key, set())
+        if cls is not None:
+            classes[name.key].add(cls)
+    words = {key: key.split(" ") for key in forms}
+    acronyms = {key: acronym_of(form.surface) for key, form in forms.items()}
+    mapping: dict[str, str] = {}
+    for short, short_form in forms.items():
+        short_words, short_classes, candidates = words[short], classes[short], set()
+        is_acronym = looks_like_acronym(short_form.surface)
+        compact = short_form.surface.replace(".", "").strip().upper()
+        for long, long_words in words.items():
+            if long == short or len(long_words) <= len(short_words):
+                continue
+            long_classes = classes[long]
+            if is_acronym and acronyms[long] == compact and "person" not in short_classes | long_classes:
+                candidates.add(long)
+                continue
+            shared = short_classes & long_classes
+            if (short_classes and long_classes and not shared) or (not short_classes and not long_classes):
+                continue
+            n = len(short_words)
+            cls = min(shared or short_classes or long_classes)
+            if long_words[:n] == short_words or (long_words[-n:] == short_words and cls in _SUFFIX_ALIAS_CLASSES):
+                candidates.add(long)
+        if len(candidates) == 1:
+            mapping[short] = candidates.pop()
+    for short in list(mapping):
+        seen, target = {short}, mapping[short]
+        while target in mapping and target not in seen:
+            seen.add(target)
+            target = mapping[target]
+        mapping[short] = target
+    return mapping
+
+
+def test_alias_map_equals_every_pair_compared() -> None:
+    import random
+
+    rng = random.Random(11)
+    pool = ["Sherlock", "Holmes", "Mycroft", "National", "Aeronautics", "and", "Space", "Administration", "NASA",
+            "N.A.S.A.", "Washington", "George", "Baker", "Street", "S", "H", "Microsoft", "Corporation", "MC", "SH"]
+    labels = ["PERSON", "ORG", "GPE", "TITLE", "HEADING", "NOUN", "FAC", "NORP"]
+    for _ in range(400):
+        names = []
+        for _ in range(rng.randint(1, 25)):
+            surface = " ".join(rng.sample(pool, rng.randint(1, 4)))
+            names.append(NameForm(normalize_name(surface), surface, rng.choice(labels)))
+        assert alias_map(names) == _all_pairs_alias_map(names), names
