@@ -7,6 +7,7 @@ disambiguation in parentheses ("Paris (band)") are ignored. Pure functions, no m
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 
@@ -34,6 +35,7 @@ def strip_diacritics(text: str) -> str:
     return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
 
 
+@functools.lru_cache(maxsize=1 << 16)  # names recur across chunks; the index's main process normalizes them all
 def normalize_name(name: str) -> str:
     """The resolution key of a name: ``"The Beatles' "`` and ``"beatles"`` both give ``"beatles"``.
 
@@ -59,6 +61,7 @@ def name_tokens(name: str) -> list[str]:
     return [w for w in text.split() if w]
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def acronym_of(name: str) -> str:
     """Initials of a long name's significant words: ``"National Aeronautics and Space Administration"`` ->
     ``"NASA"``. ``""`` for names of fewer than two significant words."""

@@ -48,7 +48,8 @@ def alias_map(names: Iterable[NameForm]) -> dict[str, str]:
         if cls is not None:
             classes[name.key].add(cls)
     words = {key: key.split(" ") for key in forms}
-    acronyms = {key: acronym_of(form.surface) for key, form in forms.items()}
+    shorts_like_acronyms = any(looks_like_acronym(form.surface) for form in forms.values())
+    acronyms = {key: acronym_of(form.surface) for key, form in forms.items()} if shorts_like_acronyms else {}
     # a longer name can only match by its first word (prefix), last word (suffix) or acronym: look those up
     # instead of pairing every name with every other (quadratic in the names of a document)
     by_first: dict[str, list[str]] = {}
@@ -57,7 +58,8 @@ def alias_map(names: Iterable[NameForm]) -> dict[str, str]:
     for key, key_words in words.items():
         by_first.setdefault(key_words[0], []).append(key)
         by_last.setdefault(key_words[-1], []).append(key)
-        by_acronym.setdefault(acronyms[key], []).append(key)
+        if shorts_like_acronyms:
+            by_acronym.setdefault(acronyms[key], []).append(key)
     mapping: dict[str, str] = {}
     for short, short_form in forms.items():
         short_words = words[short]

@@ -11,7 +11,6 @@ The store never commits: the caller owns the transaction (the index writes catal
 
 from __future__ import annotations
 
-import functools
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -97,7 +96,6 @@ _BACKFILL = (
 )
 
 _BATCH = 500  # SQL variables per IN (...) list
-_normalized = functools.lru_cache(maxsize=1 << 16)(normalize_name)  # surfaces repeat across chunks
 
 # The display name of an entity: a title/heading surface first, then the most frequent, longest, first in order.
 _REFRESH = """
@@ -204,7 +202,7 @@ class GraphStore:
             keys = set()
             for m in ex.mentions:
                 keys.add(m.key)
-                alias = _normalized(m.surface)
+                alias = normalize_name(m.surface)
                 mention_rows.append(
                     (ids[m.key], ex.chunk_id, ex.doc_id, m.surface, alias, m.label, m.kind, m.start, m.end)
                 )
