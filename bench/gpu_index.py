@@ -1,6 +1,6 @@
 """`ragkit index` end to end on a GPU machine: chunks/s with the graph off and on, next to the embedding alone.
 
-    python bench/gpu_index.py [--chunks 100000] [--workdir DIR] [--n-process N]
+    python bench/gpu_index.py [--chunks 100000] [--workdir DIR] [--n-process N] [--runs embed,off,on]
 
 Writes a JSONL corpus of ``--chunks`` passages of 40-120 words drawn from docs/*.md (one chunk each: the same
 shape as bench/gpu.py's chunks), then runs ``ragkit index CORPUS --json`` on it in a fresh process twice, each into
@@ -139,6 +139,8 @@ def main() -> int:
     parser.add_argument("--chunks", type=int, default=100_000)
     parser.add_argument("--workdir", type=Path, help="where the corpus and indexes go (default: a temporary dir)")
     parser.add_argument("--n-process", type=int, default=os.cpu_count() or 2, help="spaCy worker processes")
+    parser.add_argument("--runs", default="embed,off,on",
+                        help="which runs, comma-separated: embed (the embedder alone), off, on (the graph)")
     parser.add_argument("--run-one", nargs=4, metavar=("CORPUS", "INDEX", "CONFIG", "GRAPH"), help=argparse.SUPPRESS)
     parser.add_argument("--embed-only", type=Path, metavar="CORPUS", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -158,11 +160,15 @@ def main() -> int:
     config.write_text(f"[graph]\nenabled = true\n[graph.options]\nn_process = {args.n_process}\n")
 
     figures: dict[str, Any] = {"chunks_requested": args.chunks, "n_process": args.n_process, "cpus": os.cpu_count()}
-    found, wall, _ = child("--embed-only", str(corpus))
-    figures["embedding_only"] = e = found["EMBED"]
-    print(f"embedding only: {e['chunks']:,} chunks in {e['embed_s']} s = {e['chunks_per_s']:,} chunks/s "
-          f"(load {e['load_s']} s, of which warm-up {e['warm_up_s']} s)", flush=True)
-    for graph in ("off", "on"):
+    runs = [run.strip() for run in args.runs.split(",")]
+    e: dict[str, Any] | None = None
+    if "embed" in runs:
+        found, wall, _ = child("--embed-only", str(corpus))
+        figures["embedding_only"] = e = found["EMBED"]
+        print(f"embedding only: {e['chunks']:,} chunks in {e['embed_s']} s = {e['chunks_per_s']:,} chunks/s "
+              f"(load {e['load_s']} s, of which warm-up {e['warm_up_s']} s)", flush=True)
+    graphs = [graph for graph in ("off", "on") if graph in runs]
+    for graph in graphs:
         found, wall, _ = child("--run-one", str(corpus), str(work / f"index-graph-{graph}"), str(config), graph)
         report, stages = found["REPORT"], found["STAGES"]
         chunks = report["chunks"]
@@ -177,14 +183,15 @@ def main() -> int:
         print("  stages (s): " + ", ".join(f"{k} {v}" for k, v in stages.items()), flush=True)
     print("\n| run | chunks/s (whole command) | chunks/s (Index.add) | slowest stage |")
     print("|---|---|---|---|")
-    for graph in ("off", "on"):
+    for graph in graphs:
         f = figures[f"graph_{graph}"]
         stages = {k: v for k, v in f["stages_s"].items() if "total" not in k and k != "embed (embedder alone)"}
         slowest = max(stages, key=stages.get)
         f["slowest_stage"] = slowest
         print(f"| graph {graph} | {f['command_chunks_per_s']:,} | {f['index_add_chunks_per_s']:,} | "
               f"{slowest} ({stages[slowest]:.1f} s) |")
-    print(f"| embedding only | {e['chunks_per_s']:,} (embed call) | | |")
+    if e is not None:
+        print(f"| embedding only | {e['chunks_per_s']:,} (embed call) | | |")
     print(json.dumps(figures))
     return 0
 
