@@ -378,21 +378,32 @@ class GraphStore:
                 out[key] = np.frombuffer(blob, dtype=np.float32)
         return out
 
-    def embed_names(self, model: str, embed: Callable[[list[str]], np.ndarray], batch_size: int = 1024) -> int:
+    def embed_names(
+        self,
+        model: str,
+        embed: Callable[[list[str]], np.ndarray],
+        batch_size: int = 1024,
+        keys: Iterable[str] | None = None,
+    ) -> int:
         """Embeds and caches the names of named entities, titles and headings that have no vector for ``model``
-        yet (common-noun phrases are linked by name only); returns how many were embedded.
+        yet (common-noun phrases are linked by name only); returns how many were embedded. ``keys``: look only
+        at these entities (the ones a batch just wrote) instead of the whole graph, which grows with the corpus.
 
         Call it while indexing (inside the write transaction) so that the first query does not pay for it.
         """
-        missing = [
-            r[0]
-            for r in self.conn.execute(
-                "SELECT e.key FROM graph_entities e LEFT JOIN graph_name_vectors v ON v.key = e.key AND v.model = ? "
-                "WHERE v.key IS NULL AND EXISTS (SELECT 1 FROM graph_mentions m WHERE m.entity_id = e.id "
-                "AND m.kind != 'noun_phrase')",
-                (model,),
-            )
-        ]
+        query = (
+            "SELECT e.key FROM graph_entities e LEFT JOIN graph_name_vectors v ON v.key = e.key AND v.model = ? "
+            "WHERE v.key IS NULL AND EXISTS (SELECT 1 FROM graph_mentions m WHERE m.entity_id = e.id "
+            "AND m.kind != 'noun_phrase')"
+        )
+        if keys is None:
+            missing = [r[0] for r in self.conn.execute(query, (model,))]
+        else:
+            wanted, missing = sorted(set(keys)), []
+            for i in range(0, len(wanted), _BATCH):
+                part = wanted[i : i + _BATCH]
+                marks = ",".join("?" * len(part))
+                missing += [r[0] for r in self.conn.execute(f"{query} AND e.key IN ({marks})", (model, *part))]
         for i in range(0, len(missing), batch_size):
             part = missing[i : i + batch_size]
             vectors = np.asarray(embed(part), dtype=np.float32)

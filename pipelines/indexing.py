@@ -423,9 +423,14 @@ class _BatchWriter:
                 stored = Document(id=doc.id, text=doc.text, source=doc.source, title=doc.title, meta=doc.meta)
                 removed += catalog.put_document(conn, stored, entry.chunks, self.tags, content_hash=entry.digest)
             if graph is not None:
-                graph.replace(conn, [e.doc.id for e in batch], [x for e in batch for x in e.results["graph"]])
+                extractions = [x for e in batch for x in e.results["graph"]]
+                graph.replace(conn, [e.doc.id for e in batch], extractions)
                 # entity names are embedded now, once, so that a question's first graph search does not pay for it
-                graph.store.embed_names(store.manifest.embedder, lambda names: store.embed(names)[0])
+                graph.store.embed_names(
+                    store.manifest.embedder,
+                    lambda names: store.embed(names)[0],
+                    keys={m.key for x in extractions for m in x.mentions},
+                )
         chunks = [c for e in batch for c in e.chunks]
         ids = np.array([vector_id(c.id) for c in chunks], dtype=np.int64)
         stale = np.setdiff1d(np.array(removed, dtype=np.int64), ids)

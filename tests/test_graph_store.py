@@ -211,3 +211,19 @@ def test_an_older_graph_gets_its_counts(alone: GraphStore) -> None:
     reopened.delete_documents(["B"])
     assert dict(reopened.to_networkx().nodes)["london"]["name"] == "London"
     names_agree_with_mentions(reopened)
+
+
+def test_embed_names_of_some_keys_looks_only_at_them() -> None:
+    store = GraphStore(sqlite3.connect(":memory:"))
+    store.add(DOC_A + DOC_B)
+    asked: list[list[str]] = []
+
+    def embed(names: list[str]) -> np.ndarray:
+        asked.append(names)
+        return fake_embed(names)
+
+    assert store.embed_names("fake", embed, keys=["london", "detective", "nobody"]) == 1  # a noun phrase: no
+    assert asked == [["london"]]
+    assert store.embed_names("fake", embed, keys=["london"]) == 0  # stored once
+    rest = store.embed_names("fake", embed)  # the whole graph: every other named entity
+    assert rest == len(asked[-1]) and "london" not in asked[-1] and "john watson" in asked[-1]
