@@ -223,18 +223,6 @@ class Catalog:
             result.update(self._query(f"SELECT id, source FROM documents WHERE id IN ({marks})", batch))
         return result
 
-    def chunks_by_vector_ids(self, vector_ids: Sequence[int]) -> dict[int, Chunk]:
-        result: dict[int, Chunk] = {}
-        for batch in _batches([int(v) for v in vector_ids]):
-            marks = ",".join("?" * len(batch))
-            rows = self._query(
-                f"SELECT {_CHUNK_COLUMNS}, c.vector_id FROM chunks c JOIN documents d ON d.id = c.doc_id "
-                f"WHERE c.vector_id IN ({marks})",
-                batch,
-            )
-            result.update((row[7], self._chunk(row)) for row in rows)
-        return result
-
     def chunks_by_ids(self, chunk_ids: Sequence[str]) -> dict[str, Chunk]:
         result: dict[str, Chunk] = {}
         for batch in _batches(list(chunk_ids)):

@@ -157,14 +157,14 @@ class VectorState:
         missing = sorted(wanted - stored)
         for start in range(0, len(missing), 4096):
             batch = missing[start : start + 4096]
-            chunks = catalog.chunks_by_vector_ids(batch)
+            chunks = catalog.chunks_of_vectors(batch)[1]
             tags = catalog.vector_tags(batch)
             # a writer in another process may delete chunks between these reads: the generation then moves on,
             # and the next call catches up again
             batch = [v for v in batch if v in chunks and v in tags]
             if not batch:
                 continue
-            embeddings, _ = self.store.embed([chunks[v].embed_text for v in batch], store=self.writable)
+            embeddings, _ = self.store.embed([chunks[v][0].embed_text for v in batch], store=self.writable)
             self.index.add(np.array(batch, dtype=np.int64), embeddings, [tags[v] for v in batch])
         self.generation = generation
 
