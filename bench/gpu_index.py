@@ -25,6 +25,7 @@ import random
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -75,7 +76,8 @@ def run_one(corpus: Path, index_dir: Path, config: Path, graph: bool) -> int:
     timed(totals, "embed (embedder alone)", sentence_transformers.SentenceTransformerEmbedder, "embed_documents")
     timed(totals, "embed (with the embedding cache)", IndexStore, "embed")
     timed(totals, "graph workers start", graph_indexing.GraphWriter, "__init__")
-    timed(totals, "graph extraction", graph_indexing.GraphWriter, "extract")
+    timed(totals, "graph extraction (handing a batch to the workers)", graph_indexing.GraphWriter, "start")
+    timed(totals, "graph extraction (waiting for and assembling a batch)", graph_indexing.GraphWriter, "extract")
     timed(totals, "catalog writes", indexing._BatchWriter, "_write")
     timed(totals, "commit (vectors, BM25)", IndexWriter, "commit")
     timed(totals, "index.add total", Index, "add")
@@ -87,6 +89,15 @@ def run_one(corpus: Path, index_dir: Path, config: Path, graph: bool) -> int:
         return chunker
 
     indexing._make_chunker = timed_chunker  # type: ignore[assignment]
+    started = time.perf_counter()
+
+    def report_now() -> None:  # a run cut short by a time limit still names its slowest stage
+        while True:
+            time.sleep(30)
+            elapsed = round(time.perf_counter() - started)
+            print(f"STAGES-SO-FAR {elapsed} s " + json.dumps({k: round(v, 1) for k, v in totals.items()}), flush=True)
+
+    threading.Thread(target=report_now, daemon=True).start()
     args = ["index", str(corpus), "--index", str(index_dir), "--json", "--config", str(config)]
     if not graph:
         args.append("--no-graph")
@@ -117,21 +128,27 @@ def embed_only(corpus: Path) -> int:
 
 
 def child(*args: str) -> tuple[dict[str, Any], float, str]:
-    """Runs this script with ``args`` in a fresh interpreter: its tagged JSON line, wall seconds and stdout."""
+    """Runs this script with ``args`` in a fresh interpreter: its tagged JSON line, wall seconds and stdout. Its
+    progress lines (``STAGES-SO-FAR``) are printed as they come."""
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
+    with subprocess.Popen([sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True) as process:
+        assert process.stdout is not None
+        lines = []
+        for line in process.stdout:
+            lines.append(line)
+            if line.startswith("STAGES-SO-FAR"):
+                print("  " + line.rstrip(), flush=True)
     wall = time.perf_counter() - started
-    if done.returncode != 0:
-        sys.stderr.write(done.stderr[-4000:])
-        raise SystemExit(f"child {args} failed with code {done.returncode}")
+    if process.returncode != 0:
+        raise SystemExit(f"child {args} failed with code {process.returncode}")
     found: dict[str, Any] = {}
-    for line in done.stdout.splitlines():
+    for line in lines:
         tag, _, rest = line.partition(" ")
         if tag in ("STAGES", "EMBED"):
             found[tag] = json.loads(rest)
         elif line.startswith("{"):
             found["REPORT"] = json.loads(line)
-    return found, wall, done.stdout
+    return found, wall, "".join(lines)
 
 
 def main() -> int:
@@ -140,7 +157,8 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, help="where the corpus and indexes go (default: a temporary dir)")
     parser.add_argument("--n-process", type=int, default=os.cpu_count() or 2, help="spaCy worker processes")
     parser.add_argument("--runs", default="embed,off,on",
-                        help="which runs, comma-separated: embed (the embedder alone), off, on (the graph)")
+                        help="which runs, comma-separated: embed (the embedder alone), off, on (the graph); "
+                        "off and on run in the order given")
     parser.add_argument("--run-one", nargs=4, metavar=("CORPUS", "INDEX", "CONFIG", "GRAPH"), help=argparse.SUPPRESS)
     parser.add_argument("--embed-only", type=Path, metavar="CORPUS", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -167,7 +185,7 @@ def main() -> int:
         figures["embedding_only"] = e = found["EMBED"]
         print(f"embedding only: {e['chunks']:,} chunks in {e['embed_s']} s = {e['chunks_per_s']:,} chunks/s "
               f"(load {e['load_s']} s, of which warm-up {e['warm_up_s']} s)", flush=True)
-    graphs = [graph for graph in ("off", "on") if graph in runs]
+    graphs = [graph for graph in runs if graph in ("off", "on")]  # in the order given
     for graph in graphs:
         found, wall, _ = child("--run-one", str(corpus), str(work / f"index-graph-{graph}"), str(config), graph)
         report, stages = found["REPORT"], found["STAGES"]

@@ -25,6 +25,7 @@ import importlib.abc
 import importlib.util
 import logging
 import multiprocessing
+import os
 import re
 import sys
 import threading
@@ -352,9 +353,15 @@ class SpacyExtractor:
 
         A document's title comes from ``titles[doc_id]``, else ``chunk.meta["title"]``; its headings from
         ``chunk.meta["headings"]`` (a list of strings, outermost first).
+
+        With worker processes, the chunks are handed to them when this is called, not when the result is first
+        iterated: a caller may do other work (embed the same chunks, write an earlier batch) while they extract.
         """
-        titles = titles or {}
-        raws = self._raw_extractions([c.text for c in chunks])
+        return self._assembled(chunks, self._raw_extractions([c.text for c in chunks]), titles or {})
+
+    def _assembled(
+        self, chunks: Sequence[Chunk], raws: Iterator[RawExtraction], titles: Mapping[str, str]
+    ) -> Iterator[ChunkExtraction]:
         pending: list[ChunkExtraction] = []
         for chunk, (mentions, relations) in zip(chunks, raws, strict=False):
             if pending and pending[-1].doc_id != chunk.doc_id:
@@ -372,7 +379,8 @@ class SpacyExtractor:
 
     def _raw_extractions(self, texts: list[str]) -> Iterator[RawExtraction]:
         """The extraction of each text: long texts in pieces, pieces in batches bounded in count and characters,
-        the batches in the worker processes or here (the same batches either way, hence the same results)."""
+        the batches in the worker processes (submitted now) or here (the same batches either way, hence the same
+        results)."""
         s = self.settings
         starts = [piece_starts(text, s.max_chars_per_text) for text in texts]
         pieces = [
@@ -383,7 +391,11 @@ class SpacyExtractor:
         bounds = batch_bounds([len(p) for p in pieces], s.batch_size, s.max_chars_per_batch)
         batches = [pieces[begin:end] for begin, end in bounds]
         del pieces
-        results = (result for batch in self._extract_batches(batches) for result in batch)
+        return self._merged(starts, self._extract_batches(batches))
+
+    @staticmethod
+    def _merged(starts: list[list[int]], batches: Iterator[list[PieceExtraction]]) -> Iterator[RawExtraction]:
+        results = (result for batch in batches for result in batch)
         for cuts in starts:
             if len(cuts) == 1:
                 yield next(results)[0]
@@ -391,24 +403,42 @@ class SpacyExtractor:
                 yield merge_pieces([(offset, next(results)) for offset in cuts])
 
     def _extract_batches(self, batches: list[list[str]]) -> Iterator[list[PieceExtraction]]:
-        """The batches' extractions, in order. A batch that fails in a worker by its own fault raises here as it
-        would in this process; when a worker dies or cannot load spaCy, the remaining batches are done here."""
-        done = 0
+        """The batches' extractions, in order; with worker processes, the batches are submitted now."""
         if self._pool is not None or self.uses_processes(sum(map(len, batches))):  # once up, workers do it all
             self.start()
         if self._pool is not None:
             try:
-                for results in self._pool.map(_work, batches):
-                    yield results
-                    done += 1
-                return
-            except (BrokenProcessPool, WorkerStartError) as exc:
+                return self._collected(self._pool.map(_work, batches), batches)
+            except BrokenProcessPool as exc:  # a worker died after the previous call's results came back
                 self._fall_back(f"a worker process failed ({_describe(exc)})")
+        return self._extracted_here(batches)
+
+    def _collected(
+        self, results: Iterator[list[PieceExtraction]], batches: list[list[str]]
+    ) -> Iterator[list[PieceExtraction]]:
+        """The workers' results, in order. A batch that fails in a worker by its own fault raises here as it
+        would in this process; when a worker dies or cannot load spaCy, the remaining batches are done here."""
+        done = 0
+        try:
+            for result in results:
+                yield result
+                done += 1
+            return
+        except (BrokenProcessPool, WorkerStartError) as exc:
+            self._fall_back(f"a worker process failed ({_describe(exc)})")
+        yield from self._extracted_here(batches[done:])
+
+    def _extracted_here(self, batches: list[list[str]]) -> Iterator[list[PieceExtraction]]:
         if self._tokenizer is None:
             self._tokenizer = BoundedTokenizer(self.nlp)
         options = self._options()
-        for batch in batches[done:]:
+        for batch in batches:
             yield extract_batch(self.nlp, self._tokenizer, options, batch)
+
+    @property
+    def workers_running(self) -> bool:
+        """Whether batches go to worker processes (they were started and have not failed)."""
+        return self._pool is not None
 
     def uses_processes(self, n_chunks: int) -> bool:
         """Whether ``n_chunks`` chunks (or pieces of long ones) are worth the worker processes (else they are
@@ -539,8 +569,29 @@ class _WorkerProcess(SpawnProcess):
     """
 
     def start(self) -> None:
-        with _main_module_hidden():
+        with _main_module_hidden(), _one_thread_each():
             super().start()
+
+
+# The workers already use every core: a BLAS or OpenMP pool of a core's size in each of them fights the others
+# (16 workers with 16 threads each on a 16-core machine). threadpoolctl limits the pools that a worker's
+# libraries have loaded, when it is installed; these variables limit every pool from the start, in any case.
+_ONE_THREAD = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS")
+
+
+@contextlib.contextmanager
+def _one_thread_each() -> Iterator[None]:
+    """While it lasts (under ``_main_lock``), a process started inherits one thread per BLAS and OpenMP pool."""
+    before = {name: os.environ.get(name) for name in _ONE_THREAD}
+    os.environ.update(dict.fromkeys(_ONE_THREAD, "1"))
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 class _WorkerContext(SpawnContext):

@@ -387,14 +387,17 @@ class GraphStore:
     ) -> int:
         """Embeds and caches the names of named entities, titles and headings that have no vector for ``model``
         yet (common-noun phrases are linked by name only); returns how many were embedded. ``keys``: look only
-        at these entities (the ones a batch just wrote) instead of the whole graph, which grows with the corpus.
+        at these entities (those a batch just wrote as named entities, titles or headings) instead of the whole
+        graph, which grows with the corpus.
 
         Call it while indexing (inside the write transaction) so that the first query does not pay for it.
         """
+        # the vector is looked for first: the mentions of an entity that has one are not read (a frequent phrase
+        # has thousands, and a batch touches it again and again)
         query = (
-            "SELECT e.key FROM graph_entities e LEFT JOIN graph_name_vectors v ON v.key = e.key AND v.model = ? "
-            "WHERE v.key IS NULL AND EXISTS (SELECT 1 FROM graph_mentions m WHERE m.entity_id = e.id "
-            "AND m.kind != 'noun_phrase')"
+            "SELECT e.key FROM graph_entities e "
+            "WHERE NOT EXISTS (SELECT 1 FROM graph_name_vectors v WHERE v.key = e.key AND v.model = ?) "
+            "AND EXISTS (SELECT 1 FROM graph_mentions m WHERE m.entity_id = e.id AND m.kind != 'noun_phrase')"
         )
         if keys is None:
             missing = [r[0] for r in self.conn.execute(query, (model,))]

@@ -8,7 +8,7 @@ always matches the catalog.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from ragkit.config import Settings
@@ -32,11 +32,26 @@ class GraphWriter:
     def __init__(self, writer: IndexWriter, expected_chunks: int = 0) -> None:
         self.store = writer.graph_store()
         self.extractor = SpacyExtractor(graph_settings(writer.store.settings))
+        self._started: dict[tuple[str, ...], Iterator[ChunkExtraction]] = {}
         if self.extractor.uses_processes(expected_chunks):
             self.extractor.start()  # the workers load spaCy while the first batch is embedded
 
+    def start(self, chunks: Sequence[Chunk]) -> bool:
+        """Hands ``chunks`` to the worker processes now, if there are any, and says whether it did; ``extract``
+        of the same chunks then collects what they found. The index pipeline starts a batch before it embeds the
+        batch and writes the one before, so the workers extract while this process does the rest."""
+        try:
+            started = self.extractor.extract(chunks)
+        except Exception:  # extract() runs it again, inside the pipeline's per-document failure isolation
+            return False
+        if not self.extractor.workers_running:
+            return False  # extracted here, when collected: nothing would overlap
+        self._started[tuple(c.id for c in chunks)] = started
+        return True
+
     def extract(self, chunks: Sequence[Chunk]) -> list[ChunkExtraction]:
-        return list(self.extractor.extract(chunks))
+        started = self._started.pop(tuple(c.id for c in chunks), None)
+        return list(started if started is not None else self.extractor.extract(chunks))
 
     def replace(self, conn: sqlite3.Connection, doc_ids: Sequence[str], extractions: Sequence[ChunkExtraction]) -> None:
         """Inside the caller's transaction: drop what these documents said, then store what they say now."""
@@ -44,4 +59,5 @@ class GraphWriter:
         self.store.add(extractions)
 
     def close(self) -> None:
+        self._started.clear()  # a batch started and never collected (a document of it failed to embed)
         self.extractor.close()

@@ -270,7 +270,11 @@ class _Entry:
 class _BatchWriter:
     """Chunks changed documents as they arrive and writes them in batches of about ``BATCH_CHUNKS`` chunks.
 
-    Each batch goes through embed -> extract -> commit. When a stage fails on a batch, it runs again document by
+    Each batch goes through embed -> extract -> commit. With the graph's worker processes, batches overlap: a
+    batch's extraction starts before it is embedded and is collected at the next flush, after the next batch
+    was chunked and embedded, just before the batch's transaction (batches still commit in order).
+
+    When a stage fails on a batch, it runs again document by
     document, so only the documents that fail it are left out (reported with the stage). When every document
     of a batch of at least ``STAGE_FAILURE_DOCUMENTS`` fails with one and the same error, the stage itself is
     broken and the run stops, as it does for failures of the machine or of the index (``_systemic``).
@@ -292,8 +296,9 @@ class _BatchWriter:
         self.failed_sources: set[str] = set()
         self._chunker: Chunker | None = None
         self._graph: GraphWriter | None = None
-        self._pending: list[_Entry] = []
+        self._pending: list[_Entry] = []  # chunked, waiting for the batch to fill
         self._pending_chunks = 0
+        self._held: list[_Entry] = []  # embedded, its extraction started: written at the next flush
         self._chunked = 0
         self._written = 0
 
@@ -316,37 +321,53 @@ class _BatchWriter:
             self.flush()
 
     def flush(self, *, final: bool = False) -> None:
+        """Embeds the pending documents and writes them, or, when the graph's worker processes extract them, holds
+        them until the next flush: the workers extract a batch while this process embeds it, writes the batch
+        before it and chunks the next. ``final`` writes everything still held."""
         batch, self._pending, self._pending_chunks = self._pending, [], 0
-        if not batch and not (final and self._staged):
-            return
-        if self._graph is None and self.store.manifest.graph:
-            from ragkit.pipelines.graph_indexing import GraphWriter
+        ahead = False  # the batch's extraction runs in the workers from now
+        if batch:
+            if self._graph is None and self.store.manifest.graph:
+                from ragkit.pipelines.graph_indexing import GraphWriter
 
-            self._graph = GraphWriter(self.writer, sum(len(e.chunks) for e in batch))
-        computed = 0
+                self._graph = GraphWriter(self.writer, sum(len(e.chunks) for e in batch))
+            ahead = self._graph is not None and self._graph.start([c for e in batch for c in e.chunks])
+            computed = 0
 
-        def embed(chunks: list[Chunk]) -> list[Any]:
-            nonlocal computed
-            vectors, fresh = self.store.embed([c.embed_text for c in chunks])
-            computed += fresh
-            return list(vectors)
+            def embed(chunks: list[Chunk]) -> list[Any]:
+                nonlocal computed
+                vectors, fresh = self.store.embed([c.embed_text for c in chunks])
+                computed += fresh
+                return list(vectors)
 
-        batch = self._stage("embed", batch, embed)
+            batch = self._stage("embed", batch, embed)
+            self.report.embedded += computed
+        held, self._held = self._held, batch if ahead else []
+        if held:
+            self._finish(held)
+        if batch and not ahead:
+            self._finish(batch)
+        if final:
+            held, self._held = self._held, []
+            if held:
+                self._finish(held)
+            if self._staged:
+                staged, self._staged = self._staged, []
+                self._write(staged)
+
+    def _finish(self, batch: list[_Entry]) -> None:
+        """The embedded batch's graph extraction (started by ``flush``), then its transaction."""
         if self._graph is not None:
             batch = self._stage("graph", batch, self._graph.extract)
         if self.atomic:
             self._staged += batch  # counted as written: embedded and extracted, committed at the final flush
         else:
             batch = self._isolated("write", batch, self._write)
-        self.report.embedded += computed
         self._written += sum(len(e.chunks) for e in batch)
         if self.progress:
             self.progress("embed", self._written, self._chunked)
             if self._graph is not None:
                 self.progress("graph", self._written, self._chunked)
-        if final and self._staged:
-            staged, self._staged = self._staged, []
-            self._write(staged)
 
     def close(self) -> None:
         if self._graph is not None:
@@ -429,7 +450,7 @@ class _BatchWriter:
                 graph.store.embed_names(
                     store.manifest.embedder,
                     lambda names: store.embed(names)[0],
-                    keys={m.key for x in extractions for m in x.mentions},
+                    keys={m.key for x in extractions for m in x.mentions if m.kind != "noun_phrase"},
                 )
         chunks = [c for e in batch for c in e.chunks]
         ids = np.array([vector_id(c.id) for c in chunks], dtype=np.int64)

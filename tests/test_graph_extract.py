@@ -108,6 +108,51 @@ def test_worker_processes_match_in_process_extraction() -> None:
         assert list(parallel.extract(chunks)) == single
 
 
+def test_worker_processes_start_with_one_blas_thread_each(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whether or not threadpoolctl is installed, a worker's BLAS and OpenMP pools are one thread: the workers
+    already use every core. The caller's own settings are left as they were."""
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    from ragkit.graph.extract import _WORKER_CONTEXT
+
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "8")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    with ProcessPoolExecutor(1, mp_context=_WORKER_CONTEXT) as pool:
+        seen = [pool.submit(os.getenv, name).result() for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")]
+    assert seen == ["1", "1"]
+    assert os.environ["OPENBLAS_NUM_THREADS"] == "8" and "OMP_NUM_THREADS" not in os.environ
+
+
+def test_extract_hands_the_batches_to_the_workers_when_called() -> None:
+    """The index pipeline starts a batch's extraction, embeds it and writes the batch before it, then collects:
+    the batches must be with the workers before the result is iterated, and two started extractions collected
+    in either order give what one process gives."""
+    chunks = [
+        Chunk(f"c{i}", f"d{i // 3}", text, 0, len(text), {"title": title})
+        for i, (title, text) in enumerate(list(TEXTS.values()) * 6)
+    ]
+    first, second = chunks[:6], chunks[6:]
+    single = list(SpacyExtractor(GraphSettings(n_process=1)).extract(chunks))
+    with SpacyExtractor(GraphSettings(n_process=2, batch_size=2)) as parallel:
+        parallel.start()
+        assert parallel._pool is not None
+        submitted: list[int] = []
+        pool_map = parallel._pool.map
+
+        def counted_map(fn: Any, batches: Any) -> Any:
+            submitted.append(len(batches))
+            return pool_map(fn, batches)
+
+        parallel._pool.map = counted_map  # type: ignore[method-assign]
+        started_first = parallel.extract(first)
+        started_second = parallel.extract(second)
+        assert submitted == [3, 3], "the batches were not submitted when extract() was called"
+        assert parallel.workers_running
+        later = list(started_second)
+        assert list(started_first) + later == single
+
+
 def test_worker_processes_match_in_process_extraction_of_long_texts() -> None:
     """The pieces of one long text are spread over batches and workers, and merged back in order."""
     from ragkit.graph.extract import piece_starts

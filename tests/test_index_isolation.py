@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -191,3 +192,66 @@ def test_a_few_bad_documents_failing_alike_are_reported_not_fatal(tmp_path: Path
     with make(tmp_path) as index:
         report = index.add_documents(bad)
         assert (report.failed, report.added) == (3, 0) and {e.stage for e in report.errors} == {"embed"}
+
+
+class _Recorded:
+    """Records the order of a graph index run's stages: a batch's extraction handed to the workers, its
+    extraction collected, its transaction."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from ragkit.pipelines.graph_indexing import GraphWriter
+
+        self.events: list[tuple[str, tuple[str, ...]]] = []
+        start, extract, write = GraphWriter.start, GraphWriter.extract, indexing._BatchWriter._write
+
+        def started(writer: GraphWriter, chunks: Sequence[Any]) -> bool:
+            self.events.append(("start", tuple(sorted({c.doc_id for c in chunks}))))
+            return start(writer, chunks)
+
+        def collected(writer: GraphWriter, chunks: Sequence[Any]) -> Any:
+            self.events.append(("extract", tuple(sorted({c.doc_id for c in chunks}))))
+            return extract(writer, chunks)
+
+        def written(batch_writer: Any, batch: list[Any]) -> None:
+            self.events.append(("write", tuple(sorted(e.doc.id for e in batch))))
+            write(batch_writer, batch)
+
+        monkeypatch.setattr(GraphWriter, "start", started)
+        monkeypatch.setattr(GraphWriter, "extract", collected)
+        monkeypatch.setattr(indexing._BatchWriter, "_write", written)
+
+
+@pytest.mark.slow
+def test_graph_workers_extract_a_batch_while_the_one_before_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With worker processes, batch N+1 is handed to them before batch N's transaction; batches still commit in
+    order, and the index equals one built in a single process."""
+    from ragkit.testing import check_index_consistency
+
+    monkeypatch.setattr(indexing, "BATCH_CHUNKS", 4)
+    docs = [Document(f"doc-{i:02d}", f"{GOOD[k]} Ada Lovelace met Charles Babbage in London.", f"/c/{i}.txt")
+            for i, k in enumerate(GOOD)]
+    graphs = []
+    for n_process in (2, 1):
+        recorded = _Recorded(monkeypatch)
+        settings = Settings().merged(
+            graph={"enabled": True, "options": {"n_process": n_process, "batch_size": 1}},
+            chunking={"strategy": "none"},
+        )
+        with Index.create(tmp_path / f"idx-{n_process}", settings, embedder=HashingEmbedder(64)) as index:
+            report = index.add_documents(docs)
+            assert (report.added, report.failed) == (len(docs), 0)
+            assert check_index_consistency(index) == []
+            graph = index.graph
+            graphs.append(sorted((node, data["name"], data["label"], sorted(data["chunks"]))
+                                 for node, data in graph.nodes(data=True)))
+        kinds = [kind for kind, _ in recorded.events]
+        batches = [ids for kind, ids in recorded.events if kind == "write"]
+        assert [d for ids in batches for d in ids] == [d.id for d in docs]  # in order
+        if n_process == 2:
+            assert kinds[:4] == ["start", "start", "extract", "write"], kinds
+            assert recorded.events[1][1] == batches[1] and recorded.events[3][1] == batches[0]
+        else:  # no workers: nothing to overlap, each batch is written as it is embedded
+            assert kinds[:4] == ["start", "extract", "write", "start"], kinds
+    assert graphs[0] == graphs[1] and graphs[0]
