@@ -83,10 +83,12 @@ def run_one(corpus: Path, index_dir: Path, config: Path, graph: bool) -> int:
     timed(totals, "index.add total", Index, "add")
     make_chunker = indexing._make_chunker
 
-    def timed_chunker(store: Any) -> Any:
-        chunker = make_chunker(store)
+    def timed_chunker(store: Any, tokens: Any = None) -> Any:
+        chunker = make_chunker(store, tokens)
         timed(totals, "chunk", chunker, "split")
         return chunker
+
+    timed(totals, "chunk (tokenizing ahead)", indexing._BatchWriter, "prepare")
 
     indexing._make_chunker = timed_chunker  # type: ignore[assignment]
     started = time.perf_counter()

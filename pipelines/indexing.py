@@ -28,6 +28,7 @@ from ragkit.protocols import Chunker
 from ragkit.types import Chunk, Document, LoadError, sha1_hex
 
 if TYPE_CHECKING:
+    from ragkit.chunking import PreparedTokenOffsets
     from ragkit.pipelines.graph_indexing import GraphWriter
     from ragkit.store import IndexStore, IndexWriter
 
@@ -36,6 +37,8 @@ Progress = Callable[[str, int, int], None]
 BATCH_CHUNKS = 512  # chunks per embed -> extract -> commit batch
 TRIAGE_DOCUMENTS = 1000  # documents looked up in the catalog at once
 TRIAGE_CHARS = 32 * 2**20  # ... or fewer, when they are long
+PREPARE_DOCUMENTS = 256  # documents tokenized in one call before they are chunked
+PREPARE_CHARS = 2**20  # ... or fewer, when they are long
 STAGE_FAILURE_DOCUMENTS = 8  # a stage failing this many documents of a batch alike is itself broken
 
 
@@ -66,7 +69,8 @@ def _document_hash(doc: Document, tags: Mapping[str, Any]) -> str:
     return sha1_hex(doc.content_hash + repr(sorted(tags.items())))
 
 
-def _make_chunker(store: IndexStore) -> Chunker:
+def _make_chunker(store: IndexStore, tokens: Any = None) -> Chunker:
+    """The index's chunker, counting tokens with ``tokens`` (default: the embedder)."""
     from ragkit.chunking import DEFAULT_MAX_CHARS, make_chunker
 
     settings = store.manifest.chunking
@@ -75,7 +79,7 @@ def _make_chunker(store: IndexStore) -> Chunker:
         return WholeDocumentChunker()
     max_tokens = settings.get("max_tokens") or max(8, store.manifest.max_tokens - 2)
     max_chars = settings.get("max_chars") or DEFAULT_MAX_CHARS  # an index made before the setting existed
-    return make_chunker(strategy, store.embedder, max_tokens, settings.get("overlap", 32), max_chars)
+    return make_chunker(strategy, tokens or store.embedder, max_tokens, settings.get("overlap", 32), max_chars)
 
 
 class WholeDocumentChunker:
@@ -236,8 +240,9 @@ def check_tags(tags: Mapping[str, Any]) -> None:
 def _triage(
     store: IndexStore, batch: list[Document], tags: Mapping[str, Any], report: IndexReport, writer: _BatchWriter
 ) -> None:
-    """Counts unchanged documents and hands new and changed ones to the writer."""
+    """Counts unchanged documents and hands new and changed ones to the writer, tokenized in groups."""
     known = store.catalog.content_hashes(d.id for d in batch)
+    changed: list[tuple[Document, str]] = []
     for doc in batch:
         digest = _document_hash(doc, tags)
         if known.get(doc.id) == digest:
@@ -247,7 +252,17 @@ def _triage(
             report.updated += 1
         else:
             report.added += 1
-        writer.add(doc, digest)
+        changed.append((doc, digest))
+    start = 0
+    while start < len(changed):
+        end, chars = start, 0
+        while end < len(changed) and end - start < PREPARE_DOCUMENTS and chars < PREPARE_CHARS:
+            chars += len(changed[end][0].text)
+            end += 1
+        writer.prepare([doc for doc, _ in changed[start:end]])
+        for doc, digest in changed[start:end]:
+            writer.add(doc, digest)
+        start = end
 
 
 def _systemic(exc: BaseException) -> bool:
@@ -295,6 +310,7 @@ class _BatchWriter:
         self._staged: list[_Entry] = []
         self.failed_sources: set[str] = set()
         self._chunker: Chunker | None = None
+        self._prepared: PreparedTokenOffsets | None = None  # the chunker's tokens, tokenized ahead in groups
         self._graph: GraphWriter | None = None
         self._pending: list[_Entry] = []  # chunked, waiting for the batch to fill
         self._pending_chunks = 0
@@ -302,12 +318,28 @@ class _BatchWriter:
         self._chunked = 0
         self._written = 0
 
-    def add(self, doc: Document, digest: str) -> None:
+    def prepare(self, docs: Sequence[Document]) -> None:
+        """Tokenizes the documents about to be added in one call, when the embedder can (its Rust tokenizer uses
+        every core; one document at a time, chunking was the slowest stage of a GPU index run)."""
+        self._ensure_chunker()
+        if self._prepared is not None:
+            self._prepared.prepare([d.text for d in docs] + [d.title + " " for d in docs if d.title])
+
+    def _ensure_chunker(self) -> Chunker:
         if self._chunker is None:
-            self._chunker = _make_chunker(self.store)
+            from ragkit.chunking import PreparedTokenOffsets
+
+            embedder = self.store.embedder
+            if callable(getattr(embedder, "token_offsets_batch", None)):
+                self._prepared = PreparedTokenOffsets(embedder)
+            self._chunker = _make_chunker(self.store, self._prepared)
+        return self._chunker
+
+    def add(self, doc: Document, digest: str) -> None:
+        chunker = self._ensure_chunker()
         entry = _Entry(doc, digest, [])
         try:
-            entry.chunks = self._chunker.split(doc)
+            entry.chunks = chunker.split(doc)
         except Exception as exc:
             if _systemic(exc):
                 raise

@@ -18,7 +18,7 @@ from __future__ import annotations
 import bisect
 import re
 import unicodedata
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal, Protocol, get_args, runtime_checkable
 
 from ragkit.errors import ConfigError
@@ -80,6 +80,42 @@ class HFTokenOffsets:
             else:
                 spans.extend([(s, e) for s, e in encoded["offset_mapping"] if e > s])
         return spans
+
+
+class PreparedTokenOffsets:
+    """A ``TokenOffsets`` that tokenizes many texts in one call before they are chunked.
+
+    ``tokens`` must also offer ``token_offsets_batch(texts)`` (the embedders do: one call of the Rust tokenizer,
+    which spreads the texts over the cores). ``prepare(texts)`` tokenizes the texts a chunker is about to split
+    (and their titles); ``token_offsets`` answers from them, and asks ``tokens`` for any other text. Only the
+    last prepared texts are kept, and none longer than ``max_chars`` (those are tokenized when asked), so memory
+    stays bounded.
+
+    Example::
+
+        tokens = PreparedTokenOffsets(embedder)
+        chunker = make_chunker("auto", tokens, max_tokens=254, overlap=32)
+        tokens.prepare([d.text for d in docs])
+        chunks = [c for d in docs for c in chunker.split(d)]
+    """
+
+    def __init__(self, tokens: Any, max_chars: int = 20_000) -> None:
+        self.tokens, self.max_chars = tokens, max_chars
+        self._ready: dict[str, list[tuple[int, int]]] = {}
+
+    def prepare(self, texts: Iterable[str]) -> None:
+        todo = list(dict.fromkeys(t for t in texts if len(t) <= self.max_chars))
+        self._ready = {}
+        if not todo:
+            return
+        try:
+            self._ready = dict(zip(todo, self.tokens.token_offsets_batch(todo), strict=True))
+        except Exception:  # noqa: BLE001 - a text the tokenizer refuses fails alone, when it is chunked
+            return
+
+    def token_offsets(self, text: str) -> list[tuple[int, int]]:
+        found = self._ready.get(text)
+        return found if found is not None else self.tokens.token_offsets(text)
 
 
 class WhitespaceTokenOffsets:

@@ -484,7 +484,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.config, args.debug = getattr(args, "config", None), getattr(args, "debug", False)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # TOKENIZERS_PARALLELISM is left as the user set it (on by default): indexing tokenizes documents in batches
+    # spread over the cores, and ragkit starts no process by fork (the spaCy workers are spawned)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # model loading bars are noise in a CLI
     logging.getLogger("pypdf").setLevel(logging.ERROR)  # each bad PDF is reported once, as a LoadError
     try:

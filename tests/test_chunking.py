@@ -13,6 +13,7 @@ from ragkit.chunking import (
     AutoChunker,
     HFTokenOffsets,
     MarkdownChunker,
+    PreparedTokenOffsets,
     SentenceChunker,
     TokenChunker,
     TokenOffsets,
@@ -392,3 +393,36 @@ def test_character_limit_cuts_at_whitespace_and_keeps_markdown_headings() -> Non
     assert all(c.meta["headings"] == ["Title", "Part"] for c in chunks)
     assert chunks[0].text.startswith("# Title") and all(c.text.startswith("word") for c in chunks[1:])
     assert all(c.text.endswith("word") for c in chunks)  # cut at the spaces between the words
+
+
+class _BatchTokens(WhitespaceTokenOffsets):
+    """Whitespace tokens, also in batches; counts what it is asked; refuses a batch holding ``REFUSE``."""
+
+    def __init__(self) -> None:
+        self.one, self.batches = 0, 0
+
+    def token_offsets(self, text: str) -> list[tuple[int, int]]:
+        self.one += 1
+        return super().token_offsets(text)
+
+    def token_offsets_batch(self, texts: list[str]) -> list[list[tuple[int, int]]]:
+        self.batches += 1
+        if any("REFUSE" in t for t in texts):
+            raise ValueError("cannot tokenize")
+        return [super(_BatchTokens, self).token_offsets(t) for t in texts]
+
+
+def test_prepared_tokens_answer_from_one_batch_and_fall_back_per_text() -> None:
+    docs = [Document(id=f"d{i}", text=f"word {i} " * (5 + 7 * i), source="s", title="A title" if i else "")
+            for i in range(6)]
+    plain = [c for d in docs for c in TokenChunker(WhitespaceTokenOffsets(), 12, 3).split(d)]
+    tokens = _BatchTokens()
+    prepared = PreparedTokenOffsets(tokens, max_chars=150)
+    chunker = TokenChunker(prepared, 12, 3)
+    prepared.prepare([d.text for d in docs] + [d.title + " " for d in docs if d.title])
+    assert [c for d in docs for c in chunker.split(d)] == plain
+    long_ones = sum(len(d.text) > 150 for d in docs)
+    assert tokens.batches == 1 and tokens.one == long_ones > 0  # only the texts too long to prepare
+    tokens.one = 0
+    prepared.prepare(["REFUSE this batch", docs[0].text])  # the tokenizer refuses it: every text on its own
+    assert chunker.split(docs[0]) == [c for c in plain if c.doc_id == "d0"] and tokens.one == 1

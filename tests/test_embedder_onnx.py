@@ -244,3 +244,46 @@ def test_an_index_without_an_encoder_suffix_stays_on_torch(tmp_path, minilm):
     settings = Settings().merged(embedder={"backend": "onnx", "precision": "int8"})
     with Index.open(tmp_path / "idx", settings) as index:
         assert type(index.embedder).__name__ == "SentenceTransformerEmbedder"
+
+
+OFFSET_TEXTS = [*TEXTS, "", "   ", "lone \ud800 surrogate", "tab\tand\nnewlines  twice", "Ǆ ﬁ ＡＢＣ ⅷ"]
+
+
+@pytest.mark.parametrize("which", ["onnx", "torch"])
+def test_token_offsets_batch_equals_one_text_at_a_time(which, onnx_fp32, minilm):
+    embedder = onnx_fp32 if which == "onnx" else minilm
+    texts = OFFSET_TEXTS if which == "onnx" else [t for t in OFFSET_TEXTS if "\ud800" not in t]
+    assert embedder.token_offsets_batch(texts) == [embedder.token_offsets(t) for t in texts]
+
+
+def test_the_index_pipeline_tokenizes_documents_ahead_with_the_same_chunks(onnx_fp32, tmp_path, monkeypatch):
+    """Chunking asks the embedder for each document's tokens in one call per group (the Rust tokenizer spreads
+    them over the cores); the chunks are those of one call per document."""
+    from ragkit.pipelines.indexing import _make_chunker
+    from ragkit.types import Document
+
+    rng = np.random.default_rng(0)
+    words = " ".join(TEXTS).split()
+    docs = [
+        Document(id=f"d{i}", text=" ".join(rng.choice(words, size=int(rng.integers(5, 400)))), source=f"/c/d{i}.txt",
+                 title=f"Title {i}" if i % 2 else "")
+        for i in range(40)
+    ]
+    docs.append(Document(id="md", text="# Heading\n\n" + " ".join(words * 3), source="/c/notes.md"))
+    docs.append(Document(id="long", text=" ".join(words * 40), source="/c/long.txt"))  # over 20,000 characters
+    one_at_a_time = []
+    calls: list[str] = []
+    real = OnnxEmbedder.token_offsets
+
+    def counted(self, text):
+        calls.append(text)
+        return real(self, text)
+
+    monkeypatch.setattr(OnnxEmbedder, "token_offsets", counted)
+    with Index.create(tmp_path / "idx", Settings().merged(graph={"enabled": False}), embedder=onnx_fp32) as index:
+        index.add_documents(docs)
+        stored = sorted((c.id, c.text) for batch in index.catalog.iter_chunks() for c in batch)
+        assert calls == [docs[-1].text], "documents were tokenized one at a time"
+        chunker = _make_chunker(index.store)  # the embedder itself, one document at a time
+        one_at_a_time = sorted((c.id, c.text) for d in docs for c in chunker.split(d))
+    assert stored == one_at_a_time and len(stored) > len(docs)

@@ -103,7 +103,7 @@ def test_a_document_that_fails_to_chunk_is_reported(tmp_path: Path, monkeypatch:
                 raise RuntimeError("the chunker met something it cannot split")
             return self.inner.split(doc)
 
-    monkeypatch.setattr(indexing, "_make_chunker", lambda index: Fussy(real(index)))
+    monkeypatch.setattr(indexing, "_make_chunker", lambda index, tokens=None: Fussy(real(index, tokens)))
     with make(tmp_path) as index:
         report = index.add_documents(documents(("odd", "CHUNK-FAIL in here.")))
         assert [(e.source, e.stage) for e in report.errors] == [("/corpus/odd.txt", "chunk")]
