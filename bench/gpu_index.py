@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 

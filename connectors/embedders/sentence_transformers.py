@@ -103,11 +103,24 @@ class SentenceTransformerEmbedder:
 
     def token_offsets_batch(self, texts: Sequence[str]) -> list[list[tuple[int, int]]]:
         """``token_offsets`` of each text, in one call of the Rust tokenizer (spread over the cores)."""
-        encoded = self.tokenizer(
-            list(texts), add_special_tokens=False, return_offsets_mapping=True, return_attention_mask=False,
-            verbose=False,
-        )
-        return [[tuple(span) for span in spans] for spans in encoded["offset_mapping"]]
+        rust = self._rust_offsets
+        if rust is None:
+            return [self.token_offsets(t) for t in texts]
+        return [list(e.offsets) for e in rust.encode_batch(list(texts), add_special_tokens=False)]
+
+    @functools.cached_property
+    def _rust_offsets(self) -> Any:
+        """The fast tokenizer's Rust tokenizer without truncation or padding (Hugging Face's wrapper converts
+        every batch to Python lists and dicts: 4x the time of the tokenization itself), or None."""
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is None:
+            return None
+        import tokenizers
+
+        rust = tokenizers.Tokenizer.from_str(backend.to_str())
+        rust.no_truncation()
+        rust.no_padding()
+        return rust
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
