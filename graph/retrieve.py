@@ -471,9 +471,11 @@ def _best(nodes: np.ndarray, values: np.ndarray, k: int) -> np.ndarray:
 
 
 class HybridGraphRetriever(MultiHopRetriever):
-    """Mode "graph_hybrid": fusion of dense and graph results. The top ``fusion_keep_dense`` dense hits stay on
-    top (graph evidence never displaces a strong dense hit); below them chunks are ranked by the multi-hop score
-    (dense prior + best path) plus ``fusion_ppr_weight`` times the normalized PageRank mass."""
+    """Mode "graph_hybrid": fusion of dense and graph results. First the top ``fusion_keep_paths`` chunks of the
+    multi-hop score (dense prior + best path: the best dense hit and the end of the best path from it or from the
+    question's entities, the two halves of a two-hop answer), then the top ``fusion_keep_dense`` dense hits
+    (graph evidence never displaces a strong dense hit below them); below them chunks are ranked by the multi-hop
+    score plus ``fusion_ppr_weight`` times the normalized PageRank mass."""
 
     mode = "graph_hybrid"
 
@@ -483,12 +485,14 @@ class HybridGraphRetriever(MultiHopRetriever):
         m = ev.matrices
         state = self.paths(ev)
         scores = self.combined(ev, state)
+        paths = [int(row) for row in _top(scores, s.fusion_keep_paths) if scores[row] > 0]
         ppr = self.ppr_scores(ev) if s.fusion_ppr_weight > 0 else None
         if ppr is not None:
             chunk_mass = _chunk_part(ppr, m).dense(m.n_chunks)
             if chunk_mass.max() > 0:
                 scores = scores + s.fusion_ppr_weight * chunk_mass / chunk_mass.max()
-        kept = list(ev.dense_ids[: s.fusion_keep_dense])
+        on_paths = [m.chunk_ids[row] for row in paths]
+        kept = list(dict.fromkeys(on_paths + list(ev.dense_ids[: s.fusion_keep_dense])))
         taken = set(kept)
         rest = [
             (m.chunk_ids[row], float(scores[row]), self.explain(ev, state, int(row)))
@@ -498,12 +502,22 @@ class HybridGraphRetriever(MultiHopRetriever):
         rest = _merge_dense_only(rest, self._dense_only(ev, k, taken | {c for c, _, _ in rest}), ev, k, s)
         for _, _, explain in rest:
             explain["mode"] = self.mode
-        # the kept dense hits score above every fused one (dense scores are cosines, in [-1, 1]), in dense order
+        # the kept hits score above every fused one, the paths' first (their rank order), then the dense ones
+        # (dense scores are cosines, in [-1, 1]) in dense order
         lift = max((score for _, score, _ in rest), default=0.0) + 2.0
+        dense_rank = {cid: rank for rank, cid in enumerate(ev.dense_ids[: s.fusion_keep_dense])}
         out: list[ChunkResult] = []
-        for rank, cid in enumerate(kept):
+        for place, cid in enumerate(kept):
             row = m.chunk_row.get(cid)
             explain = self.explain(ev, state, row) if row is not None else {"mode": self.mode, "path": []}
-            explain.update({"mode": self.mode, "dense_rank": rank, "kept_dense": True})
-            out.append((cid, lift + float(ev.dense_scores[rank]), explain))
+            explain["mode"] = self.mode
+            if place < len(on_paths):
+                explain.update({"path_rank": place, "kept_path": True})
+                if cid in dense_rank:
+                    explain["dense_rank"] = dense_rank[cid]
+                score = lift + 4.0 - place * 1e-3
+            else:
+                explain.update({"dense_rank": dense_rank[cid], "kept_dense": True})
+                score = lift + float(ev.dense_scores[dense_rank[cid]])
+            out.append((cid, score, explain))
         return (out + rest)[:k]

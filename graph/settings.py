@@ -76,7 +76,8 @@ class GraphSettings:
     path_beam: int = 1000  # the best paths each hop carries on (0: every path)
 
     # --- fusion of graph and dense ---
-    fusion_keep_dense: int = 2  # the top dense hits that graph results never displace
+    fusion_keep_paths: int = 2  # the top multi-hop chunks (dense prior + best path) placed first
+    fusion_keep_dense: int = 2  # then the top dense hits, which the rest of the graph results never displace
     fusion_ppr_weight: float = 1.0  # weight of the normalized PageRank mass in the fused score
 
     def extraction_key(self) -> tuple[Any, ...]:

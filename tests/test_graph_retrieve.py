@@ -80,16 +80,39 @@ def recall_at(ranked: list[str], gold: set[str], k: int) -> float:
 
 
 def test_graph_finds_the_second_hop_that_dense_misses(setup: dict[str, Any]) -> None:
-    """Best paths put both passages in the top 2 (fusion keeps the top 2 dense hits first); PageRank, which
+    """Best paths put both passages in the top 2 (fusion places the best paths' top 2 first); PageRank, which
     spreads over every passage sharing the question's common nouns ("mother") in this tiny corpus, gets the
     second hop into the top 5 as well."""
-    for k, modes in ((2, ("multihop",)), (5, ("graph", "graph_hybrid"))):
+    for k, modes in ((2, ("multihop", "graph_hybrid")), (5, ("graph", "graph_hybrid"))):
         dense_recall = [recall_at([c for c, _ in setup["dense"](q, k)], gold, k) for q, gold in setup["questions"]]
         assert np.mean(dense_recall) < 0.9  # the corpus really defeats dense search
         for mode in modes:
             found = [[c for c, _, _ in setup[mode].retrieve_chunks(q, k)] for q, _ in setup["questions"]]
             recall = [recall_at(ranked, gold, k) for ranked, (_, gold) in zip(found, setup["questions"], strict=False)]
             assert np.mean(recall) == 1.0, (mode, k, found)
+
+
+def test_graph_hybrid_places_the_best_paths_then_the_dense_hits(setup: dict[str, Any], minilm: Any) -> None:
+    """The multi-hop score's top 2 come first, then the top 2 dense hits that are not among them, each saying
+    why it is there; with ``fusion_keep_paths = 0`` the dense hits come first, and the second hop falls out of
+    the top 2 for some question (the corpus defeats dense search)."""
+    without_paths = HybridGraphRetriever(
+        setup["store"], minilm, setup["dense"], GraphSettings(n_process=1, fusion_keep_paths=0)
+    )
+    recall_before = []
+    for question, gold in setup["questions"]:
+        hits = setup["graph_hybrid"].retrieve_chunks(question, 5)
+        best_paths = [c for c, _, _ in setup["multihop"].retrieve_chunks(question, 2)]
+        dense = [c for c, _ in setup["dense"](question, 2)]
+        placed = list(dict.fromkeys(best_paths + dense))
+        assert [c for c, _, _ in hits[: len(placed)]] == placed
+        assert [h[2].get("kept_path", False) for h in hits[:2]] == [True, True]
+        assert all(h[2].get("kept_dense") for h in hits[2 : len(placed)])
+        assert [h[1] for h in hits] == sorted((h[1] for h in hits), reverse=True)
+        old = without_paths.retrieve_chunks(question, 5)
+        assert [c for c, _, _ in old[:2]] == dense and all(h[2].get("kept_dense") for h in old[:2])
+        recall_before.append(recall_at([c for c, _, _ in old], gold, 2))
+    assert np.mean(recall_before) < 1.0
 
 
 def test_multihop_hits_explain_their_path(setup: dict[str, Any]) -> None:
