@@ -18,6 +18,9 @@ def describe(explain: Mapping[str, Any]) -> str:
     ...     {"entity": "Ermengarde of Tours", "relation": "mentions", "chunk": "lothair-ii#0"},
     ...     {"entity": "Ermengarde of Tours", "relation": "about", "chunk": "ermengarde#0"}]})
     'question "Lothair II" -> Lothair II -> [lothair-ii#0] -mentions-> Ermengarde of Tours -> [ermengarde#0]'
+    >>> describe({"mode": "graph_hybrid", "kept_path": True, "path_rank": 1, "path": [
+    ...     {"entity": "Ermengarde of Tours", "relation": "about", "chunk": "ermengarde#0"}]})
+    'best path #2: [ermengarde#0]'
     """
     if explain.get("mode") == "auto":
         return _describe_auto(explain)
@@ -39,7 +42,12 @@ def describe(explain: Mapping[str, Any]) -> str:
                 hop = f"-{relation}-> {entity}" if entity else f"-{relation}->"
                 parts.append(f"[{chunk}] {hop}" if chunk is not None and chunk != shown else hop)
             shown = chunk if chunk is not None else shown
-        return " -> ".join(parts).replace(" -> -", " -")
+        line = " -> ".join(parts).replace(" -> -", " -")
+        if explain.get("kept_path"):  # graph_hybrid placed it first, as one of the multi-hop score's best
+            return f"best path #{int(explain.get('path_rank', 0)) + 1}: {line}"
+        return line
+    if explain.get("kept_path"):
+        return f"best path #{int(explain.get('path_rank', 0)) + 1}"
     if explain.get("kept_dense"):
         return f"dense hit #{int(explain.get('dense_rank', 0)) + 1}"
     if explain.get("dense_only"):

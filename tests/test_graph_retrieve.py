@@ -14,6 +14,7 @@ from ragkit.graph.extract import SpacyExtractor
 from ragkit.graph.retrieve import GraphRetriever, HybridGraphRetriever, MultiHopRetriever
 from ragkit.graph.settings import GraphSettings
 from ragkit.graph.store import GraphStore
+from ragkit.pipelines.graph_query import describe
 from ragkit.types import Chunk
 
 pytestmark = pytest.mark.slow
@@ -107,6 +108,7 @@ def test_graph_hybrid_places_the_best_paths_then_the_dense_hits(setup: dict[str,
         placed = list(dict.fromkeys(best_paths + dense))
         assert [c for c, _, _ in hits[: len(placed)]] == placed
         assert [h[2].get("kept_path", False) for h in hits[:2]] == [True, True]
+        assert [describe(h[2]).split(":")[0] for h in hits[:2]] == ["best path #1", "best path #2"]
         assert all(h[2].get("kept_dense") for h in hits[2 : len(placed)])
         assert [h[1] for h in hits] == sorted((h[1] for h in hits), reverse=True)
         old = without_paths.retrieve_chunks(question, 5)
