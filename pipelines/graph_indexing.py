@@ -50,7 +50,12 @@ class GraphWriter:
         return True
 
     def extract(self, chunks: Sequence[Chunk]) -> list[ChunkExtraction]:
-        started = self._started.pop(tuple(c.id for c in chunks), None)
+        key = tuple(c.id for c in chunks)
+        started = self._started.pop(key, None)
+        if started is None:  # part of a started batch (some of its documents failed to embed): not collected
+            wanted = set(key)
+            for other in [k for k in self._started if wanted.intersection(k)]:
+                del self._started[other]
         return list(started if started is not None else self.extractor.extract(chunks))
 
     def replace(self, conn: sqlite3.Connection, doc_ids: Sequence[str], extractions: Sequence[ChunkExtraction]) -> None:
@@ -59,5 +64,5 @@ class GraphWriter:
         self.store.add(extractions)
 
     def close(self) -> None:
-        self._started.clear()  # a batch started and never collected (a document of it failed to embed)
+        self._started.clear()
         self.extractor.close()

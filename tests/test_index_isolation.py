@@ -255,3 +255,32 @@ def test_graph_workers_extract_a_batch_while_the_one_before_is_written(
         else:  # no workers: nothing to overlap, each batch is written as it is embedded
             assert kinds[:4] == ["start", "extract", "write", "start"], kinds
     assert graphs[0] == graphs[1] and graphs[0]
+
+
+@pytest.mark.slow
+def test_a_document_that_fails_to_embed_beside_graph_workers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its batch was handed to the workers whole; the batch's other documents are extracted again without it,
+    and the extraction started for the whole batch is dropped, not kept until the run ends."""
+    from ragkit.pipelines.graph_indexing import GraphWriter
+    from ragkit.testing import check_index_consistency
+
+    monkeypatch.setattr(indexing, "BATCH_CHUNKS", 4)
+    left: list[int] = []
+    close = GraphWriter.close
+
+    def counted_close(writer: GraphWriter) -> None:
+        left.append(len(writer._started))
+        close(writer)
+
+    monkeypatch.setattr(GraphWriter, "close", counted_close)
+    settings = Settings().merged(
+        graph={"enabled": True, "options": {"n_process": 2, "batch_size": 1}}, chunking={"strategy": "none"}
+    )
+    with Index.create(tmp_path / "idx", settings, embedder=PoisonEmbedder()) as index:
+        report = index.add_documents(documents(("bad", "Ada Lovelace wrote POISON-EMBED notes.")))
+        assert (report.failed, report.added) == (1, len(GOOD)) and report.errors[0].stage == "embed"
+        assert indexed_ids(index) == set(GOOD)
+        assert check_index_consistency(index) == []
+        chunks_in_graph = {c for _, data in index.graph.nodes(data=True) for c in data["chunks"]}
+        assert {c.id for batch in index.catalog.iter_chunks() for c in batch} <= chunks_in_graph
+    assert left == [0]
