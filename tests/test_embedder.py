@@ -56,6 +56,40 @@ def test_cache_embeds_each_text_once(minilm, tmp_path):
     assert set(reopened.get_many([__import__("ragkit.types").types.sha1_hex("c")])) != set()
 
 
+def test_cache_reads_vectors_an_earlier_version_stored(tmp_path):
+    """Caches written before the rowid layout keep their vectors: looked up in the old table, by writers and
+    readers alike; new vectors go to the new table."""
+    import sqlite3
+
+    from ragkit.testing import HashingEmbedder
+    from ragkit.types import sha1_hex
+
+    hashing = HashingEmbedder(16)
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as conn:  # the earlier layout, as it was created
+        conn.execute(
+            "CREATE TABLE embeddings (model TEXT NOT NULL, text_hash TEXT NOT NULL, vector BLOB NOT NULL, "
+            "PRIMARY KEY (model, text_hash)) WITHOUT ROWID"
+        )
+        conn.execute("INSERT INTO embeddings VALUES (?, ?, ?)",
+                     (hashing.name, sha1_hex("old text"), hashing.embed_documents(["old text"])[0].tobytes()))
+    calls: list[list[str]] = []
+
+    def embed(texts):
+        calls.append(list(texts))
+        return hashing.embed_documents(texts)
+
+    reader = EmbeddingCache(path, hashing.name, 16, read_only=True)
+    assert set(reader.get_many([sha1_hex("old text")])) == {sha1_hex("old text")}
+    cache = EmbeddingCache(path, hashing.name, 16)
+    vectors, computed = cache.embed(["old text", "new text"], embed)
+    assert computed == 1 and calls == [["new text"]]
+    np.testing.assert_array_equal(vectors, hashing.embed_documents(["old text", "new text"]))
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM vectors").fetchone()[0] == 1
+        assert "WITHOUT ROWID" not in conn.execute("SELECT sql FROM sqlite_master WHERE name = 'vectors'").fetchone()[0]
+
+
 @pytest.mark.slow
 def test_loading_the_embedder_prints_no_progress_bar() -> None:
     import subprocess

@@ -173,7 +173,7 @@ SPECIFIC: dict[str, dict[str, Tamper]] = {
             "CREATE TRIGGER evil BEFORE INSERT ON chunks BEGIN SELECT load_extension('/tmp/evil.so'); END;"
         ),
     },
-    "embeddings.sqlite": {"dropped-table": _sql("DROP TABLE embeddings;")},
+    "embeddings.sqlite": {"dropped-table": _sql("DROP TABLE vectors;")},
     "vectors.json": {
         "json-list": _json(lambda d: [d]),
         "generation-text": _json(lambda d: {"generation": "x"}),
