@@ -42,7 +42,7 @@ from ragkit.graph.model import ChunkExtraction, EntityMention, RelationKind, Rel
 from ragkit.graph.normalize import normalize_name
 from ragkit.graph.resolve import resolve_document
 from ragkit.graph.settings import GraphSettings
-from ragkit.types import Chunk
+from ragkit.types import Chunk, batch_bounds
 
 if TYPE_CHECKING:
     from spacy.language import Language
@@ -268,21 +268,6 @@ def piece_starts(text: str, max_chars: int) -> list[int]:
         starts.append(cut)
         start = cut
     return starts
-
-
-def batch_bounds(lengths: Sequence[int], batch_size: int, max_chars: int) -> list[tuple[int, int]]:
-    """Consecutive batches ``[start, end)`` of texts with these lengths: at most ``batch_size`` texts and at most
-    ``max_chars`` characters each (a longer text is a batch of its own)."""
-    bounds = []
-    start = chars = 0
-    for i, length in enumerate(lengths):
-        if i > start and (i - start == batch_size or chars + length > max_chars):
-            bounds.append((start, i))
-            start, chars = i, 0
-        chars += length
-    if start < len(lengths):
-        bounds.append((start, len(lengths)))
-    return bounds
 
 
 def merge_pieces(pieces: Sequence[tuple[int, PieceExtraction]]) -> RawExtraction:

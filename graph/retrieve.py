@@ -485,13 +485,12 @@ class HybridGraphRetriever(MultiHopRetriever):
         m = ev.matrices
         state = self.paths(ev)
         scores = self.combined(ev, state)
-        paths = [int(row) for row in _top(scores, s.fusion_keep_paths) if scores[row] > 0]
+        on_paths = [m.chunk_ids[row] for row in _top(scores, s.fusion_keep_paths)]  # before PageRank is added
         ppr = self.ppr_scores(ev) if s.fusion_ppr_weight > 0 else None
         if ppr is not None:
             chunk_mass = _chunk_part(ppr, m).dense(m.n_chunks)
             if chunk_mass.max() > 0:
                 scores = scores + s.fusion_ppr_weight * chunk_mass / chunk_mass.max()
-        on_paths = [m.chunk_ids[row] for row in paths]
         kept = list(dict.fromkeys(on_paths + list(ev.dense_ids[: s.fusion_keep_dense])))
         taken = set(kept)
         rest = [

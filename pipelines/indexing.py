@@ -25,7 +25,7 @@ import numpy as np
 
 from ragkit.errors import ConfigError, RagkitError
 from ragkit.protocols import Chunker
-from ragkit.types import Chunk, Document, LoadError, sha1_hex
+from ragkit.types import Chunk, Document, LoadError, batch_bounds, sha1_hex
 
 if TYPE_CHECKING:
     from ragkit.chunking import PreparedTokenOffsets
@@ -253,16 +253,10 @@ def _triage(
         else:
             report.added += 1
         changed.append((doc, digest))
-    start = 0
-    while start < len(changed):
-        end, chars = start, 0
-        while end < len(changed) and end - start < PREPARE_DOCUMENTS and chars < PREPARE_CHARS:
-            chars += len(changed[end][0].text)
-            end += 1
+    for start, end in batch_bounds([len(doc.text) for doc, _ in changed], PREPARE_DOCUMENTS, PREPARE_CHARS):
         writer.prepare([doc for doc, _ in changed[start:end]])
         for doc, digest in changed[start:end]:
             writer.add(doc, digest)
-        start = end
 
 
 def _systemic(exc: BaseException) -> bool:
@@ -323,7 +317,7 @@ class _BatchWriter:
         every core; one document at a time, chunking was the slowest stage of a GPU index run)."""
         self._ensure_chunker()
         if self._prepared is not None:
-            self._prepared.prepare([d.text for d in docs] + [d.title + " " for d in docs if d.title])
+            self._prepared.prepare(docs)
 
     def _ensure_chunker(self) -> Chunker:
         if self._chunker is None:

@@ -86,8 +86,8 @@ class PreparedTokenOffsets:
     """A ``TokenOffsets`` that tokenizes many texts in one call before they are chunked.
 
     ``tokens`` must also offer ``token_offsets_batch(texts)`` (the embedders do: one call of the Rust tokenizer,
-    which spreads the texts over the cores). ``prepare(texts)`` tokenizes the texts a chunker is about to split
-    (and their titles); ``token_offsets`` answers from them, and asks ``tokens`` for any other text. Only the
+    which spreads the texts over the cores). ``prepare(docs)`` tokenizes the documents a chunker is about to split
+    (their texts and titles); ``token_offsets`` answers from them, and asks ``tokens`` for any other text. Only the
     last prepared texts are kept, and none longer than ``max_chars`` (those are tokenized when asked), so memory
     stays bounded.
 
@@ -95,7 +95,7 @@ class PreparedTokenOffsets:
 
         tokens = PreparedTokenOffsets(embedder)
         chunker = make_chunker("auto", tokens, max_tokens=254, overlap=32)
-        tokens.prepare([d.text for d in docs])
+        tokens.prepare(docs)
         chunks = [c for d in docs for c in chunker.split(d)]
     """
 
@@ -103,7 +103,9 @@ class PreparedTokenOffsets:
         self.tokens, self.max_chars = tokens, max_chars
         self._ready: dict[str, list[tuple[int, int]]] = {}
 
-    def prepare(self, texts: Iterable[str]) -> None:
+    def prepare(self, docs: Iterable[Document]) -> None:
+        """Tokenizes what the chunkers will ask about these documents: their texts and titles."""
+        texts = [text for doc in docs for text in (doc.text, _title_text(doc)) if text]
         todo = list(dict.fromkeys(t for t in texts if len(t) <= self.max_chars))
         self._ready = {}
         if not todo:
@@ -277,6 +279,11 @@ def _make_chunks(
     return chunks
 
 
+def _title_text(doc: Document) -> str:
+    """What ``Chunk.embed_text`` puts before a chunk's text: the title and a space ("" without a title)."""
+    return doc.title + " " if doc.title else ""
+
+
 def text_budget(tokens: TokenOffsets, doc: Document, max_tokens: int) -> int:
     """Tokens left for chunk text once the title that ``Chunk.embed_text`` prepends is counted.
 
@@ -284,7 +291,7 @@ def text_budget(tokens: TokenOffsets, doc: Document, max_tokens: int) -> int:
     """
     if not doc.title:
         return max_tokens
-    title_tokens = len(tokens.token_offsets(doc.title + " "))
+    title_tokens = len(tokens.token_offsets(_title_text(doc)))
     return max(max_tokens - title_tokens, max_tokens // 2, 1)
 
 

@@ -1,4 +1,4 @@
-"""Plain data that flows through ragkit: documents, chunks, hits and answers.
+"""Plain data that flows through ragkit: documents, chunks, hits and answers, and the small helpers on them.
 
 Every type here is a frozen dataclass: cheap to build, safe to share between threads, and easy to compare in
 tests. Nothing in this module imports a model or a backend.
@@ -7,7 +7,7 @@ tests. Nothing in this module imports a model or a backend.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -58,6 +58,21 @@ class Chunk:
     def embed_text(self) -> str:
         title = self.meta.get("title", "")
         return f"{title} {self.text}" if title else self.text
+
+
+def batch_bounds(lengths: Sequence[int], batch_size: int, max_chars: int) -> list[tuple[int, int]]:
+    """Consecutive batches ``[start, end)`` of texts with these lengths: at most ``batch_size`` texts and at most
+    ``max_chars`` characters each (a longer text is a batch of its own)."""
+    bounds = []
+    start = chars = 0
+    for i, length in enumerate(lengths):
+        if i > start and (i - start == batch_size or chars + length > max_chars):
+            bounds.append((start, i))
+            start, chars = i, 0
+        chars += length
+    if start < len(lengths):
+        bounds.append((start, len(lengths)))
+    return bounds
 
 
 def chunk_id(doc_id: str, start: int, end: int, text: str) -> str:

@@ -419,10 +419,11 @@ def test_prepared_tokens_answer_from_one_batch_and_fall_back_per_text() -> None:
     tokens = _BatchTokens()
     prepared = PreparedTokenOffsets(tokens, max_chars=150)
     chunker = TokenChunker(prepared, 12, 3)
-    prepared.prepare([d.text for d in docs] + [d.title + " " for d in docs if d.title])
+    prepared.prepare(docs)
     assert [c for d in docs for c in chunker.split(d)] == plain
     long_ones = sum(len(d.text) > 150 for d in docs)
     assert tokens.batches == 1 and tokens.one == long_ones > 0  # only the texts too long to prepare
     tokens.one = 0
-    prepared.prepare(["REFUSE this batch", docs[0].text])  # the tokenizer refuses it: every text on its own
+    refused = Document(id="x", text="REFUSE this batch", source="s")
+    prepared.prepare([refused, docs[0]])  # the tokenizer refuses the batch: every text on its own
     assert chunker.split(docs[0]) == [c for c in plain if c.doc_id == "d0"] and tokens.one == 1
