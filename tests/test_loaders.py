@@ -703,3 +703,19 @@ def test_a_large_text_file_indexes_in_parts_and_reindexes_incrementally(
         path.write_text("\n".join(lines))
         second = index.add([path])
         assert (second.updated, second.added, second.unchanged) == (1, 0, first.added - 1)
+
+
+def test_a_damaged_pdf_prints_nothing_without_logging_configured(tmp_path: Path) -> None:
+    """A script that indexes a damaged PDF gets the LoadError naming it, not pypdf's bare warning on stderr."""
+    import subprocess
+    import sys
+
+    (tmp_path / "broken.pdf").write_bytes(b"%PDF-1.4 broken")
+    script = (
+        "import sys; from pathlib import Path; from ragkit.connectors.loaders.pdf import load_pdf; "
+        "print([type(x).__name__ for x in load_pdf(Path(sys.argv[1]))])"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "broken.pdf")], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "['LoadError']", done.stderr
+    assert done.stderr == ""

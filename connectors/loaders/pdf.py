@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,6 +15,11 @@ if TYPE_CHECKING:
     from pypdf import PdfReader
 
 PAGE_SEPARATOR = "\n\n"
+
+# pypdf logs what it repairs in a damaged file ("EOF marker not found") without naming the file; ragkit reports the
+# file as a LoadError instead. With no logging configured, Python would print pypdf's line bare on stderr: a
+# NullHandler keeps it off, and an application that configures logging still receives it.
+logging.getLogger("pypdf").addHandler(logging.NullHandler())
 
 
 def _open(path: Path, max_file_bytes: int | None) -> PdfReader:
