@@ -4,6 +4,8 @@ Each encoder runs in its own child process (so its RSS and imports are its own):
 
 - ``torch-fp32``: ``SentenceTransformerEmbedder`` (today's default)
 - ``onnx-fp32``, ``onnx-int8``: ``OnnxEmbedder`` (``ragkit.connectors.embedders.onnx``)
+- ``openvino-fp32``, ``openvino-bf16``: ``OpenVinoEmbedder`` (``ragkit.connectors.embedders.openvino``; bf16 where
+  the CPU computes it natively)
 - ``torch-int8``: the same model after ``torch.ao.quantization.quantize_dynamic`` of its ``nn.Linear`` layers
 
 and reports: load seconds, passages/s over a fixed sample of each shared set (batches, as indexing embeds), the
@@ -34,7 +36,7 @@ import numpy as np
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 DATASETS = ("hotpotqa-train100", "musique-train100", "scifact")
-VARIANTS = ("torch-fp32", "onnx-fp32", "onnx-int8", "torch-int8")
+VARIANTS = ("torch-fp32", "onnx-fp32", "onnx-int8", "openvino-fp32", "openvino-bf16", "torch-int8")
 METRICS = ("recall@2", "recall@5", "recall@10", "hit@5", "mrr@10", "ndcg@10")
 REFERENCE = "torch-fp32"
 
@@ -69,6 +71,10 @@ def make(variant: str, threads: int) -> Any:
         from ragkit.connectors.embedders.onnx import OnnxEmbedder
 
         return OnnxEmbedder(precision=variant.removeprefix("onnx-"), threads=threads)
+    if variant.startswith("openvino"):
+        from ragkit.connectors.embedders.openvino import OpenVinoEmbedder
+
+        return OpenVinoEmbedder(precision=variant.removeprefix("openvino-"), threads=threads)
     import torch
 
     from ragkit.connectors.embedders import SentenceTransformerEmbedder
@@ -230,11 +236,12 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     print(f"$ {' '.join([Path(sys.executable).name, *sys.argv])}\n{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
           f", {os.cpu_count()} cores, load {load()}, vectors in {out}")
-    for variant in variants:  # export once first, so that no timed child pays for it (or loads torch for it)
-        if variant.startswith("onnx"):
-            precision = variant.removeprefix("onnx-")
-            subprocess.run([sys.executable, "-c", "from ragkit.connectors.embedders.onnx import OnnxEmbedder; "
-                            f"OnnxEmbedder(precision={precision!r})"], check=True)
+    for variant in variants:  # export (and compile) once first, so that no timed child pays for it or loads torch
+        if variant.startswith(("onnx", "openvino")):
+            runtime, _, precision = variant.partition("-")
+            cls = {"onnx": "OnnxEmbedder", "openvino": "OpenVinoEmbedder"}[runtime]
+            subprocess.run([sys.executable, "-c", f"from ragkit.connectors.embedders.{runtime} import {cls}; "
+                            f"{cls}(precision={precision!r})"], check=True)
     results = []
     for variant in variants:
         result = run_child(variant, args, out)

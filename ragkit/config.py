@@ -43,28 +43,36 @@ def _one_of(value: str, names: tuple[str, ...]) -> str:
 
 class EmbedderSettings(_Section):
     """The embedder of a new index. ``backend`` and ``precision`` choose how a sentence-transformers model runs:
-    ``torch``, or ``onnx`` (ONNX Runtime on the CPU, exported once and cached), in ``fp32`` or ``int8`` (onnx
-    only); ``auto`` is torch on a GPU and ``ragkit.connectors.embedders.AUTO_CPU_BACKEND`` on the CPU. The index's
-    manifest records the encoder, and opening the index uses it whatever these settings say."""
+    ``torch``; ``onnx`` (ONNX Runtime on the CPU, exported once and cached) in ``fp32`` or ``int8``; ``openvino``
+    (OpenVINO on the CPU, the same export) in ``fp32`` or ``bf16``. ``auto`` is torch on a GPU and, on the CPU,
+    OpenVINO for fp32 and bf16 (ONNX Runtime where OpenVINO is not installed) and ONNX Runtime for int8
+    (``ragkit.connectors.embedders.resolve_encoder``). The index's manifest records the encoder, and opening the
+    index uses it whatever these settings say."""
 
     model: str = DEFAULT_EMBEDDER
     batch_size: int | None = Field(
-        None, ge=1, description="None: 64 on CPU, 1024 on CUDA, 32 on onnx (onnx: at most 2,048 padded tokens a batch)"
+        None,
+        ge=1,
+        description="None: 64 on CPU, 1024 on CUDA, 32 on onnx and openvino (at most 2,048 padded tokens a batch)",
     )
     device: str = "auto"
-    backend: Literal["auto", "torch", "onnx"] = "auto"
-    precision: Literal["fp32", "int8"] = "fp32"
+    backend: Literal["auto", "torch", "onnx", "openvino"] = "auto"
+    precision: Literal["fp32", "int8", "bf16"] = "fp32"
 
     @model_validator(mode="after")
     def _runnable(self) -> EmbedderSettings:
-        if self.backend == "torch" and self.precision == "int8":
+        runs_on = {"int8": "onnx", "bf16": "openvino"}.get(self.precision)
+        if runs_on and self.backend not in ("auto", runs_on):
             raise PydanticCustomError(
-                "embedder_precision", "precision 'int8' runs on the onnx backend: set backend to 'onnx' or 'auto'"
+                "embedder_precision",
+                "precision '{precision}' runs on the {runs_on} backend: set backend to '{runs_on}' or 'auto'",
+                {"precision": self.precision, "runs_on": runs_on},
             )
-        if self.device.startswith("cuda") and (self.backend == "onnx" or self.precision == "int8"):
+        if self.device.startswith("cuda") and (self.backend in ("onnx", "openvino") or runs_on):
             raise PydanticCustomError(
                 "embedder_device",
-                "the onnx backend and int8 run on the CPU: set device to 'auto' or 'cpu', or backend to 'torch'",
+                "the onnx and openvino backends, int8 and bf16 run on the CPU: set device to 'auto' or 'cpu', or "
+                "backend to 'torch'",
             )
         return self
 

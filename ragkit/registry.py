@@ -312,6 +312,7 @@ vector_backends.register("chroma", "ragkit.connectors.vectors:open_chroma")
 embedders.register("sentence-transformers", "ragkit.connectors.embedders:sentence_transformer_embedder")
 embedders.register("hashing", "ragkit.connectors.embedders:hashing_embedder")
 embedders.register("onnx", "ragkit.connectors.embedders:onnx_embedder")
+embedders.register("openvino", "ragkit.connectors.embedders:openvino_embedder")
 
 generators.register("extractive", "ragkit.connectors.generators.extractive:ExtractiveGenerator")
 generators.register("local", "ragkit.connectors.generators.local:LocalGenerator")

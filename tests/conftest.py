@@ -60,3 +60,15 @@ def hashing():
     from ragkit.testing import HashingEmbedder
 
     return HashingEmbedder(64)
+
+
+@pytest.fixture(scope="session")
+def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private cache of exported models (ONNX Runtime and OpenVINO) for the session, also what ``make_embedder``
+    (through the env var) sees."""
+    from ragkit.connectors.embedders.onnx import CACHE_ENV
+
+    folder = tmp_path_factory.mktemp("onnx-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CACHE_ENV, str(folder))
+        yield folder

@@ -72,7 +72,7 @@ def test_ask_plain_prints_answer_and_sources(workspace):
 
 def test_stats_delete_and_reindex(workspace):
     stats = json.loads(ragkit("stats", "--index", "idx", "--json", cwd=workspace).stdout)
-    assert stats["documents"] == 3 and stats["embedder"] == "all-MiniLM-L6-v2@onnx" and stats["dimension"] == 384
+    assert stats["documents"] == 3 and stats["embedder"] == "all-MiniLM-L6-v2@openvino" and stats["dimension"] == 384
     assert stats["backend"] == "faiss" and stats["shards"] == 1 and stats["chunks"] >= 3
     deleted = ragkit("delete", "docs/garden.txt", "--index", "idx", cwd=workspace)
     assert deleted.returncode == 0 and "removed 1" in deleted.stdout

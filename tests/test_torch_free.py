@@ -1,4 +1,4 @@
-"""A CPU query process never imports PyTorch: ONNX Runtime embeds, spaCy parses, the extractive answer answers.
+"""A CPU query process never imports PyTorch: OpenVINO embeds, spaCy parses, the extractive answer answers.
 
 Importing PyTorch costs about a second and 180 MB a process (``ragkit ask``: 4.0 s and 502 MB with it, 2.4 s and
 318 MB without, on 2 cores). It is imported only where something needs it: a torch encoder, a GPU, a local model.
@@ -19,7 +19,8 @@ from ragkit.devices import nvidia_gpus
 
 LOADED = (  # a line the process prints as it exits: which of these modules it imported
     "import atexit, sys; "
-    "atexit.register(lambda: print('LOADED', sorted(m for m in ('torch', 'spacy', 'onnxruntime') if m in sys.modules)))"
+    "atexit.register(lambda: print('LOADED', sorted(m for m in ('torch', 'spacy', 'onnxruntime', 'openvino') "
+    "if m in sys.modules)))"
 )
 
 
@@ -68,11 +69,11 @@ def test_ragkit_ask_with_defaults_imports_no_torch(tmp_path):
     )
     assert run_ragkit("index", "notes", cwd=tmp_path).returncode == 0
     manifest = json.loads((tmp_path / ".ragkit" / "manifest.json").read_text())
-    assert manifest["graph"] and "@onnx" in json.dumps(manifest)
+    assert manifest["graph"] and manifest["embedder"] == "all-MiniLM-L6-v2@openvino"
     code = (
         f"{LOADED}; import sys; from ragkit.cli import main; "
         "sys.argv = ['ragkit', 'ask', 'Who founded the firm Marta Silva works at?']; main()"
     )
     out = _python(code, cwd=tmp_path)
     assert "João Pereira" in out
-    assert _loaded(out) == ["onnxruntime", "spacy"]
+    assert _loaded(out) == ["openvino", "spacy"]

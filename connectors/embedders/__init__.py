@@ -1,15 +1,16 @@
-"""Embedders: sentence-transformers models (torch, or ONNX Runtime on the CPU), plus an on-disk cache in front
-of any embedder.
+"""Embedders: sentence-transformers models (torch, or ONNX Runtime or OpenVINO on the CPU), plus an on-disk cache
+in front of any embedder.
 
 ``make_embedder`` resolves a name through ``ragkit.registry.embedders``: an exact registered name first, then a
 family (the part before the first ``-``: ``hashing-64`` -> ``hashing``), else ``sentence-transformers``, which
 takes any model name or local directory. Each entry is ``make(name, *, device, batch_size) -> Embedder``.
 
 A sentence-transformers model runs on torch unless its name carries an encoder suffix: ``MODEL@onnx`` (ONNX
-Runtime, fp32) or ``MODEL@onnx-int8`` (int8 weights) go to the ``onnx`` entry. That name is the embedder's
+Runtime, fp32), ``MODEL@onnx-int8`` (int8 weights), ``MODEL@openvino`` (OpenVINO, fp32) or ``MODEL@openvino-bf16``
+(OpenVINO, bfloat16 matrix products) go to the ``onnx`` and ``openvino`` entries. That name is the embedder's
 ``name``, so an index's manifest records the encoder and its queries use the same one; a name without a suffix
 (every index made before the suffix existed) is torch fp32. ``make_embedder(model, backend=..., precision=...)``
-picks the encoder of a new index from the settings (:func:`encoder_name`).
+picks the encoder of a new index from the settings (:func:`resolve_encoder`).
 """
 
 from __future__ import annotations
@@ -17,18 +18,20 @@ from __future__ import annotations
 from typing import Literal
 
 from ragkit.connectors.embedders.cache import EmbeddingCache
-from ragkit.connectors.embedders.onnx import ENCODER_SEPARATOR, NAME_SUFFIXES, OnnxEmbedder
+from ragkit.connectors.embedders.onnx import ENCODER_SEPARATOR, OnnxEmbedder
+from ragkit.connectors.embedders.openvino import OpenVinoEmbedder, openvino_available
 from ragkit.connectors.embedders.sentence_transformers import SentenceTransformerEmbedder
 from ragkit.errors import ConfigError
 from ragkit.protocols import Embedder
 from ragkit.registry import embedders
 
 DEFAULT_FAMILY = "sentence-transformers"
-ONNX_ENTRY = "onnx"
-ENCODERS = {suffix: ("onnx", precision) for precision, suffix in NAME_SUFFIXES.items()}  # -> (backend, precision)
-Backend = Literal["auto", "torch", "onnx"]
-Precision = Literal["fp32", "int8"]
-AUTO_CPU_BACKEND: Literal["torch", "onnx"] = "onnx"  # what "auto" picks on the CPU: docs/benchmarks.md says why
+RUNTIMES = {cls.backend: cls for cls in (OnnxEmbedder, OpenVinoEmbedder)}  # backend -> class; registry entry names
+ENCODERS = {  # name suffix -> (backend, precision)
+    suffix: (backend, precision) for backend, cls in RUNTIMES.items() for precision, suffix in cls.name_suffixes.items()
+}
+Backend = Literal["auto", "torch", "onnx", "openvino"]
+Precision = Literal["fp32", "int8", "bf16"]
 
 
 def split_encoder(name: str) -> tuple[str, str, str]:
@@ -51,29 +54,44 @@ def encoder_name(model: str, backend: str, precision: str) -> str:
     raise ConfigError(f"embedder: no {backend} {precision} encoder (valid: {valid})")
 
 
-def resolve_backend(model: str, backend: str, precision: str, device: str) -> str:
-    """The backend ``"auto"`` means for ``model``: torch on a GPU, else onnx for int8 and
-    :data:`AUTO_CPU_BACKEND` for fp32 when the model can run there (a local mean-pooling model)."""
-    if backend != "auto":
-        return backend
+def resolve_encoder(model: str, backend: str, precision: str, device: str) -> tuple[str, str]:
+    """The ``(backend, precision)`` that the settings of a new index of ``model`` mean (``backend="auto"``
+    resolved).
+
+    On a GPU, or for a model the exported graph cannot reproduce: torch. On the CPU, fp32 runs on OpenVINO where it
+    is installed (it embedded 1.18x as fast as ONNX Runtime on the project's machine, the same vectors:
+    docs/benchmarks.md, "OpenVINO"), else on ONNX Runtime; int8 runs on ONNX Runtime and bf16 on OpenVINO.
+    """
+    if backend == "auto":
+        backend = _auto_backend(model, precision, device)
+    return backend, precision
+
+
+def _auto_backend(model: str, precision: str, device: str) -> str:
     if precision == "int8":
         return "onnx"
-    if AUTO_CPU_BACKEND == "torch" or not _onnx_capable(model):
+    if precision == "bf16":
+        return "openvino"
+    if not _exportable(model):
         return "torch"
     from ragkit.connectors.embedders.sentence_transformers import pick_device
 
-    return "onnx" if pick_device(device) == "cpu" else "torch"
-
-
-def _onnx_capable(model: str) -> bool:
+    if pick_device(device) != "cpu":
+        return "torch"
+    if openvino_available():
+        return "openvino"
     import importlib.util
+
+    return "onnx" if importlib.util.find_spec("onnxruntime") is not None else "torch"
+
+
+def _exportable(model: str) -> bool:
+    """Whether ``model`` is a local mean-pooling model the exported ONNX graph reproduces."""
     from pathlib import Path
 
     from ragkit.connectors.embedders.onnx import check_exportable
     from ragkit.connectors.embedders.sentence_transformers import resolve_model
 
-    if importlib.util.find_spec("onnxruntime") is None:
-        return False
     directory = Path(resolve_model(model))
     try:
         check_exportable(directory)
@@ -91,21 +109,26 @@ def make_embedder(
     precision: Precision | str = "fp32",
 ) -> Embedder:
     """The embedder a manifest or setting names: ``hashing-<dim>`` (the test fake), a plugin's, or a
-    sentence-transformers model (``MODEL@onnx``, ``MODEL@onnx-int8``: on ONNX Runtime).
+    sentence-transformers model (``MODEL@onnx``, ``MODEL@onnx-int8``: on ONNX Runtime; ``MODEL@openvino``,
+    ``MODEL@openvino-bf16``: on OpenVINO).
 
     ``backend`` and ``precision`` (the settings of a new index) apply to a sentence-transformers model named
-    without a suffix; ``backend="auto"`` is resolved by :func:`resolve_backend`.
+    without a suffix; ``"auto"`` is resolved by :func:`resolve_encoder`.
     """
     family, dash, _ = name.partition("-")
     if (backend, precision) != ("torch", "fp32") and name not in embedders and not (dash and family in embedders):
         model, named_backend, _ = split_encoder(name)
         if named_backend == "torch":
-            chosen = resolve_backend(model, backend, precision, device)
-            if (chosen, precision) == ("torch", "int8"):
-                raise ConfigError("embedder: int8 runs on the onnx backend; set backend = 'onnx' or 'auto'")
-            name = encoder_name(model, chosen, precision)
-    if split_encoder(name)[1] == "onnx":
-        key = ONNX_ENTRY
+            chosen, chosen_precision = resolve_encoder(model, backend, precision, device)
+            if chosen == "torch" and chosen_precision != "fp32":
+                runs_on = next(b for b, p in ENCODERS.values() if p == chosen_precision)
+                raise ConfigError(
+                    f"embedder: {chosen_precision} runs on the {runs_on} backend; set backend = '{runs_on}' or 'auto'"
+                )
+            name = encoder_name(model, chosen, chosen_precision)
+    runtime = split_encoder(name)[1]
+    if runtime in RUNTIMES:
+        key = runtime
     elif name in embedders:
         key = name
     elif dash and family in embedders:
@@ -123,13 +146,25 @@ def sentence_transformer_embedder(name: str, *, device: str = "auto", batch_size
 
 def onnx_embedder(name: str, *, device: str = "auto", batch_size: int | None = None) -> Embedder:
     """The ``onnx`` entry: ``MODEL@onnx`` or ``MODEL@onnx-int8`` on ONNX Runtime (CPU); a bare model is fp32."""
-    model, _, precision = split_encoder(name)
+    return _runtime_embedder(OnnxEmbedder, name, device, batch_size)
+
+
+def openvino_embedder(name: str, *, device: str = "auto", batch_size: int | None = None) -> Embedder:
+    """The ``openvino`` entry: ``MODEL@openvino`` or ``MODEL@openvino-bf16`` on OpenVINO (CPU); a bare model is
+    fp32."""
+    return _runtime_embedder(OpenVinoEmbedder, name, device, batch_size)
+
+
+def _runtime_embedder(cls: type[OnnxEmbedder], name: str, device: str, batch_size: int | None) -> Embedder:
+    model, backend, precision = split_encoder(name)
+    if backend != cls.backend:
+        precision = "fp32"
     if device not in ("auto", "cpu"):
         raise ConfigError(
-            f"embedder {name!r} runs on ONNX Runtime on the CPU, not on device {device!r} (set device = 'auto' or "
+            f"embedder {name!r} runs on {cls.backend} on the CPU, not on device {device!r} (set device = 'auto' or "
             "'cpu', or build the index with backend = 'torch')"
         )
-    return OnnxEmbedder(model, precision=precision, batch_size=batch_size)
+    return cls(model, precision=precision, batch_size=batch_size)
 
 
 def hashing_embedder(name: str, *, device: str = "auto", batch_size: int | None = None) -> Embedder:
@@ -142,4 +177,4 @@ def hashing_embedder(name: str, *, device: str = "auto", batch_size: int | None 
     return HashingEmbedder(int(dim))
 
 
-__all__ = ["EmbeddingCache", "OnnxEmbedder", "SentenceTransformerEmbedder", "make_embedder"]
+__all__ = ["EmbeddingCache", "OnnxEmbedder", "OpenVinoEmbedder", "SentenceTransformerEmbedder", "make_embedder"]

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 Precision = Literal["fp32", "int8"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
+EXPORTS: tuple[str, ...] = (*PRECISIONS, "plain")  # the cached graphs: see exported_model
 CACHE_ENV = "RAGKIT_ONNX_CACHE"
 EXPORT_VERSION = 2  # bump when the exported graph changes: old cache entries are then ignored (2: fp32 fused)
 OPSET = 17
@@ -125,9 +126,12 @@ def check_exportable(model_dir: Path) -> None:
 
 
 def exported_model(model_dir: Path, precision: str, cache_dir: Path | None = None) -> Path:
-    """The cached ONNX file for ``model_dir`` at ``precision``, exporting it first when missing (imports torch)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)} (got {precision!r})")
+    """The cached ONNX file for ``model_dir`` at ``precision``, exporting it first when missing (imports torch).
+
+    ``precision`` is one of :data:`EXPORTS`: ``fp32`` (fused for ONNX Runtime), ``int8``, or ``plain`` (the fp32
+    graph as exported, which OpenVINO compiles with its own fusions)."""
+    if precision not in EXPORTS:
+        raise ValueError(f"precision must be one of {', '.join(EXPORTS)} (got {precision!r})")
     folder = (cache_dir or onnx_cache_dir()) / f"{model_dir.name}-{export_key(model_dir, precision)}"
     target = folder / _MODEL_FILE
     if target.is_file():
@@ -138,7 +142,9 @@ def exported_model(model_dir: Path, precision: str, cache_dir: Path | None = Non
         plain, result = scratch / "plain.onnx", scratch / f"{precision}.onnx"
         try:
             export_fp32(model_dir, plain)
-            if precision == "fp32":
+            if precision == "plain":
+                result = plain
+            elif precision == "fp32":
                 fuse_transformer(model_dir, plain, result)
             else:  # from the plain graph: the fused operators would quantize differently (int8 was measured so)
                 quantize_int8(plain, result)
@@ -236,7 +242,7 @@ def session_options(threads: int | None = None) -> onnxruntime.SessionOptions:
     options = onnxruntime.SessionOptions()
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
-    options.intra_op_num_threads = threads or _cores()
+    options.intra_op_num_threads = threads or process_cores()
     options.inter_op_num_threads = 1
     # Idle intra-op threads sleep instead of spinning: a query's exact vector scan runs next, on numpy's own
     # threads, and spinning ORT threads held both cores through it (an embedded query, then a numpy scan of 100k
@@ -247,7 +253,7 @@ def session_options(threads: int | None = None) -> onnxruntime.SessionOptions:
     return options
 
 
-def _cores() -> int:
+def process_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
@@ -268,6 +274,7 @@ class OnnxEmbedder:
     """
 
     backend = "onnx"
+    name_suffixes = NAME_SUFFIXES  # precision -> the name's encoder suffix
 
     def __init__(
         self,
@@ -280,32 +287,31 @@ class OnnxEmbedder:
         cache_dir: Path | None = None,
         max_batch_tokens: int = MAX_BATCH_TOKENS,
     ) -> None:
-        try:
-            import onnxruntime
-        except ImportError as exc:
-            raise ImportError("the onnx embedder needs onnxruntime (pip install onnxruntime)") from exc
+        self._require_runtime()
         import tokenizers
 
-        if precision not in PRECISIONS:
-            raise ValueError(f"embedder precision must be one of {', '.join(PRECISIONS)} (got {precision!r})")
+        if precision not in self.name_suffixes:
+            valid = ", ".join(self.name_suffixes)
+            raise ValueError(f"{self.backend} embedder precision must be one of {valid} (got {precision!r})")
         if device not in ("auto", "cpu"):
-            raise ValueError(f"the onnx embedder runs on the CPU, not on device {device!r}; use the torch backend")
+            raise ValueError(
+                f"the {self.backend} embedder runs on the CPU, not on device {device!r}; use the torch backend"
+            )
         model_dir = Path(resolve_model(model))
         if not (model_dir / "config.json").is_file():
-            raise OSError(f"embedder {model!r}: the onnx backend needs a local model directory (got {model_dir})")
-        self.name = f"{model}{ENCODER_SEPARATOR}{NAME_SUFFIXES[precision]}"  # what the manifest records
+            raise OSError(
+                f"embedder {model!r}: the {self.backend} backend needs a local model directory (got {model_dir})"
+            )
+        self.name = f"{model}{ENCODER_SEPARATOR}{self.name_suffixes[precision]}"  # what the manifest records
         self.model = model
         self.precision = precision
         self.device = "cpu"
         self.batch_size = batch_size or 32  # rows per run at most; fewer where they would pass max_batch_tokens
         self.max_batch_tokens = max_batch_tokens
         self.max_tokens = max_sequence_length(model_dir)
-        self.model_path = exported_model(model_dir, precision, cache_dir)
-        self.session = onnxruntime.InferenceSession(
-            str(self.model_path), session_options(threads), providers=["CPUExecutionProvider"]
-        )
-        self._inputs = {i.name for i in self.session.get_inputs()}
-        self.dim = int(self.session.get_outputs()[0].shape[-1] or self._probe_dim())
+        self.model_path = exported_model(model_dir, self._export_of(precision), cache_dir)
+        self._inputs: set[str] = set()
+        self.dim = self._open(threads) or self._probe_dim()
         whole = tokenizers.Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         whole.no_padding()
         whole.no_truncation()
@@ -315,6 +321,32 @@ class OnnxEmbedder:
         self._truncated: tokenizers.Tokenizer = truncated
         self._ascii = AsciiWordPiece.of(truncated)  # a query's ids in Python: cold Rust costs 3x as much
         self._pad_id = whole.token_to_id("[PAD]") or 0
+
+    def _require_runtime(self) -> None:
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError as exc:
+            raise ImportError("the onnx embedder needs onnxruntime (pip install onnxruntime)") from exc
+
+    def _export_of(self, precision: str) -> str:
+        """Which cached graph (:data:`EXPORTS`) this runtime runs at ``precision``."""
+        return precision
+
+    def _open(self, threads: int | None) -> int | None:
+        """Load :attr:`model_path` into the runtime, set :attr:`_inputs`; the output's width where the graph
+        states it."""
+        import onnxruntime
+
+        self.session = onnxruntime.InferenceSession(
+            str(self.model_path), session_options(threads), providers=["CPUExecutionProvider"]
+        )
+        self._inputs = {i.name for i in self.session.get_inputs()}
+        return int(self.session.get_outputs()[0].shape[-1] or 0) or None
+
+    def _infer(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """The graph's one output (the normalized embeddings) for ``feeds``, an array this call owns."""
+        (vectors,) = self.session.run(None, feeds)
+        return np.asarray(vectors)
 
     def _probe_dim(self) -> int:
         return int(self._run(np.array([[0]], dtype=np.int64), np.array([1]))[0].shape[-1])
@@ -372,5 +404,5 @@ class OnnxEmbedder:
         else:
             mask = (np.arange(ids.shape[1]) < lengths[:, None]).astype(np.int64)
         feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
-        (vectors,) = self.session.run(None, {k: v for k, v in feeds.items() if k in self._inputs})
+        vectors = self._infer({k: v for k, v in feeds.items() if k in self._inputs})
         return np.ascontiguousarray(vectors, dtype=np.float32)
