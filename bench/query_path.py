@@ -24,9 +24,9 @@ exclusive: a stage's nested stages are subtracted from it.
 - embed: tokenize: the Transformer module's ``preprocess`` (the Hugging Face tokenizer, tensors);
 - embed: forward: the Transformer module's ``forward`` (the encoder's forward plus its output dict);
 - embed: pooling, embed: normalize: the Pooling and Normalize modules;
-- with the ONNX Runtime encoder (a CPU index's default): embed: forward is the session's run (pooling and
-  normalization are inside the exported graph), embed: tokenize and feeds the rest of ``embed_query``; the
-  bare forward is ``session.run`` on the same query's prepared inputs;
+- with the OpenVINO encoder (a CPU index's default) or ONNX Runtime's: embed: forward is the runtime's run
+  (pooling and normalization are inside the exported graph), embed: tokenize and feeds the rest of
+  ``embed_query``; the bare forward is the runtime's run on the same query's prepared inputs;
 - embed: other: the rest of the embedder's ``embed_queries`` (sentence-transformers' ``encode`` bookkeeping, the
   normalization it repeats, the copy to numpy);
 - store: up-to-date checks: ``IndexStore.vectors()`` / ``.bm25()`` (the catalog generation read);
@@ -98,11 +98,12 @@ class ExclusiveStopwatch:
         return taken
 
 
-def build_index(dataset_dir: Path, path: Path) -> float:
+def build_index(dataset_dir: Path, path: Path, backend: str = "auto", precision: str = "fp32") -> float:
     from ragkit import Index, Settings
     from ragkit.eval.datasets import load_beir
 
-    settings = Settings().merged(chunking={"strategy": "none"}, graph={"enabled": False}, embedder={"device": "cpu"})
+    embedder = {"device": "cpu", "backend": backend, "precision": precision}
+    settings = Settings().merged(chunking={"strategy": "none"}, graph={"enabled": False}, embedder=embedder)
     began = time.perf_counter()
     with Index.create(path, settings) as index:
         report = index.add_documents(load_beir(dataset_dir).documents())
@@ -122,11 +123,11 @@ def wrap_stages(stopwatch: ExclusiveStopwatch, index: Any, mode: str) -> None:
     if single is not None:
         stopwatch.wrap(single, "tokenize", "embed: tokenize")
         stopwatch.wrap(single, "forward", "embed: forward")
-    if getattr(embedder, "backend", "") == "onnx":  # ONNX Runtime: tokenizing is the rest of embed_query
+    if runtime_encoder(embedder):  # ONNX Runtime, OpenVINO: tokenizing is the rest of embed_query
         stopwatch.wrap(embedder, "embed_query", "embed: tokenize and feeds")
         stopwatch.wrap(embedder, "_run", "embed: forward")
     model = getattr(embedder, "model", None)
-    if getattr(embedder, "backend", "") != "onnx" and model is not None:  # a SentenceTransformer: its modules
+    if not runtime_encoder(embedder) and model is not None:  # a SentenceTransformer: its modules
         modules = list(model)
         stopwatch.wrap(modules[0], "preprocess", "embed: tokenize")
         stopwatch.wrap(modules[0], "forward", "embed: forward")
@@ -150,19 +151,23 @@ def wrap_stages(stopwatch: ExclusiveStopwatch, index: Any, mode: str) -> None:
         stopwatch.wrap(retrievers, "reciprocal_rank_fusion", "fusion")
 
 
+def runtime_encoder(embedder: Any) -> bool:
+    """Whether ``embedder`` is ragkit's ONNX Runtime or OpenVINO encoder (the exported graph)."""
+    return getattr(embedder, "backend", "") in ("onnx", "openvino")
+
+
 def bare_forward(model: Any, text: str) -> float:
     """Seconds of the encoder's forward alone on ``text``, tokenized by the model's own preprocess beforehand.
-    For ONNX Runtime (``model`` is then ragkit's ``OnnxEmbedder``): the session's ``run`` on the prepared inputs,
-    which includes the pooling and normalization the exported graph holds."""
-    if getattr(model, "backend", "") == "onnx":
+    For ONNX Runtime and OpenVINO (``model`` is then ragkit's ``OnnxEmbedder`` or ``OpenVinoEmbedder``): the
+    runtime's run on the prepared inputs, which includes the pooling and normalization the exported graph holds."""
+    if runtime_encoder(model):
         import numpy as np
 
         ids = np.array([model._truncated.encode(text).ids], dtype=np.int64)
-        wanted = {i.name for i in model.session.get_inputs()}
         feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
-        feeds = {key: value for key, value in feeds.items() if key in wanted}
+        feeds = {key: value for key, value in feeds.items() if key in model._inputs}
         began = time.perf_counter()
-        model.session.run(None, feeds)
+        model._infer(feeds)
         return time.perf_counter() - began
     import torch
 
@@ -176,15 +181,9 @@ def bare_forward(model: Any, text: str) -> float:
         return time.perf_counter() - began
 
 
-def threaded_session(embedder: Any, threads: int) -> Any:
-    """The ONNX encoder's session again with ``threads`` intra-op threads (ragkit gives it every core)."""
-    import onnxruntime
-
-    from ragkit.connectors.embedders.onnx import session_options
-
-    return onnxruntime.InferenceSession(
-        str(embedder.model_path), session_options(threads), providers=["CPUExecutionProvider"]
-    )
+def with_threads(embedder: Any, threads: int) -> None:
+    """Load the runtime encoder's graph again with ``threads`` threads (ragkit gives it every core)."""
+    embedder._open(threads)
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -196,7 +195,7 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 def measure(index: Any, queries: Sequence[str], mode: str, rounds: int, stages: bool) -> dict[str, Any]:
-    model = index.embedder if getattr(index.embedder, "backend", "") == "onnx" else index.embedder.model
+    model = index.embedder if runtime_encoder(index.embedder) else index.embedder.model
     for text in queries[:WARMUP]:
         index.retrieve(text, k=K, mode=mode)
         bare_forward(model, text)
@@ -265,6 +264,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1,
                         help="OMP/MKL/OpenBLAS threads, and the encoder's (torch or ONNX Runtime; default 1)")
     parser.add_argument("--stages", action="store_true", help="split each query into its stages")
+    parser.add_argument("--backend", default="auto", help="embedder backend of a new index (auto, onnx, openvino...)")
+    parser.add_argument("--precision", default="fp32", help="embedder precision of a new index (fp32, int8, bf16)")
     parser.add_argument("--index", type=Path, help="an index built by an earlier run (--keep) instead of a new one")
     parser.add_argument("--keep", type=Path, help="build the index here and keep it")
     parser.add_argument("--json", type=Path, help="write every figure here")
@@ -294,14 +295,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         path = args.keep or Path(tempfile.mkdtemp(prefix="query-path-")) / "index"
         work = None if args.keep else path.parent
         print(f"indexing {args.dataset} ({dataset.passages} passages) ...", flush=True)
-        print(f"indexed in {build_index(args.data / args.dataset, path):.1f} s", flush=True)
+        print(f"indexed in {build_index(args.data / args.dataset, path, args.backend, args.precision):.1f} s", flush=True)
     report: dict[str, Any] = {"date": date, "command": " ".join(sys.argv), "dataset": args.dataset,
                               "threads": args.threads, "modes": {}}
     settings = Settings().merged(embedder={"device": "cpu"})
     try:
         with Index.open(path, settings) as index:
-            if getattr(index.embedder, "backend", "") == "onnx":
-                index.embedder.session = threaded_session(index.embedder, args.threads)
+            if runtime_encoder(index.embedder):
+                with_threads(index.embedder, args.threads)
             else:  # PyTorch only for a torch index: once loaded, it would also run the scan (ragkit.linalg)
                 import torch
 

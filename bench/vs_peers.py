@@ -307,7 +307,8 @@ def dense_query_stages(index: Any, stopwatch: Stopwatch, queries: Sequence[Seque
         spent["total"] = total
         rows.append(spent)
     stopwatch.restore()
-    bare = onnx_bare_query if getattr(index.embedder, "backend", "torch") == "onnx" else torch_bare_query
+    runtime = getattr(index.embedder, "backend", "torch") in ("onnx", "openvino")
+    bare = runtime_bare_query if runtime else torch_bare_query
     bare(index.embedder, rows, queries)
     labels = list(dict.fromkeys(label for row in rows for label in row))
     return {label: float(np.median([row.get(label, 0.0) for row in rows])) * 1000.0 for label in labels}
@@ -334,8 +335,9 @@ def torch_bare_query(embedder: Any, rows: list[dict[str, float]], queries: Seque
         })
 
 
-def onnx_bare_query(embedder: Any, rows: list[dict[str, float]], queries: Sequence[Sequence[str]]) -> None:
-    """The bare work of ragkit's ONNX Runtime encoder on each query: Rust tokenizer, then the session's run."""
+def runtime_bare_query(embedder: Any, rows: list[dict[str, float]], queries: Sequence[Sequence[str]]) -> None:
+    """The bare work of ragkit's ONNX Runtime or OpenVINO encoder on each query: Rust tokenizer, then the
+    runtime's run."""
     import numpy as np
 
     for row, (_, text) in zip(rows, queries, strict=True):
@@ -344,7 +346,7 @@ def onnx_bare_query(embedder: Any, rows: list[dict[str, float]], queries: Sequen
         tokenized = time.perf_counter()
         embedder._run(ids, np.array([ids.shape[1]]))
         forward = time.perf_counter()
-        row.update({"bare: tokenize": tokenized - began, "bare: forward (ONNX Runtime)": forward - tokenized})
+        row.update({"bare: tokenize": tokenized - began, f"bare: forward ({embedder.backend})": forward - tokenized})
 
 
 def child_main(framework: str, data_file: Path, out_file: Path) -> int:

@@ -9,14 +9,28 @@ turns slowing each other down. On 2 cores, with MiniLM and 100k 384-d vectors, t
 the query), the products run in PyTorch, on the threads that have just embedded it; otherwise numpy computes them.
 The choice follows the index, not what the process happens to have imported: the two libraries round differently in
 the last bit, and that must not re-rank near-ties of one index from one process to the next.
+
+The same contention comes back with ONNX Runtime and OpenVINO encoders, whose pools are their own: after a threaded
+OpenBLAS product, OpenBLAS's workers spin for a while (up to its THREAD_TIMEOUT, about a tenth of a second), and the
+next query's forward shares the cores with them. On 2 cores a MiniLM forward of one MuSiQue question took 3.6-4.1
+ms after a 5,183 x 384 product on one thread and 6.3-8.7 ms after the same product on two, which had saved 0.02-0.04
+ms. So one query's scan of at most :data:`ONE_THREAD_SCAN` elements runs on one BLAS thread (through threadpoolctl;
+about 1 ms on one core at the limit). OpenBLAS gives the same bits on one thread as on two for 5,183 and 20,000 rows,
+not for 1,890: `ragkit eval`'s figures on the shared sets were checked unchanged (docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import threading
+from collections.abc import Iterator
 from contextvars import ContextVar, Token
+from typing import Any
 
 import numpy as np
+
+ONE_THREAD_SCAN = 1 << 22  # elements (about 10,000 vectors of 384): one query's scan up to this runs on one thread
 
 _in_torch: ContextVar[bool] = ContextVar("ragkit.linalg.in_torch", default=False)
 
@@ -44,7 +58,60 @@ def inner_products(queries: np.ndarray, vectors: np.ndarray) -> np.ndarray:
     torch = sys.modules.get("torch") if _in_torch.get() else None
     if torch is None or not vectors.size or not queries.size or not vectors.flags.writeable:
         if len(queries) == 1:  # one query: the matrix-vector product along the rows, 10% faster than across
-            return (vectors @ queries[0])[None, :]
+            if vectors.size > ONE_THREAD_SCAN:
+                return matrix_vector(vectors, queries[0])[None, :]
+            with one_blas_thread():
+                return matrix_vector(vectors, queries[0])[None, :]
         return queries @ vectors.T
     with torch.inference_mode():
         return (torch.from_numpy(queries) @ torch.from_numpy(vectors).T).numpy()
+
+
+def matrix_vector(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
+    """``matrix @ vector`` (numpy, on BLAS's threads as they are set)."""
+    return matrix @ vector
+
+
+class _OneBlasThread:
+    """BLAS libraries limited to one thread while any caller is inside (``with one_blas_thread():``), then set back
+    to what they had. Nested and concurrent callers share one limit; without threadpoolctl it does nothing.
+    OpenBLAS 0.3.31 may ignore the limit when it is set from a thread other than the main one (seen with a second
+    worker thread): the product then runs on its threads as before, and they are given back all the same."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._saved: list[tuple[Any, int]] = []
+        self._libraries: list[Any] | None = None
+
+    def _blas_libraries(self) -> list[Any]:
+        if self._libraries is None:
+            try:
+                from threadpoolctl import ThreadpoolController
+            except ImportError:
+                self._libraries = []
+            else:
+                self._libraries = list(ThreadpoolController().select(user_api="blas").lib_controllers)
+        return self._libraries
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        with self._lock:
+            if self._depth == 0:
+                self._saved = [(library, library.num_threads) for library in self._blas_libraries()]
+                for library, threads in self._saved:
+                    if threads != 1:
+                        library.set_num_threads(1)
+            self._depth += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._depth -= 1
+                if self._depth == 0:
+                    for library, threads in self._saved:
+                        if threads != 1:
+                            library.set_num_threads(threads)
+
+
+one_blas_thread = _OneBlasThread()

@@ -1,16 +1,16 @@
 """OpenVINO embedder for CPU: the exported ONNX graph of :mod:`ragkit.connectors.embedders.onnx`, compiled by
-OpenVINO's CPU plugin, in bfloat16 where the CPU computes it natively.
+OpenVINO's CPU plugin, in fp32 (the CPU default for new indexes) or with bfloat16 matrix products.
 
-A CPU with AVX512-BF16 or AMX (AMD Zen 4 and later, Intel Sapphire Rapids and later) multiplies bfloat16
-matrices at twice the fp32 rate; OpenVINO runs the encoder's matrix products in bf16 there and keeps the
-normalizations and the pooling in fp32. On the project's 2-core AMD EPYC (Zen 4) MiniLM embedded 600 MuSiQue
-passages at 140 passages/s against ONNX Runtime fp32's 67/s, and one query in 2.5-2.7 ms against 4.0-4.5 ms,
-with vectors at a cosine of 0.99997 or more to fp32's (docs/benchmarks.md, "OpenVINO bf16"). ``fp32`` runs the
-same graph at full precision.
+On the project's 2-core AMD EPYC (Zen 4: AVX-512 and AVX512-BF16), over 600 passages of the shared sets
+(``bench/quantized.py``): ONNX Runtime fp32 embedded 37.7 passages/s, OpenVINO fp32 44.5/s with the same vectors
+(cosine to torch's 0.9999999 at least) and the same retrieval figures, OpenVINO bf16 79.2/s with a cosine of
+0.99997 to fp32 (docs/benchmarks.md, "OpenVINO on the CPU"). bf16 changes the order of a few near-ties, which is
+why it is an option (``precision = "bf16"``) and not the default. On a CPU without native bf16 the bf16 encoder
+runs its products in fp32.
 
 The graph is the plain fp32 export (OpenVINO makes its own fusions; the ONNX Runtime one is fused with
-``com.microsoft`` operators), cached beside the others; OpenVINO's compiled blob is cached under
-``<onnx cache>/openvino``, so a later process compiles in about 0.1 s. Nothing is downloaded.
+``com.microsoft`` operators), cached beside the others; OpenVINO's compiled blob is cached in the ``openvino``
+folder of the same cache, so a later process compiles in about 0.1 s. Nothing is downloaded.
 
 >>> embedder = OpenVinoEmbedder(precision="bf16")       # packaged all-MiniLM-L6-v2    # doctest: +SKIP
 >>> embedder.embed_documents(["a passage"]).shape                                     # doctest: +SKIP
