@@ -295,7 +295,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         path = args.keep or Path(tempfile.mkdtemp(prefix="query-path-")) / "index"
         work = None if args.keep else path.parent
         print(f"indexing {args.dataset} ({dataset.passages} passages) ...", flush=True)
-        print(f"indexed in {build_index(args.data / args.dataset, path, args.backend, args.precision):.1f} s", flush=True)
+        seconds = build_index(args.data / args.dataset, path, args.backend, args.precision)
+        print(f"indexed in {seconds:.1f} s", flush=True)
     report: dict[str, Any] = {"date": date, "command": " ".join(sys.argv), "dataset": args.dataset,
                               "threads": args.threads, "modes": {}}
     settings = Settings().merged(embedder={"device": "cpu"})
