@@ -84,7 +84,9 @@ class _OneBlasThread:
         self._saved: list[tuple[Any, int]] = []
         self._libraries: list[Any] | None = None
 
-    def _blas_libraries(self) -> list[Any]:
+    def libraries(self) -> list[Any]:
+        """threadpoolctl's controllers of the BLAS libraries loaded when this was first used (numpy's among them:
+        numpy loads its BLAS on import); libraries loaded later are not numpy's and are left alone."""
         if self._libraries is None:
             try:
                 from threadpoolctl import ThreadpoolController
@@ -98,7 +100,7 @@ class _OneBlasThread:
     def __call__(self) -> Iterator[None]:
         with self._lock:
             if self._depth == 0:
-                self._saved = [(library, library.num_threads) for library in self._blas_libraries()]
+                self._saved = [(library, library.num_threads) for library in self.libraries()]
                 for library, threads in self._saved:
                     if threads != 1:
                         library.set_num_threads(1)

@@ -70,8 +70,11 @@ def test_read_only_and_odd_inputs() -> None:
 
 
 def _blas_threads() -> list[int]:
-    threadpoolctl = pytest.importorskip("threadpoolctl")
-    return [info["num_threads"] for info in threadpoolctl.threadpool_info() if info["user_api"] == "blas"]
+    """The threads of the BLAS libraries the one-thread limit governs (numpy's: loaded when numpy was)."""
+    pytest.importorskip("threadpoolctl")
+    libraries = linalg.one_blas_thread.libraries()
+    assert libraries, "threadpoolctl found no BLAS library although numpy is loaded"
+    return [library.get_num_threads() for library in libraries]
 
 
 def test_one_small_scan_runs_on_one_blas_thread_and_gives_the_threads_back(monkeypatch: pytest.MonkeyPatch) -> None:
