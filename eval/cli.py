@@ -104,12 +104,12 @@ def eval_index_dir(dataset: BeirDataset, settings: Settings) -> Path:
     """A cache directory for the index of ``dataset`` built with ``settings``: same inputs, same index."""
     corpus = dataset.corpus_file().resolve()
     stat = corpus.stat()
-    from ragkit.connectors.embedders import encoder_name, resolve_encoder
+    from ragkit.connectors.embedders import encoder_name, resolve_backend
 
     embedder = settings.embedder
     if (embedder.backend, embedder.precision) != ("torch", "fp32"):  # MODEL@onnx...; torch fp32 keeps its old key
-        encoder = resolve_encoder(embedder.model, embedder.backend, embedder.precision, embedder.device)
-        model = encoder_name(embedder.model, *encoder)
+        backend = resolve_backend(embedder.model, embedder.backend, embedder.precision, embedder.device)
+        model = encoder_name(embedder.model, backend, embedder.precision)
     else:
         model = embedder.model
     key = json.dumps(

@@ -46,7 +46,7 @@ class EmbedderSettings(_Section):
     ``torch``; ``onnx`` (ONNX Runtime on the CPU, exported once and cached) in ``fp32`` or ``int8``; ``openvino``
     (OpenVINO on the CPU, the same export) in ``fp32`` or ``bf16``. ``auto`` is torch on a GPU and, on the CPU,
     OpenVINO for fp32 and bf16 (ONNX Runtime where OpenVINO is not installed) and ONNX Runtime for int8
-    (``ragkit.connectors.embedders.resolve_encoder``). The index's manifest records the encoder, and opening the
+    (``ragkit.connectors.embedders.resolve_backend``). The index's manifest records the encoder, and opening the
     index uses it whatever these settings say."""
 
     model: str = DEFAULT_EMBEDDER

@@ -16,7 +16,7 @@ next query's forward shares the cores with them. On 2 cores a MiniLM forward of 
 ms after a 5,183 x 384 product on one thread and 6.3-8.7 ms after the same product on two, which had saved 0.02-0.04
 ms. So one query's scan of at most :data:`ONE_THREAD_SCAN` elements runs on one BLAS thread (through threadpoolctl;
 about 1 ms on one core at the limit). OpenBLAS gives the same bits on one thread as on two for 5,183 and 20,000 rows,
-not for 1,890: `ragkit eval`'s figures on the shared sets were checked unchanged (docs/benchmarks.md).
+not for 1,890; the benches' recall figures on the shared sets came out unchanged (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -58,9 +58,7 @@ def inner_products(queries: np.ndarray, vectors: np.ndarray) -> np.ndarray:
     torch = sys.modules.get("torch") if _in_torch.get() else None
     if torch is None or not vectors.size or not queries.size or not vectors.flags.writeable:
         if len(queries) == 1:  # one query: the matrix-vector product along the rows, 10% faster than across
-            if vectors.size > ONE_THREAD_SCAN:
-                return matrix_vector(vectors, queries[0])[None, :]
-            with one_blas_thread():
+            with one_blas_thread() if vectors.size <= ONE_THREAD_SCAN else contextlib.nullcontext():
                 return matrix_vector(vectors, queries[0])[None, :]
         return queries @ vectors.T
     with torch.inference_mode():

@@ -10,7 +10,7 @@ import pytest
 from embedder_checks import TEXTS, cosines, modules_a_query_process_imports
 
 from ragkit.config import Settings
-from ragkit.connectors.embedders import encoder_name, make_embedder, resolve_encoder, split_encoder
+from ragkit.connectors.embedders import encoder_name, make_embedder, resolve_backend, split_encoder
 from ragkit.connectors.embedders import onnx as onnx_module
 from ragkit.connectors.embedders.onnx import OnnxEmbedder
 from ragkit.errors import ConfigError, EmbedderMismatchError
@@ -177,15 +177,14 @@ def test_auto_resolves_by_device_precision_and_installed_runtimes(openvino, monk
     from ragkit.connectors import embedders
 
     monkeypatch.setattr(embedders, "openvino_available", lambda: openvino)
-    cpu_fp32 = ("openvino", "fp32") if openvino else ("onnx", "fp32")
-    assert resolve_encoder("all-MiniLM-L6-v2", "auto", "fp32", "cpu") == cpu_fp32
-    assert resolve_encoder("all-MiniLM-L6-v2", "auto", "fp32", "cuda") == ("torch", "fp32")
-    assert resolve_encoder("all-MiniLM-L6-v2", "auto", "int8", "cpu") == ("onnx", "int8")
-    assert resolve_encoder("all-MiniLM-L6-v2", "auto", "bf16", "cpu") == ("openvino", "bf16")
-    assert resolve_encoder("all-MiniLM-L6-v2", "onnx", "fp32", "cpu") == ("onnx", "fp32")
-    assert resolve_encoder("all-MiniLM-L6-v2", "torch", "fp32", "cpu") == ("torch", "fp32")
+    assert resolve_backend("all-MiniLM-L6-v2", "auto", "fp32", "cpu") == ("openvino" if openvino else "onnx")
+    assert resolve_backend("all-MiniLM-L6-v2", "auto", "fp32", "cuda") == "torch"
+    assert resolve_backend("all-MiniLM-L6-v2", "auto", "int8", "cpu") == "onnx"
+    assert resolve_backend("all-MiniLM-L6-v2", "auto", "bf16", "cpu") == "openvino"
+    assert resolve_backend("all-MiniLM-L6-v2", "onnx", "fp32", "cpu") == "onnx"
+    assert resolve_backend("all-MiniLM-L6-v2", "torch", "fp32", "cpu") == "torch"
     # not a local mean-pooling model
-    assert resolve_encoder("/no/such/model", "auto", "fp32", "cpu") == ("torch", "fp32")
+    assert resolve_backend("/no/such/model", "auto", "fp32", "cpu") == "torch"
 
 
 def test_backend_settings_leave_other_embedders_alone():

@@ -10,7 +10,7 @@ Runtime, fp32), ``MODEL@onnx-int8`` (int8 weights), ``MODEL@openvino`` (OpenVINO
 (OpenVINO, bfloat16 matrix products) go to the ``onnx`` and ``openvino`` entries. That name is the embedder's
 ``name``, so an index's manifest records the encoder and its queries use the same one; a name without a suffix
 (every index made before the suffix existed) is torch fp32. ``make_embedder(model, backend=..., precision=...)``
-picks the encoder of a new index from the settings (:func:`resolve_encoder`).
+picks the encoder of a new index from the settings (:func:`resolve_backend`).
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ RUNTIMES = {cls.backend: cls for cls in (OnnxEmbedder, OpenVinoEmbedder)}  # bac
 ENCODERS = {  # name suffix -> (backend, precision)
     suffix: (backend, precision) for backend, cls in RUNTIMES.items() for precision, suffix in cls.name_suffixes.items()
 }
+# the precisions one runtime alone offers (every runtime has fp32) -> that runtime: int8 -> onnx, bf16 -> openvino
+ONLY_ON = {precision: backend for backend, precision in ENCODERS.values() if precision != "fp32"}
 Backend = Literal["auto", "torch", "onnx", "openvino"]
 Precision = Literal["fp32", "int8", "bf16"]
 
@@ -54,24 +56,18 @@ def encoder_name(model: str, backend: str, precision: str) -> str:
     raise ConfigError(f"embedder: no {backend} {precision} encoder (valid: {valid})")
 
 
-def resolve_encoder(model: str, backend: str, precision: str, device: str) -> tuple[str, str]:
-    """The ``(backend, precision)`` that the settings of a new index of ``model`` mean (``backend="auto"``
-    resolved).
+def resolve_backend(model: str, backend: str, precision: str, device: str) -> str:
+    """The backend ``"auto"`` means for a new index of ``model`` at ``precision`` (any other backend is itself).
 
     On a GPU, or for a model the exported graph cannot reproduce: torch. On the CPU, fp32 runs on OpenVINO where it
     is installed (it embedded 1.18x as fast as ONNX Runtime on the project's machine, the same vectors:
-    docs/benchmarks.md, "OpenVINO"), else on ONNX Runtime; int8 runs on ONNX Runtime and bf16 on OpenVINO.
+    docs/benchmarks.md, "OpenVINO on the CPU"), else on ONNX Runtime; a precision only one runtime has
+    (:data:`ONLY_ON`: int8, bf16) runs on that one.
     """
-    if backend == "auto":
-        backend = _auto_backend(model, precision, device)
-    return backend, precision
-
-
-def _auto_backend(model: str, precision: str, device: str) -> str:
-    if precision == "int8":
-        return "onnx"
-    if precision == "bf16":
-        return "openvino"
+    if backend != "auto":
+        return backend
+    if precision in ONLY_ON:
+        return ONLY_ON[precision]
     if not _exportable(model):
         return "torch"
     from ragkit.connectors.embedders.sentence_transformers import pick_device
@@ -113,19 +109,19 @@ def make_embedder(
     ``MODEL@openvino-bf16``: on OpenVINO).
 
     ``backend`` and ``precision`` (the settings of a new index) apply to a sentence-transformers model named
-    without a suffix; ``"auto"`` is resolved by :func:`resolve_encoder`.
+    without a suffix; ``backend="auto"`` is resolved by :func:`resolve_backend`.
     """
     family, dash, _ = name.partition("-")
     if (backend, precision) != ("torch", "fp32") and name not in embedders and not (dash and family in embedders):
         model, named_backend, _ = split_encoder(name)
         if named_backend == "torch":
-            chosen, chosen_precision = resolve_encoder(model, backend, precision, device)
-            if chosen == "torch" and chosen_precision != "fp32":
-                runs_on = next(b for b, p in ENCODERS.values() if p == chosen_precision)
+            chosen = resolve_backend(model, backend, precision, device)
+            if chosen == "torch" and precision in ONLY_ON:
+                runs_on = ONLY_ON[precision]
                 raise ConfigError(
-                    f"embedder: {chosen_precision} runs on the {runs_on} backend; set backend = '{runs_on}' or 'auto'"
+                    f"embedder: {precision} runs on the {runs_on} backend; set backend = '{runs_on}' or 'auto'"
                 )
-            name = encoder_name(model, chosen, chosen_precision)
+            name = encoder_name(model, chosen, precision)
     runtime = split_encoder(name)[1]
     if runtime in RUNTIMES:
         key = runtime

@@ -27,7 +27,6 @@ import numpy as np
 
 from ragkit.connectors.embedders.onnx import OnnxEmbedder, process_cores
 
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 NAME_SUFFIXES = {"fp32": "openvino", "bf16": "openvino-bf16"}  # the embedder's name is MODEL@<suffix>
 
 
