@@ -13,24 +13,25 @@ the last bit, and that must not re-rank near-ties of one index from one process 
 The same contention comes back with ONNX Runtime and OpenVINO encoders, whose pools are their own: after a threaded
 OpenBLAS product, OpenBLAS's workers spin for a while (up to its THREAD_TIMEOUT, about a tenth of a second), and the
 next query's forward shares the cores with them. On 2 cores a MiniLM forward of one MuSiQue question took 3.6-4.1
-ms after a 5,183 x 384 product on one thread and 6.3-8.7 ms after the same product on two, which had saved 0.02-0.04
-ms. So one query's scan of at most :data:`ONE_THREAD_SCAN` elements runs on one BLAS thread (through threadpoolctl;
-about 1 ms on one core at the limit). OpenBLAS gives the same bits on one thread as on two for 5,183 and 20,000 rows,
-not for 1,890; the benches' recall figures on the shared sets came out unchanged (docs/benchmarks.md).
+ms after a 5,183 x 384 product on one thread and 6.3-8.7 ms after the same product on two. So one query's scan of
+at most :data:`SMALL_SCAN` elements (about 10,000 vectors of 384) does not go to BLAS at all: numpy's own loop
+(``einsum``) computes it on the calling thread, with no pool to wake or leave spinning, whichever thread the query
+runs on. It is also faster where it matters: the forward has just pushed the vectors out of the caches, and read
+from memory numpy's loop streamed them at about twice the rate of OpenBLAS's one-thread matrix-vector product
+(1,890 x 384: 0.23 against 0.40 ms; 5,183: 0.41 against 0.80 ms; ``bench/query_path.py`` has the query's
+figures). Larger scans keep BLAS's threads, which pay for themselves there (100k: 3.5 ms on two threads against
+7.4 in numpy's loop). The loop sums in another order than BLAS, so scores may differ from a batch's in the last
+bit; each path gives the same bits every time.
 """
 
 from __future__ import annotations
 
-import contextlib
 import sys
-import threading
-from collections.abc import Iterator
 from contextvars import ContextVar, Token
-from typing import Any
 
 import numpy as np
 
-ONE_THREAD_SCAN = 1 << 22  # elements (about 10,000 vectors of 384): one query's scan up to this runs on one thread
+SMALL_SCAN = 1 << 22  # elements (about 10,000 vectors of 384): one query's scan up to this runs in numpy's loop
 
 _in_torch: ContextVar[bool] = ContextVar("ragkit.linalg.in_torch", default=False)
 
@@ -57,61 +58,15 @@ def inner_products(queries: np.ndarray, vectors: np.ndarray) -> np.ndarray:
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     torch = sys.modules.get("torch") if _in_torch.get() else None
     if torch is None or not vectors.size or not queries.size or not vectors.flags.writeable:
-        if len(queries) == 1:  # one query: the matrix-vector product along the rows, 10% faster than across
-            with one_blas_thread() if vectors.size <= ONE_THREAD_SCAN else contextlib.nullcontext():
-                return matrix_vector(vectors, queries[0])[None, :]
+        if len(queries) == 1 and vectors.size <= SMALL_SCAN:
+            return row_dots(vectors, queries[0])[None, :]
+        if len(queries) == 1:  # the matrix-vector product along the rows, 10% faster than across
+            return (vectors @ queries[0])[None, :]
         return queries @ vectors.T
     with torch.inference_mode():
         return (torch.from_numpy(queries) @ torch.from_numpy(vectors).T).numpy()
 
 
-def matrix_vector(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
-    """``matrix @ vector`` (numpy, on BLAS's threads as they are set)."""
-    return matrix @ vector
-
-
-class _OneBlasThread:
-    """BLAS libraries limited to one thread while any caller is inside (``with one_blas_thread():``), then set back
-    to what they had. Nested and concurrent callers share one limit; without threadpoolctl it does nothing.
-    OpenBLAS 0.3.31 may ignore the limit when it is set from a thread other than the main one (seen with a second
-    worker thread): the product then runs on its threads as before, and they are given back all the same."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._depth = 0
-        self._saved: list[tuple[Any, int]] = []
-        self._libraries: list[Any] | None = None
-
-    def libraries(self) -> list[Any]:
-        """threadpoolctl's controllers of the BLAS libraries loaded when this was first used (numpy's among them:
-        numpy loads its BLAS on import); libraries loaded later are not numpy's and are left alone."""
-        if self._libraries is None:
-            try:
-                from threadpoolctl import ThreadpoolController
-            except ImportError:
-                self._libraries = []
-            else:
-                self._libraries = list(ThreadpoolController().select(user_api="blas").lib_controllers)
-        return self._libraries
-
-    @contextlib.contextmanager
-    def __call__(self) -> Iterator[None]:
-        with self._lock:
-            if self._depth == 0:
-                self._saved = [(library, library.num_threads) for library in self.libraries()]
-                for library, threads in self._saved:
-                    if threads != 1:
-                        library.set_num_threads(1)
-            self._depth += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._depth -= 1
-                if self._depth == 0:
-                    for library, threads in self._saved:
-                        if threads != 1:
-                            library.set_num_threads(threads)
-
-
-one_blas_thread = _OneBlasThread()
+def row_dots(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
+    """``matrix @ vector`` in numpy's own loop on the calling thread (no BLAS pool)."""
+    return np.einsum("ij,j->i", matrix, vector)

@@ -69,72 +69,29 @@ def test_read_only_and_odd_inputs() -> None:
     assert inner_products(queries, vectors[:0]).shape == (3, 0)
 
 
-def _blas_threads() -> list[int]:
-    """The threads of the BLAS libraries the one-thread limit governs (numpy's: loaded when numpy was)."""
-    pytest.importorskip("threadpoolctl")
-    libraries = linalg.one_blas_thread.libraries()
-    assert libraries, "threadpoolctl found no BLAS library although numpy is loaded"
-    return [library.get_num_threads() for library in libraries]
+def test_one_small_scan_runs_in_numpys_loop_and_larger_ones_or_batches_in_blas(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One query's small scan never wakes BLAS's pool (its spinning threads slowed the next query's forward)."""
+    seen: list[tuple[int, ...]] = []
+    real = linalg.row_dots
 
+    def recording(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
+        seen.append(matrix.shape)
+        return real(matrix, vector)
 
-def test_one_small_scan_runs_on_one_blas_thread_and_gives_the_threads_back(monkeypatch: pytest.MonkeyPatch) -> None:
-    threadpoolctl = pytest.importorskip("threadpoolctl")
-    with threadpoolctl.threadpool_limits(2, user_api="blas"):
-        before = _blas_threads()
-        assert before and all(n == 2 for n in before)
-        seen: list[list[int]] = []
-        real = linalg.matrix_vector
+    monkeypatch.setattr(linalg, "row_dots", recording)
+    rng = np.random.default_rng(5)
+    query = rng.standard_normal((1, 48)).astype(np.float32)
+    small = rng.standard_normal((500, 48)).astype(np.float32)
+    out = inner_products(query, small)
+    assert seen == [small.shape]
+    assert out.dtype == np.float32 and out.shape == (1, 500)
+    np.testing.assert_allclose(out[0], small.astype(np.float64) @ query[0].astype(np.float64), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(inner_products(query, small), out)  # the same bits every time
 
-        def recording(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
-            seen.append(_blas_threads())
-            return real(matrix, vector)
-
-        monkeypatch.setattr(linalg, "matrix_vector", recording)
-        rng = np.random.default_rng(5)
-        query = rng.standard_normal((1, 48)).astype(np.float32)
-        small = rng.standard_normal((500, 48)).astype(np.float32)
-        out = inner_products(query, small)
-        np.testing.assert_allclose(out[0], small @ query[0], rtol=1e-5, atol=1e-5)
-        assert seen == [[1] * len(before)]  # the product ran on one thread
-        assert _blas_threads() == before  # and the threads were given back
-
-        monkeypatch.setattr(linalg, "ONE_THREAD_SCAN", 100)  # past the limit: the library's threads
-        seen.clear()
-        inner_products(query, small)
-        assert seen == [before]
-        inner_products(np.vstack([query, query]), small)  # several queries: a matrix product, threads as they are
-        assert _blas_threads() == before
-
-
-def test_the_one_thread_limit_nests_and_concurrent_callers_give_the_threads_back() -> None:
-    import threading
-
-    threadpoolctl = pytest.importorskip("threadpoolctl")
-    with threadpoolctl.threadpool_limits(2, user_api="blas"):
-        before = _blas_threads()
-        with linalg.one_blas_thread():
-            with linalg.one_blas_thread():
-                assert _blas_threads() == [1] * len(before)
-            assert _blas_threads() == [1] * len(before)  # the outer caller is still inside
-        assert _blas_threads() == before
-
-        inside = threading.Barrier(4)
-        errors: list[BaseException] = []
-
-        def scan() -> None:
-            try:
-                with linalg.one_blas_thread():
-                    inside.wait(timeout=10)  # all four inside at once
-                    with linalg.one_blas_thread():
-                        inner_products(np.ones((1, 8), np.float32), np.ones((50, 8), np.float32))
-                    inside.wait(timeout=10)
-            except BaseException as exc:  # noqa: BLE001 - reported below
-                errors.append(exc)
-
-        workers = [threading.Thread(target=scan) for _ in range(4)]
-        for worker in workers:
-            worker.start()
-        for worker in workers:
-            worker.join()
-        assert not errors
-        assert _blas_threads() == before
+    seen.clear()
+    monkeypatch.setattr(linalg, "SMALL_SCAN", 100)  # past the limit: BLAS, on its threads
+    np.testing.assert_array_equal(inner_products(query, small), (small @ query[0])[None, :])
+    inner_products(np.vstack([query, query]), small)
+    monkeypatch.setattr(linalg, "SMALL_SCAN", 1 << 22)
+    np.testing.assert_array_equal(inner_products(np.vstack([query, query]), small), np.vstack([query, query]) @ small.T)
+    assert seen == []  # several queries: one matrix product
