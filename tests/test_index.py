@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ragkit import Index, Settings
+from ragkit import Document, Index, Settings
 from ragkit.errors import ConfigError, EmbedderMismatchError, IndexFormatError
 from ragkit.testing import HashingEmbedder
 
@@ -188,3 +188,29 @@ def test_k_below_one_raises_and_a_closed_index_says_so(tmp_path: Path, corpus: P
         index.retrieve("apples")
     with pytest.raises(IndexClosedError):
         index.stats()
+
+
+class _CountingTokens(HashingEmbedder):
+    """The hashing fake with a batch tokenizer that counts its calls (the runtime embedders have one)."""
+
+    def __init__(self) -> None:
+        super().__init__(64)
+        self.batches = 0
+
+    def token_offsets_batch(self, texts: list[str]) -> list[list[tuple[int, int]]]:
+        self.batches += 1
+        return [self.token_offsets(t) for t in texts]
+
+
+@pytest.mark.parametrize(("strategy", "tokenized"), [("none", False), ("tokens", True), ("auto", True)])
+def test_documents_are_tokenized_ahead_only_for_a_chunker_that_counts_tokens(
+    tmp_path: Path, strategy: str, tokenized: bool
+) -> None:
+    embedder = _CountingTokens()
+    index = Index.create(tmp_path / "idx", settings().merged(chunking={"strategy": strategy}), embedder=embedder)
+    docs = [Document(id=f"d{i}", text=f"passage {i} " * 40, source=f"s{i}.txt", title=f"T{i}") for i in range(5)]
+    report = index.add_documents(docs)
+    assert report.failed == 0 and report.chunks >= 5
+    assert (embedder.batches > 0) is tokenized
+    assert len(index.retrieve("passage 3", k=3, mode="dense")) == 3
+    index.close()
