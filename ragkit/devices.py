@@ -1,4 +1,5 @@
-"""Whether a CUDA GPU is present, asked without importing PyTorch on a machine that has none.
+"""Whether a CUDA GPU is present, asked without importing PyTorch on a machine that has none; and how many CPU
+cores this process may use.
 
 Importing PyTorch costs about a second and 180 MB, which a CPU-only query process (ONNX Runtime embeddings, the
 extractive answer) otherwise never pays. NVIDIA's management library (NVML, installed with the driver) counts the
@@ -10,6 +11,8 @@ can be asked before ``fork`` without breaking CUDA in the children.
 from __future__ import annotations
 
 import ctypes
+import functools
+import os
 import sys
 
 _NVML = {"linux": "libnvidia-ml.so.1", "win32": "nvml.dll"}
@@ -42,3 +45,12 @@ def nvidia_gpus() -> int:
         return count.value if nvml.nvmlDeviceGetCount_v2(ctypes.byref(count)) == 0 else 0
     finally:
         nvml.nvmlShutdown()
+
+
+@functools.cache
+def process_cores() -> int:
+    """The CPU cores this process may run on (its affinity where the platform tells it, else every core)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1

@@ -19,10 +19,14 @@ at most :data:`SMALL_SCAN` elements (about 10,000 vectors of 384) does not go to
 runs on. It is also faster where it matters: the forward has just pushed the vectors out of the caches, and read
 from memory numpy's loop streamed them at about twice the rate of OpenBLAS's one-thread matrix-vector product
 (1,890 x 384: 0.23 against 0.40 ms; 5,183: 0.41 against 0.80 ms; ``bench/query_path.py`` has the query's
-figures). Larger scans keep BLAS's threads as before (100,000 x 384 read from memory: 6.4 ms on two threads, 6.8
-ms in numpy's loop; the limit stayed where the earlier one-thread scan had it). The loop sums in another order
-than BLAS, so scores may differ from a batch's in the last bit; each path gives the same bits every time, and
-``ragkit eval`` (batches) gave the same figures before and after.
+figures). On a process with at most two cores, every single-query scan takes numpy's loop: from memory, two BLAS
+threads read no faster (100,000 x 384: 6.4 ms against 6.8; 300,000: 18.1-18.5 against 18.4; 1,000,000: 63.5-64.4
+against 63.3-64.4), and their spinning cost the next query's forward about 2 ms. ``bench/graph_latency.py`` at
+100k chunks gave the default mode a p50 of 35.3-35.5 ms with the loop and 37.8-40.0 ms with BLAS's threads (p90
+39.7-40.7 against 55.2-59.1). With more cores, scans over :data:`SMALL_SCAN` elements keep BLAS's threads, whose
+combined bandwidth may pay there (not measured: this project's machine has two cores). The loop sums in another
+order than BLAS, so scores may differ from a batch's in the last bit; each path gives the same bits every time,
+and ``ragkit eval`` (batches) gave the same figures before and after.
 """
 
 from __future__ import annotations
@@ -32,7 +36,10 @@ from contextvars import ContextVar, Token
 
 import numpy as np
 
+from ragkit.devices import process_cores
+
 SMALL_SCAN = 1 << 22  # elements (about 10,000 vectors of 384): one query's scan up to this runs in numpy's loop
+FEW_CORES = 2  # on at most this many cores, one query's scan of any size runs in numpy's loop
 
 _in_torch: ContextVar[bool] = ContextVar("ragkit.linalg.in_torch", default=False)
 
@@ -59,7 +66,7 @@ def inner_products(queries: np.ndarray, vectors: np.ndarray) -> np.ndarray:
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     torch = sys.modules.get("torch") if _in_torch.get() else None
     if torch is None or not vectors.size or not queries.size or not vectors.flags.writeable:
-        if len(queries) == 1 and vectors.size <= SMALL_SCAN:
+        if len(queries) == 1 and (vectors.size <= SMALL_SCAN or process_cores() <= FEW_CORES):
             return row_dots(vectors, queries[0])[None, :]
         if len(queries) == 1:  # the matrix-vector product along the rows, 10% faster than across
             return (vectors @ queries[0])[None, :]
@@ -71,3 +78,4 @@ def inner_products(queries: np.ndarray, vectors: np.ndarray) -> np.ndarray:
 def row_dots(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
     """``matrix @ vector`` in numpy's own loop on the calling thread (no BLAS pool)."""
     return np.einsum("ij,j->i", matrix, vector)
+

@@ -89,9 +89,13 @@ def test_one_small_scan_runs_in_numpys_loop_and_larger_ones_or_batches_in_blas(m
     np.testing.assert_array_equal(inner_products(query, small), out)  # the same bits every time
 
     seen.clear()
-    monkeypatch.setattr(linalg, "SMALL_SCAN", 100)  # past the limit: BLAS, on its threads
+    monkeypatch.setattr(linalg, "SMALL_SCAN", 100)  # past the limit, on a machine of many cores: BLAS's threads
+    monkeypatch.setattr(linalg, "process_cores", lambda: 16)
     np.testing.assert_array_equal(inner_products(query, small), (small @ query[0])[None, :])
-    inner_products(np.vstack([query, query]), small)
-    monkeypatch.setattr(linalg, "SMALL_SCAN", 1 << 22)
+    assert seen == []
+    monkeypatch.setattr(linalg, "process_cores", lambda: 2)  # on two cores, any size: numpy's loop
+    np.testing.assert_array_equal(inner_products(query, small), out)
+    assert seen == [small.shape]
+    seen.clear()
     np.testing.assert_array_equal(inner_products(np.vstack([query, query]), small), np.vstack([query, query]) @ small.T)
     assert seen == []  # several queries: one matrix product

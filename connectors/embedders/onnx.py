@@ -31,6 +31,7 @@ import numpy as np
 
 from ragkit.connectors.embedders.sentence_transformers import DEFAULT_MODEL, resolve_model
 from ragkit.connectors.embedders.wordpiece import AsciiWordPiece
+from ragkit.devices import process_cores
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -251,13 +252,6 @@ def session_options(threads: int | None = None) -> onnxruntime.SessionOptions:
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
     return options
-
-
-def process_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
 
 
 class OnnxEmbedder:

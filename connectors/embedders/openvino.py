@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from ragkit.connectors.embedders.onnx import OnnxEmbedder, process_cores
+from ragkit.connectors.embedders.onnx import OnnxEmbedder
+from ragkit.devices import process_cores
 
 NAME_SUFFIXES = {"fp32": "openvino", "bf16": "openvino-bf16"}  # the embedder's name is MODEL@<suffix>
 
