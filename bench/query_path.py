@@ -153,7 +153,9 @@ def wrap_stages(stopwatch: ExclusiveStopwatch, index: Any, mode: str) -> None:
 
 def runtime_encoder(embedder: Any) -> bool:
     """Whether ``embedder`` is ragkit's ONNX Runtime or OpenVINO encoder (the exported graph)."""
-    return getattr(embedder, "backend", "") in ("onnx", "openvino")
+    from ragkit.connectors.embedders import RUNTIMES
+
+    return getattr(embedder, "backend", "") in RUNTIMES
 
 
 def bare_forward(model: Any, text: str) -> float:

@@ -307,8 +307,9 @@ def dense_query_stages(index: Any, stopwatch: Stopwatch, queries: Sequence[Seque
         spent["total"] = total
         rows.append(spent)
     stopwatch.restore()
-    runtime = getattr(index.embedder, "backend", "torch") in ("onnx", "openvino")
-    bare = runtime_bare_query if runtime else torch_bare_query
+    from ragkit.connectors.embedders import RUNTIMES
+
+    bare = runtime_bare_query if getattr(index.embedder, "backend", "torch") in RUNTIMES else torch_bare_query
     bare(index.embedder, rows, queries)
     labels = list(dict.fromkeys(label for row in rows for label in row))
     return {label: float(np.median([row.get(label, 0.0) for row in rows])) * 1000.0 for label in labels}

@@ -327,7 +327,7 @@ class _BatchWriter:
             batched = callable(getattr(embedder, "token_offsets_batch", None))
             prepared = PreparedTokenOffsets(embedder) if batched else None
             self._chunker = _make_chunker(self.store, prepared)
-            # one chunk per document counts no tokens: tokenizing ahead would be wasted (2-4% of an index run)
+            # one chunk per document counts no tokens: tokenizing ahead would be wasted (about 1% of an index run)
             self._prepared = None if isinstance(self._chunker, WholeDocumentChunker) else prepared
         return self._chunker
 
