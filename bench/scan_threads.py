@@ -7,9 +7,9 @@ otherwise. For each size this prints, as medians over ``--repeat`` cold runs (a 
 product, so the vectors come from memory, as they do after a query's forward):
 
 - the scan in numpy's loop, and in BLAS with 1, 2, 4, ... and all threads (threadpoolctl);
-- a MiniLM-sized forward of one 24-token query in PyTorch (random weights, same shapes) started right after the
-  scan, with numpy's loop and with BLAS on all threads before it: BLAS's idle threads spin for a while and take
-  cores from it;
+- after each, a MiniLM-sized forward of one 24-token query (random weights, same shapes; OpenVINO as the CPU
+  default runs it, or PyTorch) started right after the scan: BLAS's idle threads spin for a while and take cores
+  from it;
 - which of the two the rule picks here.
 
     .venv/bin/python bench/scan_threads.py --sizes 10000,100000,300000,1000000
@@ -47,13 +47,23 @@ def timed(run: Callable[[], object], flush: np.ndarray, after: Callable[[], obje
     return 1e3 * statistics.median(scans), 1e3 * statistics.median(forwards) if forwards else 0.0
 
 
-def minilm_forward() -> Callable[[], object]:
+def minilm_forward(runtime: str) -> Callable[[], object]:
+    """One 24-token query through a MiniLM-shaped BERT (random weights) in PyTorch or OpenVINO (the CPU default's
+    runtime), on all of the process's cores."""
     import torch
     from transformers import BertConfig, BertModel
 
     config = BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536)
     model = BertModel(config).eval()
     ids = torch.randint(1000, 20000, (1, 24))
+    if runtime == "openvino":
+        import openvino as ov
+
+        with torch.inference_mode():
+            converted = ov.convert_model(model, example_input={"input_ids": ids})
+        request = ov.Core().compile_model(converted, "CPU", {"PERFORMANCE_HINT": "LATENCY"}).create_infer_request()
+        feed = ids.numpy()
+        return lambda: request.infer([feed])
 
     def forward() -> object:
         with torch.inference_mode():
@@ -68,6 +78,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--repeat", type=int, default=30)
     parser.add_argument("--flush-mb", type=int, default=512, help="buffer read before each scan to evict the caches")
+    parser.add_argument("--forward", choices=("openvino", "torch"), default="openvino", help="the query's runtime")
     args = parser.parse_args()
 
     from threadpoolctl import threadpool_info, threadpool_limits
@@ -81,28 +92,27 @@ def main() -> None:
     print(f"{cores} cores; BLAS: {', '.join(blas)}")
     counts = sorted({1, 2, 4, 8, 16, 32, cores} & set(range(1, cores + 1)))
     flush = np.ones(args.flush_mb << 18, dtype=np.float32)
-    forward = minilm_forward()
+    forward = minilm_forward(args.forward)
     forward()
     alone = statistics.median(timed(forward, flush, None, args.repeat)[0] for _ in range(3))
-    print(f"the forward alone, from cold caches: {alone:.2f} ms")
+    print(f"the {args.forward} forward alone, from cold caches: {alone:.2f} ms")
     rng = np.random.default_rng(0)
     header = " | ".join(f"BLAS {t}" for t in counts)
-    print(f"| vectors | loop | {header} | forward after loop / after BLAS {cores} | rule here |")
+    print("each cell: the scan + the forward started right after it, ms")
+    print(f"| vectors | loop | {header} | rule here |")
     for size in (int(s) for s in args.sizes.split(",")):
         vectors = rng.standard_normal((size, args.dim), dtype=np.float32)
         query = rng.standard_normal(args.dim, dtype=np.float32)
         loop_scan = functools.partial(row_dots, vectors, query)
         blas_scan = functools.partial(np.matmul, vectors, query)
         loop, after_loop = timed(loop_scan, flush, forward, args.repeat)
-        blas_ms = []
+        cells = []
         for threads in counts:
             with threadpool_limits(threads, user_api="blas"):
-                blas_ms.append(timed(blas_scan, flush, None, args.repeat)[0])
-        with threadpool_limits(cores, user_api="blas"):
-            after_blas = timed(blas_scan, flush, forward, args.repeat)[1]
+                scan, after = timed(blas_scan, flush, forward, args.repeat)
+            cells.append(f"{scan:.2f} + {after:.2f}")
         rule = "loop" if vectors.size <= SMALL_SCAN or cores <= FEW_CORES else f"BLAS {cores}"
-        cells = " | ".join(f"{ms:.2f}" for ms in blas_ms)
-        print(f"| {size:,} | {loop:.2f} | {cells} | {after_loop:.2f} / {after_blas:.2f} | {rule} |", flush=True)
+        print(f"| {size:,} | {loop:.2f} + {after_loop:.2f} | {' | '.join(cells)} | {rule} |", flush=True)
 
 
 if __name__ == "__main__":
