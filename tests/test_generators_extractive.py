@@ -99,6 +99,22 @@ def test_extractive_follows_the_bridge_to_the_second_passage() -> None:
     assert set(cited_numbers(answer.text)) == {1, 2}
 
 
+
+def test_extractive_takes_no_bridge_from_a_passage_unrelated_to_the_question() -> None:
+    """A passage is a second hop only when a passage that matches the question names it: here only an unrelated
+    one names the Chrysler Building, so it stays out and the answer's own sentence gets its place."""
+    hits = [
+        make_hit(0, "The Brooklyn Bridge connects Manhattan and Brooklyn. It was designed by John A. Roebling. "
+                    "Washington Roebling, his son, supervised its construction after John died."),
+        titled_hit(1, "Chrysler Building", "The Chrysler Building is an Art Deco skyscraper in Manhattan."),
+        titled_hit(2, "Eiffel Tower", "The Eiffel Tower was the tallest structure until the Chrysler Building."),
+    ]
+    question = "Who supervised the construction of the Brooklyn Bridge?"
+    answer = ExtractiveGenerator(max_sentences=3).generate(question, hits)
+    assert "supervised its construction" in answer.text
+    assert "Chrysler" not in answer.text and "Eiffel" not in answer.text
+    assert set(cited_numbers(answer.text)) == {1}
+
 def test_extractive_prefers_a_sentence_with_what_the_question_asks_for() -> None:
     hits = [make_hit(0, "The Halden bridge spans the river Tista. The Halden bridge opened in 1877 after a flood.")]
     answer = ExtractiveGenerator(max_sentences=1).generate("When did the Halden bridge open?", hits)

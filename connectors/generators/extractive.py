@@ -124,7 +124,8 @@ UNNAMED_BONUS = 0.5
 """A passage about something the question does not name counts this much more (the answer is rarely the
 question's own subject)."""
 BRIDGE_BONUS = 1.0
-"""A passage about something another retrieved passage names counts this much more (a second hop)."""
+"""A passage about something another retrieved passage names, one that shares a word with the question, counts
+this much more (a second hop)."""
 SAME_PASSAGE_DECAY = 0.5
 """Each further sentence of one passage counts this much of the one before it."""
 
@@ -177,16 +178,16 @@ class ExtractiveGenerator:
     def _select(self, question: str, hits: Sequence[Hit]) -> list[tuple[str, int]]:
         """The chosen ``(sentence, hit index)`` pairs, the most answer-like first, spread over the passages.
 
-        A sentence scores by the question's content words it shares, each weighted by how rare it is among the
-        retrieved sentences (:func:`term_weights`; a sentence that refers back to its passage's subject, "It was
-        founded by ...", shares the subject's words too), more when it holds what the
-        question asks for, plus a bonus for a passage's lead sentence, which in encyclopaedic and documentation
-        text says what the subject is. Passages weigh their sentences by their rank and by whether they are a
-        *second hop*: a passage about something another retrieved passage names (its title occurs there) but
-        the question does not. Multi-hop questions ("Who founded the company that makes X?") are answered in
-        such a passage: the question names X, X's passage names the company, the company's passage holds the
-        answer. Each further sentence of one passage counts half as much as the one before, so the answer
-        draws on several passages; a passage that shares no word with the question is used only as a bridge.
+        A sentence scores by the question's content words it shares, each weighted by how rare it is among the retrieved
+        sentences (:func:`term_weights`; a sentence that refers back to its passage's subject, "It was founded by ...",
+        shares the subject's words too), more when it holds what the question asks for, plus a bonus for a passage's
+        lead sentence, which in encyclopaedic and documentation text says what the subject is. Passages weigh their
+        sentences by their rank and by whether they are a *second hop*: a passage about something another retrieved
+        passage names (its title occurs there) but the question does not, where that other passage shares a word with
+        the question (a first hop). Multi-hop questions ("Who founded the company that makes X?") are answered in such a
+        passage: the question names X, X's passage names the company, the company's passage holds the answer. Each
+        further sentence of one passage counts half as much as the one before, so the answer draws on several passages;
+        a passage that shares no word with the question is used only as a bridge.
         """
         terms = set(content_words(question))
         question_words = {w.lower() for w in _WORD.findall(question)}
@@ -218,7 +219,12 @@ class ExtractiveGenerator:
                 passages.append(sorted(sentences, key=lambda c: -c.score))
         if not passages:  # every sentence was too short or not prose: the top hit's text as it is
             return [(" ".join(hits[0].chunk.text.split()), 0)] if hits[0].chunk.text.strip() else []
-        texts = {s[0].rank: f" {' '.join(_WORD.findall(hits[s[0].rank].chunk.text.lower()))} " for s in passages}
+        # a second hop is named by a first hop, a passage that shares a word with the question
+        texts = {
+            s[0].rank: f" {' '.join(_WORD.findall(hits[s[0].rank].chunk.text.lower()))} "
+            for s in passages
+            if any(c.overlap for c in s)
+        }
         ranked: list[tuple[float, _Sentence]] = []
         for sentences in passages:
             rank, subject = sentences[0].rank, _title_key(sentences[0].title)
