@@ -29,7 +29,7 @@ import sqlite3
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, cast
@@ -45,7 +45,7 @@ from ragkit.graph.model import ChunkExtraction, EntityMention, RelationMention
 from ragkit.graph.retrieve import GraphRetriever, HybridGraphRetriever, MultiHopRetriever
 from ragkit.graph.settings import GraphSettings
 from ragkit.graph.store import GraphStore
-from ragkit.pipelines.retrievers import AutoRetriever, is_question
+from ragkit.pipelines.retrievers import AutoRetriever, is_question, order_by_unmatched_words
 from ragkit.protocols import Embedder, Scored
 from ragkit.types import Chunk
 
@@ -175,8 +175,10 @@ class GraphSearchMirror:
     def __init__(
         self, store: GraphStore, embedder: Embedder, dense: DenseSearch, settings: GraphSettings,
         shared: GraphRetriever | MultiHopRetriever | None,
+        keyword: BM25Index | None = None, texts: Mapping[str, str] | None = None,
     ) -> None:
         self.dense, self.settings = dense, settings
+        self.keyword, self.texts = keyword, texts or {}  # BM25 and chunk texts: graph_hybrid's unmatched words
         self._batch: dict[str, list[tuple[str, float]]] = {}
         pagerank = GraphRetriever(store, embedder, self._lookup, settings, shared=shared)
         hybrid = HybridGraphRetriever(store, embedder, self._lookup, settings, shared=shared or pagerank)
@@ -191,10 +193,24 @@ class GraphSearchMirror:
         engine = self.engines[mode]
         depth = max(self.settings.dense_candidates, k)
         self._batch = {query: self.dense(query, depth) for query in queries}
+        residual = mode == "graph_hybrid" and self.settings.fusion_residual_weight > 0 and self.keyword is not None
+        pool = max(k, self.settings.fusion_residual_depth) if residual else k
         try:
-            return [[(cid, score, why) for cid, score, why in engine.retrieve_chunks(q, k)[:k]] for q in queries]
+            results = []
+            for query in queries:
+                found = engine.retrieve_chunks(query, pool)
+                if residual:
+                    assert self.keyword is not None
+                    found = order_by_unmatched_words(
+                        query, found, self.keyword, self._texts, self.settings.fusion_residual_weight
+                    )
+                results.append(found[:k])
+            return results
         finally:
             self._batch = {}
+
+    def _texts(self, chunk_ids: Sequence[str]) -> dict[str, str]:
+        return {cid: self.texts[cid] for cid in chunk_ids if cid in self.texts}
 
 
 class AutoStore:
@@ -303,9 +319,12 @@ def main() -> None:
     for c, question, statement in zip(picked, questions, statements, strict=True):
         wanted[question] = wanted[statement] = f"c{c}"
     keyword_index = None
+    chunk_texts: dict[str, str] = {}
     if "auto" in args.modes:
         start = time.perf_counter()
-        keyword_index = BM25Index.build(synthetic_chunks(conn, chunk_ids), generation=0)
+        chunks = synthetic_chunks(conn, chunk_ids)
+        chunk_texts = {chunk.id: chunk.text for chunk in chunks}
+        keyword_index = BM25Index.build(chunks, generation=0)
         print(f"BM25 index of {len(keyword_index)} synthetic chunk texts built in {time.perf_counter() - start:.0f} s")
         bm25_label = f"BM25 search alone ({len(keyword_index) // 1000}k chunks)"
         timings[bm25_label] = []
@@ -320,7 +339,9 @@ def main() -> None:
         queries = questions
         if mode == "auto":
             assert keyword_index is not None
-            graph_search = GraphSearchMirror(store, embedder, dense, settings, shared=first)
+            graph_search = GraphSearchMirror(
+                store, embedder, dense, settings, shared=first, keyword=keyword_index, texts=chunk_texts
+            )
             first = first or graph_search.engines["graph"]
             # the product's retriever on a stand-in of the store it reads (see AutoStore)
             auto = AutoRetriever(cast("IndexStore", AutoStore(keyword_index, graph_search)))

@@ -79,6 +79,11 @@ class GraphSettings:
     fusion_keep_paths: int = 2  # the top multi-hop chunks (dense prior + best path) placed first
     fusion_keep_dense: int = 2  # then the top dense hits, which the rest of the graph results never displace
     fusion_ppr_weight: float = 1.0  # weight of the normalized PageRank mass in the fused score
+    # below the kept hits, the question's words that no kept passage contains (what the next hop must say):
+    # each candidate of the top ``fusion_residual_depth`` gains this many times the ranking's mean score gap per
+    # standard deviation of its BM25 score for those words (0: off)
+    fusion_residual_weight: float = 2.0
+    fusion_residual_depth: int = 30
 
     def extraction_key(self) -> tuple[Any, ...]:
         """The settings that shape extraction: a graph built with other values must be rebuilt."""

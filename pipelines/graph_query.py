@@ -21,9 +21,23 @@ def describe(explain: Mapping[str, Any]) -> str:
     >>> describe({"mode": "graph_hybrid", "kept_path": True, "path_rank": 1, "path": [
     ...     {"entity": "Ermengarde of Tours", "relation": "about", "chunk": "ermengarde#0"}]})
     'best path #2: [ermengarde#0]'
+    >>> describe({"mode": "graph_hybrid", "path": [], "seed_entities": ["Lothair II"],
+    ...           "residual": {"words": ["spouse"], "bm25": 3.21, "moved": 2}})
+    "PageRank from Lothair II; the question's words no kept hit has (spouse): BM25 3.21, up 2"
     """
     if explain.get("mode") == "auto":
         return _describe_auto(explain)
+    line = _describe_graph(explain)
+    residual = explain.get("residual")
+    if residual and (residual.get("bm25") or residual.get("moved")):
+        moved = int(residual.get("moved", 0))
+        where = f", up {moved}" if moved > 0 else f", down {-moved}" if moved < 0 else ""
+        words = ", ".join(map(str, residual.get("words", [])))
+        line += f"; the question's words no kept hit has ({words}): BM25 {float(residual.get('bm25', 0)):.2f}{where}"
+    return line
+
+
+def _describe_graph(explain: Mapping[str, Any]) -> str:
     path = explain.get("path")
     if path:
         parts: list[str] = []

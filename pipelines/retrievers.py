@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -36,6 +36,7 @@ from ragkit.protocols import Scored
 from ragkit.types import Chunk, Hit
 
 if TYPE_CHECKING:
+    from ragkit.bm25 import BM25Index
     from ragkit.graph import retrieve
     from ragkit.store import IndexStore
 
@@ -181,6 +182,9 @@ class GraphSearch:
     def _dense_lookup(self, query: str, k: int) -> list[tuple[str, float]]:
         return self._local.dense.get(query, [])[:k]
 
+    def _texts(self, chunk_ids: Sequence[str]) -> dict[str, str]:
+        return {cid: chunk.text for cid, chunk in self.store.catalog.chunks_by_ids(chunk_ids).items()}
+
     def search(self, mode: str, queries: Sequence[str], k: int, where: Where) -> list[list[Scored]]:
         engine = self.engines[mode]
         depth = max(self.settings.dense_candidates, k)
@@ -188,12 +192,14 @@ class GraphSearch:
         dense = {q: [(cid, score) for cid, score, _ in row] for q, row in zip(queries, found_dense, strict=True)}
         self._local.dense = dense
         allowed = self.store.catalog.chunk_ids_where(where) if where else None
+        residual = mode == "graph_hybrid" and self.settings.fusion_residual_weight > 0
+        pool = max(k, self.settings.fusion_residual_depth) if residual else k
         results: list[list[Scored]] = []
         try:
             for query in queries:
-                found = engine.retrieve_chunks(query, k * FILTER_DEPTH if allowed is not None else k)
+                found = engine.retrieve_chunks(query, pool * FILTER_DEPTH if allowed is not None else pool)
                 if allowed is not None:
-                    found = [hit for hit in found if hit[0] in allowed]
+                    found = [hit for hit in found if hit[0] in allowed][:pool]
                     if len(found) < k:  # pad with the filtered dense hits the graph did not reach
                         taken = {cid for cid, _, _ in found}
                         floor = min((score for _, score, _ in found), default=0.0)
@@ -202,10 +208,61 @@ class GraphSearch:
                             (cid, floor - 1e-6 * (i + 1), {"mode": mode, "dense_only": True})
                             for i, cid in enumerate(pad)
                         ]
-                results.append([(cid, score, explain) for cid, score, explain in found[:k]])
+                ranked: Sequence[Scored] = found
+                if residual:
+                    ranked = order_by_unmatched_words(
+                        query, found, self.store.bm25(), self._texts, self.settings.fusion_residual_weight
+                    )
+                results.append([(cid, score, explain) for cid, score, explain in ranked[:k]])
         finally:
             self._local.dense = {}
         return results
+
+def order_by_unmatched_words(
+    query: str,
+    found: Sequence[Scored],
+    bm25: BM25Index,
+    texts: Callable[[Sequence[str]], Mapping[str, str]],
+    weight: float,
+) -> list[Scored]:
+    """``graph_hybrid``'s hits below the kept ones, moved by the question's words that no kept hit contains.
+
+    The kept hits (the best paths' and the top dense hits: ``kept_path`` / ``kept_dense``) answer what the question
+    says about its own entities; the words they lack say what the next hop must be about (the relation asked for:
+    "spouse", "founded", "capital"). Among the passages the graph reaches from a bridge by equally short paths,
+    the one holding those words completes the chain. Each hit below the kept ones gains ``weight`` times the mean
+    score gap between them per standard deviation of its BM25 score for those words (``texts`` gives the kept
+    hits' texts by chunk id), so a weight of 1 moves a hit one standard deviation above the rest about one place
+    up. Each moved hit's explanation says so under ``residual``: the words, its BM25 score for them and the places
+    it moved (up is positive). Measured in docs/benchmarks.md ("The question's unmatched words").
+    """
+    kept = [hit for hit in found if hit[2] and (hit[2].get("kept_path") or hit[2].get("kept_dense"))]
+    rest = found[len(kept):]
+    if len(rest) < 2 or list(found[: len(kept)]) != kept:
+        return list(found)
+    covered: set[str] = set()
+    for text in texts([cid for cid, _, _ in kept]).values():
+        covered.update(bm25.stems(text))
+    unmatched = {stem: word for word, stem in reversed(bm25.terms(query)) if stem not in covered}
+    if not unmatched:
+        return list(found)
+    stems = list(reversed(unmatched))  # in the question's order
+    matched = bm25.score_chunks(stems, [cid for cid, _, _ in rest])
+    spread = float(matched.std())
+    if spread == 0.0:
+        return list(found)
+    scores = np.array([score for _, score, _ in rest], dtype=np.float64)
+    gap = float(scores[0] - scores[-1]) / (len(rest) - 1)
+    moved = scores + weight * gap * (matched - matched.mean()) / spread
+    if kept:  # the kept hits stay on top
+        moved = np.minimum(moved, min(score for _, score, _ in kept) - 1e-6)
+    words = [unmatched[stem] for stem in stems]
+    reordered: list[Scored] = []
+    for place, i in enumerate(np.lexsort((np.arange(len(rest)), -moved)).tolist()):
+        cid, _, explain = rest[i]
+        why = {**(explain or {}), "residual": {"words": words, "bm25": round(float(matched[i]), 4), "moved": i - place}}
+        reordered.append((cid, float(moved[i]), why))
+    return kept + reordered
 
 
 class _GraphMode:
@@ -259,8 +316,8 @@ class AutoRetriever:
     """``auto``, the default mode: the best of the other modes for the kind of query, decided per query.
 
     - A **question** asks for a fact about named things, and the evidence is often split across passages that
-      share an entity (the second hop): it goes to ``graph_hybrid`` (the top dense hits, then the best paths
-      from the question's entities, with PageRank mass).
+      share an entity (the second hop): it goes to ``graph_hybrid`` (the best paths and the top dense hits, then
+      the rest by path and PageRank mass, moved by the question's words that no kept hit contains).
     - A **statement or keywords** (a claim to verify, a search) is matched best by its own words: BM25, fused by
       reciprocal rank with ``graph`` (Personalized PageRank seeded by the dense hits and the linked entities),
       which brings the semantic neighbours.

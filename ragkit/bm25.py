@@ -45,6 +45,7 @@ class BM25Index:
         self.chunk_ids = chunk_ids
         self.generation = generation
         self._stemmer = Stemmer.Stemmer("english")
+        self._positions: dict[str, int] | None = None  # chunk id -> row, built on first use
 
     @classmethod
     def build(
@@ -209,6 +210,25 @@ class BM25Index:
             best = best[np.lexsort((best, -scores[best]))]
             results.append([(self.chunk_ids[i], float(scores[i])) for i in best])
         return results
+
+    def stems(self, text: str) -> list[str]:
+        """The stems BM25 matches in ``text`` (lower-cased, split, stop words dropped, stemmed), in order."""
+        return self._tokens([text])[0]
+
+    def terms(self, text: str) -> list[tuple[str, str]]:
+        """``text``'s words that BM25 matches, each with its stem, in order."""
+        words = [word for word in _SPLIT(text.lower()) if word not in _STOPWORDS]
+        return list(zip(words, self._stemmer.stemWords(words), strict=True))
+
+    def score_chunks(self, stems: Sequence[str], chunk_ids: Sequence[str]) -> np.ndarray:
+        """BM25 scores of a query of ``stems`` for the given chunks, in their order (0 for one not indexed)."""
+        if self._retriever is None or not stems:
+            return np.zeros(len(chunk_ids))
+        scores = self._retriever.get_scores(list(stems))
+        if self._positions is None:
+            self._positions = {cid: i for i, cid in enumerate(self.chunk_ids)}
+        positions = self._positions
+        return np.array([scores[positions[c]] if c in positions else 0.0 for c in chunk_ids], dtype=np.float64)
 
     # -- persistence -----------------------------------------------------------------------------------
 
