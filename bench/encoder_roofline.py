@@ -10,7 +10,9 @@ batches as indexing, with OpenVINO's per-operator counters on, and prints:
   to intermediate, intermediate to hidden) over 512-4,096 tokens, each compiled alone by the same runtime with
   the same threads (a floor for the machine's fp32 peak: it also pays for copying its input and output), and the
   same in bf16 where the CPU has it natively (what a lower precision would offer);
-- what attention at the dense layers' rate would save, the most left to win inside the fp32 forward.
+- what attention at the dense layers' rate would save, the most left to win inside the fp32 forward;
+- the machine's fp32 peak (one large square product, the faster of OpenVINO and numpy's BLAS), the dense layers'
+  share of it, and how long the whole forward would take at that rate: the floor of any fp32 encoder here.
 
 Indexing time is the encoder's (issue 16: 25.6 of 26.4 s of MuSiQue's index in the forward), so this bounds the
 index speed any fp32 change can reach.
@@ -63,6 +65,19 @@ def product_rate(core: Any, tokens: int, inner: int, outer: int, precision: str,
     for _ in range(runs):
         request.infer([feed])
     return 2.0 * tokens * inner * outer * runs / (time.perf_counter() - start) / 1e9
+
+
+def blas_rate(size: int) -> float:
+    """GFLOP/s of numpy's fp32 ``size x size`` product (its BLAS, its threads), best of three."""
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((size, size)).astype(np.float32) for _ in range(2))
+    a @ b
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * size**3 / best / 1e9
 
 
 def main() -> None:
@@ -132,6 +147,11 @@ def main() -> None:
         saved = attention * (1.0 - attention_rate / max(dense_rate, alone))
         print(f"attention at the dense layers' rate would save {saved:.2f} s of the operators' {total:.2f} s"
               f" ({saved / total:.1%}); the other operators take {total - fc - attention:.2f} s")
+    peak = max(product_rate(core, 3072, 3072, 3072, "f32", args.threads), blas_rate(3072))
+    floor = (dense_flops + attention_flops) / peak / 1e9
+    print(f"the machine's fp32 peak (a 3072 x 3072 x 3072 product, OpenVINO or numpy's BLAS, the faster):"
+          f" {peak:.0f} GFLOP/s; the dense layers at {dense_rate / peak:.0%} of it; the whole forward at that rate"
+          f" would take {floor:.2f} s (the {wall:.2f} s measured is {wall / floor:.2f}x that)")
     if native_bf16():
         bf16 = max(product_rate(core, *shape, "bf16", args.threads) for shape in shapes)
         print(f"the same products alone in bf16: {bf16:.0f} GFLOP/s ({bf16 / alone:.2f}x fp32)")
