@@ -151,6 +151,9 @@ class VectorState:
         if self.live and not self.store.is_writer():
             return  # readers answer from it as it is; hits of chunks the catalog no longer holds are dropped
         assert self.index is not None
+        prune = getattr(self.index, "prune_sidecar", None)  # FAISS: rows an interrupted run left without vectors
+        if self.writable and prune is not None:
+            prune()
         wanted = catalog.vector_ids()
         stored = set(self.index.ids().tolist())
         self.index.delete(np.array(sorted(stored - wanted), dtype=np.int64))

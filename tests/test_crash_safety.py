@@ -22,6 +22,7 @@ import os
 import random
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -34,6 +35,7 @@ import pytest
 
 from ragkit import Index
 from ragkit.errors import IndexFormatError
+from ragkit.testing import assert_index_consistent
 from ragkit.types import vector_id
 
 EMBEDDER = "hashing-64"
@@ -675,6 +677,39 @@ def test_runs_killed_at_random_times(ws, fresh_reference, sync_reference):
         complete(ws, [*args, "--index", name])
         assert final_state(index_dir) == final
     assert killed >= 5
+
+
+def test_vectors_of_a_version_replaced_before_they_were_saved_leave_no_sidecar_rows(ws):
+    """Three runs over a folder whose files change between them (as a server's upload jobs do):
+    - version 1 is killed after its vectors reached FAISS's sidecar, before the shards were saved;
+    - version 2's run catches the vectors up (version 1's rows again, in memory for the shards) and is killed
+      right after its catalog commit;
+    - version 3 completes.
+    Version 1's rows then describe vectors that neither the shards nor the catalog hold. Unless the catching-up
+    writer drops them, the saved index's sidecar describes more vectors than its shards, and the next open
+    refuses it ("the index's vectors were modified"); CI once met this through `ragkit serve`'s upload jobs."""
+    corpus, name = ws / "versions", "versions-index"
+    args = ["--config", "ragkit.toml", "index", "versions", "--no-graph", "--index", name]
+    shutil.rmtree(ws / name, ignore_errors=True)
+    write_text_corpus(corpus, 6, seed=20)
+    complete(ws, args)
+    write_text_corpus(corpus, 6, seed=21)
+    crash(ws, args, "vec-add:1")
+    write_text_corpus(corpus, 6, seed=22)
+    crash(ws, args, "commit:1")
+    write_text_corpus(corpus, 6, seed=23)
+    report = complete(ws, args)
+    assert report["updated"] == 6, report
+    with Index.open(ws / name) as index:
+        assert_index_consistent(index)  # opening the vectors checks that the sidecar describes the shards
+        sidecar = sqlite3.connect(ws / name / "faiss" / "meta.sqlite")
+        try:
+            rows = {vid for (vid,) in sidecar.execute("SELECT id FROM meta")}
+        finally:
+            sidecar.close()
+        assert rows == set(index.vectors.ids().tolist()) == index.catalog.vector_ids()
+        marker = index.retrieve("Marker23x3", k=1, mode="bm25")
+        assert marker and "Marker23x3" in marker[0].chunk.text  # version 3 is what the index holds
 
 
 @pytest.mark.slow

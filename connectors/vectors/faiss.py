@@ -339,6 +339,27 @@ class FaissShardedIndex:
                 "the index's vectors were modified (re-create the index to rebuild them)"
             )
 
+    def prune_sidecar(self) -> int:
+        """Drop the sidecar's rows of vectors that no shard holds; returns how many were dropped (writers only).
+
+        The sidecar commits with each change, the shards only when saved: a run killed in between leaves rows of
+        vectors the shards never got. A writer catching up re-adds what the catalog still wants (with its rows)
+        and deletes what it no longer wants by the shards' ids, so without this a row of a vector the catalog
+        dropped meanwhile would outlive them all, and the next save would leave the sidecar describing more
+        vectors than the shards hold.
+        """
+        if self.read_only:
+            raise IndexFormatError(f"{self.directory}: opened read-only; only a writer changes the sidecar")
+        with self._lock, self._damaged_meta():
+            stored = set(self.ids().tolist())
+            rows = [int(vid) for (vid,) in self._meta.execute("SELECT id FROM meta")]
+            orphans = [(vid,) for vid in rows if vid not in stored]
+            if orphans:
+                self._meta.execute("BEGIN")
+                self._meta.executemany("DELETE FROM meta WHERE id = ?", orphans)
+                self._meta.execute("COMMIT")
+        return len(orphans)
+
     def __len__(self) -> int:
         with self._lock:
             return sum(shard.index.ntotal for shard in self._shards)
