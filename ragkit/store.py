@@ -136,16 +136,24 @@ class VectorState:
 
     def _verify(self, stamp: int | None) -> None:
         """A copy saved in step with the catalog must agree with itself (a tampered sidecar), unless a writer
-        moved the catalog on meanwhile (its sidecar commits run ahead of its shard saves)."""
+        moved the catalog on meanwhile (its sidecar commits run ahead of its shard saves). A writer that finds
+        only rows of vectors no shard holds drops them and catches up from the catalog (``ragkit repair``)."""
         verify = getattr(self.index, "verify", None)
         if verify is None or stamp is None or stamp != self.store.catalog.generation:
             return
         try:
             verify()
         except IndexFormatError:
-            if self.store.catalog.generation == stamp:
+            if self.store.catalog.generation != stamp:
+                self.generation = None  # a writer is at work: catch up from the catalog instead
+                return
+            # rows of vectors no shard holds (left by an interrupted run before a writer dropped them): a writer
+            # drops them and catches up from the catalog; anything else, and any reader, is refused
+            prune = getattr(self.index, "prune_sidecar", None)
+            if not (self.writable and prune is not None and prune()):
                 raise
-            self.generation = None  # a writer is at work: catch up from the catalog instead
+            verify()
+            self.generation = None
 
     def rebuild_from(self, catalog: Catalog, generation: int) -> None:
         if self.live and not self.store.is_writer():

@@ -711,6 +711,19 @@ def test_vectors_of_a_version_replaced_before_they_were_saved_leave_no_sidecar_r
         marker = index.retrieve("Marker23x3", k=1, mode="bm25")
         assert marker and "Marker23x3" in marker[0].chunk.text  # version 3 is what the index holds
 
+    # an index an older ragkit saved in that state: readers refuse it and say how to repair it; a repair does
+    sidecar = sqlite3.connect(ws / name / "faiss" / "meta.sqlite")
+    try:
+        sidecar.executemany("INSERT INTO meta VALUES (?, 0, '{}')", [(-5 - i,) for i in range(3)])
+        sidecar.commit()
+    finally:
+        sidecar.close()
+    with Index.open(ws / name) as index, pytest.raises(IndexFormatError, match="run `ragkit repair`"):
+        index.retrieve("Marker23x3", k=1, mode="dense")
+    with Index.open(ws / name, repair=True) as index:
+        assert_index_consistent(index)
+        assert len(index.vectors) == len(index.catalog.vector_ids())
+
 
 @pytest.mark.slow
 def test_graph_run_killed_at_named_points(ws):

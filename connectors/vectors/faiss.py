@@ -333,6 +333,11 @@ class FaissShardedIndex:
         with self._lock, self._damaged_meta():
             rows = self._meta.execute("SELECT COUNT(*) FROM meta").fetchone()[0]
         stored = len(self)
+        if rows > stored:  # rows of vectors that were never saved, or shard files older than the sidecar
+            raise IndexFormatError(
+                f"{self._meta_path}: describes {rows} vectors, the shards hold {stored}; "
+                "run `ragkit repair` to rebuild the vectors from the catalog"
+            )
         if rows != stored:
             raise IndexFormatError(
                 f"{self._meta_path}: describes {rows} vectors, the shards hold {stored}; "
