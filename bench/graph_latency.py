@@ -202,7 +202,8 @@ class GraphSearchMirror:
                 if residual:
                     assert self.keyword is not None
                     found = order_by_unmatched_words(
-                        query, found, self.keyword, self._texts, self.settings.fusion_residual_weight
+                        query, found, self.keyword, self._texts, self.settings.fusion_residual_weight,
+                        self.settings.fusion_residual_depth,
                     )
                 results.append(found[:k])
             return results

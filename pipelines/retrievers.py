@@ -211,7 +211,8 @@ class GraphSearch:
                 ranked: Sequence[Scored] = found
                 if residual:
                     ranked = order_by_unmatched_words(
-                        query, found, self.store.bm25(), self._texts, self.settings.fusion_residual_weight
+                        query, found, self.store.bm25(), self._texts, self.settings.fusion_residual_weight,
+                        self.settings.fusion_residual_depth,
                     )
                 results.append([(cid, score, explain) for cid, score, explain in ranked[:k]])
         finally:
@@ -224,20 +225,23 @@ def order_by_unmatched_words(
     bm25: BM25Index,
     texts: Callable[[Sequence[str]], Mapping[str, str]],
     weight: float,
+    depth: int,
 ) -> list[Scored]:
     """``graph_hybrid``'s hits below the kept ones, moved by the question's words that no kept hit contains.
 
     The kept hits (the best paths' and the top dense hits: ``kept_path`` / ``kept_dense``) answer what the question
     says about its own entities; the words they lack say what the next hop must be about (the relation asked for:
     "spouse", "founded", "capital"). Among the passages the graph reaches from a bridge by equally short paths,
-    the one holding those words completes the chain. Each hit below the kept ones gains ``weight`` times the mean
-    score gap between them per standard deviation of its BM25 score for those words (``texts`` gives the kept
-    hits' texts by chunk id), so a weight of 1 moves a hit one standard deviation above the rest about one place
-    up. Each moved hit's explanation says so under ``residual``: the words, its BM25 score for them and the places
-    it moved (up is positive). Measured in docs/benchmarks.md ("The question's unmatched words").
+    the one holding those words completes the chain. Each hit below the kept ones, down to the ``depth``-th of
+    ``found``, gains ``weight`` times the mean score gap between them per standard deviation of its BM25 score for
+    those words (``texts`` gives the kept hits' texts by chunk id), so a weight of 1 moves a hit one standard
+    deviation above the rest about one place up. Hits past ``depth`` keep their places, so a ranking's top does
+    not depend on how many hits were asked for. Each moved hit's explanation says so under ``residual``: the
+    words, its BM25 score for them and the places it moved (up is positive). Measured in docs/benchmarks.md
+    ("The question's unmatched words").
     """
     kept = [hit for hit in found if hit[2] and (hit[2].get("kept_path") or hit[2].get("kept_dense"))]
-    rest = found[len(kept):]
+    rest, after = found[len(kept) : depth], list(found[depth:])
     if len(rest) < 2 or list(found[: len(kept)]) != kept:
         return list(found)
     covered: set[str] = set()
@@ -256,13 +260,17 @@ def order_by_unmatched_words(
     moved = scores + weight * gap * (matched - matched.mean()) / spread
     if kept:  # the kept hits stay on top
         moved = np.minimum(moved, min(score for _, score, _ in kept) - 1e-6)
+    order = np.lexsort((np.arange(len(rest)), -moved))
+    placed = moved[order]
+    if after:  # and the hits past the window below
+        placed = np.maximum(placed, after[0][1] + 1e-6 * np.arange(len(rest), 0, -1))
     words = [unmatched[stem] for stem in stems]
     reordered: list[Scored] = []
-    for place, i in enumerate(np.lexsort((np.arange(len(rest)), -moved)).tolist()):
+    for place, (i, score) in enumerate(zip(order.tolist(), placed.tolist(), strict=True)):
         cid, _, explain = rest[i]
         why = {**(explain or {}), "residual": {"words": words, "bm25": round(float(matched[i]), 4), "moved": i - place}}
-        reordered.append((cid, float(moved[i]), why))
-    return kept + reordered
+        reordered.append((cid, float(score), why))
+    return kept + reordered + after
 
 
 class _GraphMode:

@@ -52,7 +52,7 @@ def ranking() -> list[Scored]:
 
 
 def test_the_hit_holding_the_unmatched_words_moves_up_below_the_kept_ones(bm25: BM25Index) -> None:
-    ordered = order_by_unmatched_words(QUESTION, ranking(), bm25, texts, weight=2.0)
+    ordered = order_by_unmatched_words(QUESTION, ranking(), bm25, texts, weight=2.0, depth=30)
     assert [cid for cid, _, _ in ordered] == ["p0", "m0", "c", "a", "b", "d"]
     assert ordered[:2] == ranking()[:2]  # the kept hits, untouched
     scores = [score for _, score, _ in ordered]
@@ -65,18 +65,26 @@ def test_the_hit_holding_the_unmatched_words_moves_up_below_the_kept_ones(bm25: 
     assert ordered[2][2]["mode"] == "graph_hybrid"  # the hit's own explanation is kept
 
 
+def test_hits_past_the_depth_keep_their_places_below_the_moved_ones(bm25: BM25Index) -> None:
+    ordered = order_by_unmatched_words(QUESTION, ranking(), bm25, texts, weight=2.0, depth=5)
+    assert [cid for cid, _, _ in ordered] == ["p0", "m0", "c", "a", "b", "d"]
+    assert ordered[-1] == ranking()[-1]  # "d": past the window, untouched
+    scores = [score for _, score, _ in ordered]
+    assert scores == sorted(scores, reverse=True) and scores[-2] > scores[-1]
+
+
 def test_a_small_weight_moves_a_hit_less(bm25: BM25Index) -> None:
-    ordered = order_by_unmatched_words(QUESTION, ranking(), bm25, texts, weight=0.5)
+    ordered = order_by_unmatched_words(QUESTION, ranking(), bm25, texts, weight=0.5, depth=30)
     assert [cid for cid, _, _ in ordered] == ["p0", "m0", "a", "c", "b", "d"]
 
 
 def test_nothing_moves_without_unmatched_words_or_kept_hits_in_front(bm25: BM25Index) -> None:
     covered = "Was Velmora Quintrell's mother a painter?"  # every word is in a kept hit
-    assert order_by_unmatched_words(covered, ranking(), bm25, texts, weight=2.0) == ranking()
+    assert order_by_unmatched_words(covered, ranking(), bm25, texts, weight=2.0, depth=30) == ranking()
     filtered = ranking()[1:] + ranking()[:1]  # a where filter dropped chunks ahead of a kept hit
-    assert order_by_unmatched_words(QUESTION, filtered, bm25, texts, weight=2.0) == filtered
+    assert order_by_unmatched_words(QUESTION, filtered, bm25, texts, weight=2.0, depth=30) == filtered
     unknown = "In which decade did Velmora Quintrell's mother marry?"  # "decade", "marri": in no text
-    assert order_by_unmatched_words(unknown, ranking(), bm25, texts, weight=2.0) == ranking()
+    assert order_by_unmatched_words(unknown, ranking(), bm25, texts, weight=2.0, depth=30) == ranking()
 
 
 PEOPLE = [
@@ -99,10 +107,12 @@ def documents() -> list[Document]:
     return docs
 
 
-def build(path: Path, weight: float | None) -> Index:
+def build(path: Path, weight: float | None, depth: int | None = None) -> Index:
     options: dict[str, Any] = {"n_process": 1}
     if weight is not None:
         options["fusion_residual_weight"] = weight
+    if depth is not None:
+        options["fusion_residual_depth"] = depth
     settings = Settings.model_validate({"chunking": {"strategy": "none"}, "graph": {"options": options}})
     index = Index.create(path, settings, embedder=HashingEmbedder(64))
     index.add_documents(documents())
@@ -118,7 +128,7 @@ def test_the_default_mode_reorders_below_the_kept_hits_and_explains_it(tmp_path:
         bm25, catalog = off.bm25, off.catalog
         found = [(h.chunk.id, h.score, dict(h.explain["graph"])) for h in before]
         expected = order_by_unmatched_words(
-            question, found, bm25, lambda ids: {c: ch.text for c, ch in catalog.chunks_by_ids(ids).items()}, 2.0
+            question, found, bm25, lambda ids: {c: ch.text for c, ch in catalog.chunks_by_ids(ids).items()}, 2.0, 30
         )
     with build(tmp_path / "on", weight=None) as on:  # the default weight
         after = on.retrieve(question, k=8)
@@ -133,3 +143,14 @@ def test_the_default_mode_reorders_below_the_kept_hits_and_explains_it(tmp_path:
         lines = [describe(h.explain) for h in below if h.explain["graph"]["residual"]["bm25"] > 0]
         assert lines and all("the question's words no kept hit has (" in line for line in lines)
         assert on.retrieve(question, k=8, mode="graph_hybrid")[0].chunk.id == after[0].chunk.id
+
+
+@pytest.mark.slow
+def test_the_top_hits_do_not_depend_on_how_many_are_asked_for(tmp_path: Path) -> None:
+    question = "In which year did Velmora Quintrell's mother die?"
+    with build(tmp_path / "idx", weight=None, depth=7) as index:
+        many = index.retrieve(question, k=8)
+        assert any(h.explain["graph"].get("residual", {}).get("moved") for h in many[:7])  # the step ran
+        assert not any("residual" in h.explain["graph"] for h in many[7:])  # past the depth
+        for k in (3, 5):
+            assert [h.chunk.id for h in index.retrieve(question, k=k)] == [h.chunk.id for h in many[:k]]
