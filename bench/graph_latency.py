@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/graph_latency.py [--chunks 100000] [--queries 200]
                                             [--modes graph multihop graph_hybrid auto] [--dense flat|hnsw]
-                                            [--db FILE] [--stages]
+                                            [--db FILE] [--stages] [--residual-weight W]
 
 Extracting 100k real passages would take hours on 2 cores, so the graph is synthetic with the shape measured on
 MuSiQue: per chunk one title entity, ~8 named-entity and ~12 noun-phrase mentions drawn from vocabularies with a
@@ -258,6 +258,8 @@ def main() -> None:
                         help="FAISS index of the dense search that seeds the walk (flat: ragkit's default)")
     parser.add_argument("--db", default=":memory:", help="SQLite file for the synthetic graph (reused if present)")
     parser.add_argument("--stages", action="store_true", help="also print each stage's p50 per mode")
+    parser.add_argument("--residual-weight", type=float, default=GraphSettings().fusion_residual_weight,
+                        help="graph_hybrid's unmatched-words weight in auto's question route (0: the step off)")
     args = parser.parse_args()
     defaults = Settings().embedder  # ragkit's default embedder on this CPU, as a new index gets it (ONNX Runtime)
     embedder = make_embedder(defaults.model, device="cpu", backend=defaults.backend, precision=defaults.precision)
@@ -301,7 +303,7 @@ def main() -> None:
     picked = rng.integers(0, args.chunks, size=args.queries)  # the chunk whose title entity each query names
     titles = [entity_name(int(c) * 7919 % (30 * args.chunks)) for c in picked]
     questions = [QUESTIONS[i % len(QUESTIONS)].format(title) for i, title in enumerate(titles)]
-    settings = GraphSettings()
+    settings = GraphSettings(fusion_residual_weight=args.residual_weight)
     kinds: dict[str, type[GraphRetriever] | type[MultiHopRetriever]] = {
         "graph": GraphRetriever, "multihop": MultiHopRetriever, "graph_hybrid": HybridGraphRetriever
     }
