@@ -219,6 +219,7 @@ class GraphSearch:
             self._local.dense = {}
         return results
 
+
 def order_by_unmatched_words(
     query: str,
     found: Sequence[Scored],

@@ -186,7 +186,7 @@ class BM25Index:
         per-call set-up (a third of a short query's BM25 time): lower-cased, split and stop-worded as
         :class:`_Encoder` does for the corpus, then stemmed."""
         stem = self._stemmer.stemWords
-        return [stem([word for word in _SPLIT(query.lower()) if word not in _STOPWORDS]) for query in queries]
+        return [stem(_words(query)) for query in queries]
 
     def search(
         self, queries: Sequence[str], k: int, mask: np.ndarray | None = None
@@ -217,7 +217,7 @@ class BM25Index:
 
     def terms(self, text: str) -> list[tuple[str, str]]:
         """``text``'s words that BM25 matches, each with its stem, in order."""
-        words = [word for word in _SPLIT(text.lower()) if word not in _STOPWORDS]
+        words = _words(text)
         return list(zip(words, self._stemmer.stemWords(words), strict=True))
 
     def score_chunks(self, stems: Sequence[str], chunk_ids: Sequence[str]) -> np.ndarray:
@@ -316,6 +316,11 @@ _ATTEMPTS = 3  # streaming builds tried while the chunks keep changing between t
 # (\b is defined by \w); this pattern finds the same runs about twice as fast
 _SPLIT = re.compile(r"\w{2,}").findall
 _STOPWORDS = frozenset(STOPWORDS_EN)  # bm25s.tokenize(stopwords="en")
+
+
+def _words(text: str) -> list[str]:
+    """``text``'s words as BM25 reads a query: lower-cased, split, stop words dropped (not yet stemmed)."""
+    return [word for word in _SPLIT(text.lower()) if word not in _STOPWORDS]
 
 
 class _CorpusChanged(Exception):

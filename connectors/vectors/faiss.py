@@ -333,16 +333,13 @@ class FaissShardedIndex:
         with self._lock, self._damaged_meta():
             rows = self._meta.execute("SELECT COUNT(*) FROM meta").fetchone()[0]
         stored = len(self)
-        if rows > stored:  # rows of vectors that were never saved, or shard files older than the sidecar
-            raise IndexFormatError(
-                f"{self._meta_path}: describes {rows} vectors, the shards hold {stored}; "
-                "run `ragkit repair` to rebuild the vectors from the catalog"
-            )
         if rows != stored:
-            raise IndexFormatError(
-                f"{self._meta_path}: describes {rows} vectors, the shards hold {stored}; "
-                "the index's vectors were modified (re-create the index to rebuild them)"
+            fix = (
+                "run `ragkit repair` to rebuild the vectors from the catalog"  # rows of vectors never saved
+                if rows > stored
+                else "the index's vectors were modified (re-create the index to rebuild them)"
             )
+            raise IndexFormatError(f"{self._meta_path}: describes {rows} vectors, the shards hold {stored}; {fix}")
 
     def prune_sidecar(self) -> int:
         """Drop the sidecar's rows of vectors that no shard holds; returns how many were dropped (writers only).
