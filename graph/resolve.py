@@ -7,6 +7,10 @@ a shorter name that the document uses for a longer one is an alias of it and tak
   (PERSON), "Microsoft" = "Microsoft Corporation" (ORG); never across types ("Washington" the GPE is not
   "George Washington"), and never when two longer names share the part ("Holmes" beside "Sherlock Holmes" and
   "Mycroft Holmes" stays itself);
+* a place only of its own qualified name: "Tucson" = "Tucson, Arizona". A longer name that begins with a place
+  or a nationality names something in or of it ("Ohio River", "Los Angeles County", "Kuwait International
+  Airport", "Sweden at the 1920 Summer Olympics", "the Australian Institute of Sport"), so a name ever typed
+  GPE, LOC, FAC or NORP is no leading part of one without the comma;
 * an acronym of the longer name: "NASA" = "National Aeronautics and Space Administration", "APA" = "American
   Psychological Association" (any non-person types).
 
@@ -22,10 +26,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from ragkit.graph.model import ChunkExtraction, EntityMention, RelationMention, type_class
-from ragkit.graph.normalize import acronym_of, looks_like_acronym
+from ragkit.graph.normalize import acronym_of, looks_like_acronym, normalize_name
 
 _ALIAS_KINDS = ("entity", "title", "heading")
 _SUFFIX_ALIAS_CLASSES = frozenset({"person"})  # "Holmes" for "Sherlock Holmes"; not "Kingdom" for the UK
+_MODIFIER_LABELS = frozenset({"GPE", "LOC", "FAC", "NORP"})  # lead names of other things: "Ohio River"
 
 
 @dataclass(frozen=True)
@@ -41,8 +46,11 @@ def alias_map(names: Iterable[NameForm]) -> dict[str, str]:
     """Which keys of one document are aliases of which longer keys: ``{"holmes": "sherlock holmes"}``."""
     forms: dict[str, NameForm] = {}
     classes: dict[str, set[str]] = {}
+    modifiers: set[str] = set()  # keys ever typed a place or a nationality
     for name in names:
         forms.setdefault(name.key, name)
+        if name.label in _MODIFIER_LABELS:
+            modifiers.add(name.key)
         cls = type_class(name.label)
         classes.setdefault(name.key, set())
         if cls is not None:
@@ -87,6 +95,8 @@ def alias_map(names: Iterable[NameForm]) -> dict[str, str]:
             prefix = long_words[:n] == short_words
             suffix = long_words[-n:] == short_words
             cls = min(shared or short_classes or long_classes)  # min, not pop(): the same in every process
+            if prefix and short in modifiers and not qualifies(forms[long].surface, short):
+                prefix = False  # "Ohio" in "Ohio River"
             if prefix or (suffix and cls in _SUFFIX_ALIAS_CLASSES):
                 candidates.add(long)
         if len(candidates) == 1:
@@ -100,6 +110,12 @@ def alias_map(names: Iterable[NameForm]) -> dict[str, str]:
             target = mapping[target]
         mapping[short] = target
     return mapping
+
+
+def qualifies(surface: str, key: str) -> bool:
+    """``surface`` is the name of ``key`` qualified after a comma: ``("Tucson, Arizona", "tucson")``."""
+    head, comma, _ = surface.partition(",")
+    return bool(comma) and normalize_name(head) == key
 
 
 def resolve_document(extractions: Sequence[ChunkExtraction]) -> list[ChunkExtraction]:
