@@ -51,6 +51,27 @@ def test_extractive_answers_with_the_matching_sentences_each_cited() -> None:
         assert sentence.strip() in answer.citations[int(number) - 1].chunk.text  # each sentence cites its hit
 
 
+def test_a_quoted_row_ends_its_sentence_so_grounding_keeps_every_citation_on_its_own_sentence() -> None:
+    from ragkit.grounding import ground
+    from ragkit.testing import HashingEmbedder
+
+    hits = [
+        make_hit(0, "name: Golden Gate Bridge\ncity: San Francisco\nopened: 1937\ndesigner: Joseph Strauss"),
+        make_hit(1, "The Golden Gate Bridge spans the strait. It opened in 1937."),
+        make_hit(2, "The Brooklyn Bridge spans the East River. It opened in 1883."),
+    ]
+    answer = ExtractiveGenerator().generate("Who designed the bridge that opened in 1937?", hits)
+    grounded = ground(answer, hits, HashingEmbedder().embed_documents)
+    assert grounded.unsupported == ()
+    quoted = re.findall(r"(.+?) \[(\d+)\]\s*", grounded.text)
+    assert len(quoted) == len(cited_numbers(answer.text))  # no sentence lost its marker to the one before
+    for sentence, number in quoted:
+        source = " ".join(grounded.citations[int(number) - 1].chunk.text.split())
+        assert sentence.strip().rstrip(".") in source  # each sentence cites the hit it was quoted from
+    row = "name: Golden Gate Bridge city: San Francisco opened: 1937 designer: Joseph Strauss."
+    assert answer.text.startswith(f"{row} [1]")
+
+
 def test_extractive_prefers_the_higher_ranked_hit_on_equal_overlap() -> None:
     same = "Copper conducts electricity well."
     hits = [make_hit(0, "Unrelated text about gardens."), make_hit(1, same), make_hit(2, same + " Indeed.")]

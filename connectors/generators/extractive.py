@@ -94,6 +94,16 @@ def answer_type_bonus(kind: str, sentence: str, question_words: set[str]) -> flo
     return 0.0
 
 
+_TERMINAL = re.compile(r"[.!?][\"'”’)]*$")
+
+
+def terminated(sentence: str) -> str:
+    """``sentence`` ending in ``.!?``: a quoted table row or list line ("name: Golden Gate Bridge ... designer:
+    Joseph Strauss") gets a period, so that the answer's sentences, and each one's citation, stay apart when the
+    answer is split again (grounding; ``ragkit.grounding.sentence_spans``)."""
+    return sentence if _TERMINAL.search(sentence) else f"{sentence}."
+
+
 def not_prose(sentence: str) -> bool:
     """Headings, code and boilerplate: lines an answer should not quote. A sentence of prose that names a
     command or a setting in an inline code span (`ragkit index`) is prose; a stray backtick is not."""
@@ -258,7 +268,7 @@ class ExtractiveGenerator:
         parts: list[str] = []
         for sentence, rank in self._select(question, hits):
             number = number_of.setdefault(rank, len(number_of) + 1)
-            parts.append(f"{sentence} [{number}]")
+            parts.append(f"{terminated(sentence)} [{number}]")
         citations = tuple(hits[rank] for rank in sorted(number_of, key=number_of.__getitem__))
         text = " ".join(parts) if parts else NO_ANSWER
         meta = {"passages": tuple(hit.chunk.id for hit in hits[: self.max_hits])}
