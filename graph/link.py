@@ -111,4 +111,38 @@ def link_entities(
                 if sims[i, column] >= settings.link_threshold:
                     row = int(vector_rows[column]) if vector_rows is not None else int(column)
                     offer(row, p.surface, float(sims[i, column]), "embedding")
-    return sorted(best.values(), key=lambda link: (-link.score, link.row))
+    links = list(best.values())
+    if settings.link_longest:
+        links = _longest_matches(links, words)
+    return sorted(links, key=lambda link: (-link.score, link.row))
+
+
+def _span(phrase: str, words: list[str]) -> tuple[int, int] | None:
+    """Where the words of ``phrase`` (normalized) first stand in the question's ``words``, as ``(start, end)``."""
+    key = normalize_name(phrase).split(" ")
+    n = len(key)
+    for start in range(len(words) - n + 1):
+        if words[start : start + n] == key:
+            return start, start + n
+    return None
+
+
+def _longest_matches(links: list[EntityLink], words: list[str]) -> list[EntityLink]:
+    """The links whose phrase no longer linked phrase of the question holds with at least its score: in "Who
+    married Sergio Tolento Hernández?" the name links and "Sergio" alone names no one the question means (nor
+    "Summer Olympics" in "the 1920 Summer Olympics", nor "wind farm" in "Intrepid Wind Farm")."""
+    spans = {link.phrase: _span(link.phrase, words) for link in links}
+    kept = []
+    for link in links:
+        inner = spans[link.phrase]
+        covered = inner is not None and any(
+            (outer := spans[other.phrase]) is not None
+            and outer[0] <= inner[0]
+            and inner[1] <= outer[1]
+            and outer[1] - outer[0] > inner[1] - inner[0]
+            and other.score >= link.score
+            for other in links
+        )
+        if not covered:
+            kept.append(link)
+    return kept

@@ -45,6 +45,7 @@ class GraphSettings:
     link_top: int = 3  # entities linked per question phrase by embedding
     alias_link_score: float = 0.9  # a question phrase equal to an alias rather than the name
     common_noun_weight: float = 0.3  # a common-noun phrase ("country") links with this weight, a name with 1
+    link_longest: bool = True  # drop a link whose phrase lies inside a longer linked phrase ("Sergio" in a full name)
 
     # --- graph search (Personalized PageRank over the entity-chunk graph) ---
     damping: float = 0.85  # probability of following an edge rather than jumping back to a seed
