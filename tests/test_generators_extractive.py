@@ -142,6 +142,14 @@ def test_extractive_prefers_a_sentence_with_what_the_question_asks_for() -> None
     assert answer.text == "The Halden bridge opened in 1877 after a flood. [1]"
 
 
+def test_a_count_written_in_words_answers_how_many() -> None:
+    text = "Marta Velloso was selected for the All-Star game squad of the Rovers. She was a two-time All-Star selection."
+    hits = [make_hit(0, text)]
+    question = "How many times was Marta Velloso selected for the All-Star game?"
+    answer = ExtractiveGenerator(max_sentences=1).generate(question, hits)
+    assert answer.text == "She was a two-time All-Star selection. [1]"
+
+
 def test_extractive_weighs_a_rare_question_word_above_words_every_sentence_repeats() -> None:
     text = (
         "Carl Bach lived in Berlin. A German musician played there nightly. Every German musician knew him. "

@@ -62,6 +62,12 @@ _NAME = re.compile(r"\b[A-Z][\w'-]*")
 _YEAR = re.compile(r"\b(1[0-9]{3}|20[0-9]{2})\b")
 _MONTH = re.compile(r"\b(January|February|March|April|May|June|July|August|September|October|November|December)\b")
 _NUMBER = re.compile(r"\d")
+# A count written in words: "a two-time Pro Bowl selection", "twice", "three seasons" ("one" is too often "one of")
+_NUMBER_WORDS = re.compile(
+    r"\b(?:two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|twenty|thirty|forty|fifty|hundred|thousand"
+    r"|million|billion|twice|thrice)\b",
+    re.IGNORECASE,
+)
 # Code outside inline spans: braces, a statement keyword or prompt at the start, arrows, scope operators, calls.
 _CODE = re.compile(r"[{}]|^\s*(def|class|import|from|return|\$|>>>|#+)\s|=>|::|\w\(\)")
 # An inline code span (`ragkit index`) inside a sentence of prose; a doubled backtick (``like this'') is a
@@ -87,7 +93,8 @@ def answer_type_bonus(kind: str, sentence: str, question_words: set[str]) -> flo
         new = [y for y in _YEAR.findall(sentence) if y not in question_words]
         return 1.0 if new or _MONTH.search(sentence) else 0.0
     if kind == "number":
-        return 1.0 if any(n.lower() not in question_words for n in re.findall(r"\d[\d,.]*", sentence)) else 0.0
+        numbers = re.findall(r"\d[\d,.]*", sentence) + _NUMBER_WORDS.findall(sentence)
+        return 1.0 if any(n.lower() not in question_words for n in numbers) else 0.0
     if kind == "name":
         names = [w for w in _NAME.findall(sentence)[1:] if w.lower() not in question_words]
         return 1.0 if names else 0.0
