@@ -143,7 +143,10 @@ def test_extractive_prefers_a_sentence_with_what_the_question_asks_for() -> None
 
 
 def test_a_count_written_in_words_answers_how_many() -> None:
-    text = "Marta Velloso was selected for the All-Star game squad of the Rovers. She was a two-time All-Star selection."
+    text = (
+        "Marta Velloso was selected for the All-Star game squad of the Rovers. "
+        "She was a two-time All-Star selection."
+    )
     hits = [make_hit(0, text)]
     question = "How many times was Marta Velloso selected for the All-Star game?"
     answer = ExtractiveGenerator(max_sentences=1).generate(question, hits)
