@@ -121,6 +121,19 @@ def test_extractive_follows_the_bridge_to_the_second_passage() -> None:
 
 
 
+def test_a_row_about_another_bridge_is_no_first_hop() -> None:
+    """The question names Tower Bridge; a table row naming the Brooklyn Bridge says no more of the question than
+    the Brooklyn page does, so that page is no second hop and its designer does not open the answer."""
+    hits = [
+        titled_hit(0, "Tower Bridge", "Tower Bridge is a bascule bridge in London, designed by Horace Jones."),
+        make_hit(1, "name: Tower Bridge\ncity: London\ndesigner: Horace Jones"),
+        titled_hit(2, "Brooklyn Bridge", "John A. Roebling designed the bridge across the East River."),
+        make_hit(3, "name: Brooklyn Bridge\ncity: New York City\ndesigner: John A. Roebling"),
+    ]
+    answer = ExtractiveGenerator().generate("Who designed Tower Bridge?", hits)
+    assert answer.text.startswith("Tower Bridge is a bascule bridge in London, designed by Horace Jones. [1]")
+
+
 def test_extractive_takes_no_bridge_from_a_passage_unrelated_to_the_question() -> None:
     """A passage is a second hop only when a passage that matches the question names it: here only an unrelated
     one names the Chrysler Building, so it stays out and the answer's own sentence gets its place."""

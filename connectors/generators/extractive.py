@@ -236,7 +236,12 @@ class ExtractiveGenerator:
                 passages.append(sorted(sentences, key=lambda c: -c.score))
         if not passages:  # every sentence was too short or not prose: the top hit's text as it is
             return [(" ".join(hits[0].chunk.text.split()), 0)] if hits[0].chunk.text.strip() else []
-        # a second hop is named by a first hop, a passage that shares a word with the question
+        # a second hop is named by a first hop, a passage that shares a word with the question. It leads the
+        # answer only when that first hop is about something the question names, or holds a question word the
+        # second hop lacks (the part of the question it answers): a table row about the same bridge that says no
+        # more of the question is a parallel candidate, not a first hop.
+        asked = {s[0].rank: terms.intersection(content_words(hits[s[0].rank].chunk.text)) for s in passages}
+        named = {s[0].rank: bool(key := _title_key(s[0].title)) and f" {key} " in question_text for s in passages}
         texts = {
             s[0].rank: f" {' '.join(_WORD.findall(hits[s[0].rank].chunk.text.lower()))} "
             for s in passages
@@ -246,9 +251,11 @@ class ExtractiveGenerator:
         for sentences in passages:
             rank, subject = sentences[0].rank, _title_key(sentences[0].title)
             doc_id = hits[rank].chunk.doc_id  # a document's own chunks naming its title make no second hop
-            bridge = bool(subject) and any(
-                f" {subject} " in text for o, text in texts.items() if hits[o].chunk.doc_id != doc_id
-            )
+            namers = [
+                o for o, text in texts.items() if subject and hits[o].chunk.doc_id != doc_id and f" {subject} " in text
+            ]
+            bridge = bool(namers)
+            leads = any(named[o] or asked[o] - asked[rank] for o in namers)
             if not bridge and not any(c.overlap for c in sentences):
                 continue
             unnamed = bool(subject) and f" {subject} " not in question_text
@@ -256,7 +263,7 @@ class ExtractiveGenerator:
             for nth, candidate in enumerate(sentences):
                 if nth and not candidate.overlap:
                     continue
-                candidate.second_hop = bridge and unnamed
+                candidate.second_hop = leads and unnamed
                 ranked.append((prior * (0.2 + candidate.score) * SAME_PASSAGE_DECAY**nth, candidate))
         if not ranked:  # nothing overlaps the question: the lead sentence of the best hit
             lead = min((c for s in passages for c in s), key=lambda c: (c.rank, c.position))
