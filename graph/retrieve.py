@@ -289,7 +289,7 @@ class MultiHopRetriever(_GraphSearchBase):
         seeds = SparseVector.empty()
         if s.path_dense_seeds and len(ev.dense_weight):
             top = _best(ev.dense_weight.nodes, ev.dense_weight.values, s.path_dense_seeds)
-            seeds = SparseVector.of(top, ev.dense_weight.at(top))
+            seeds = SparseVector.of(top, ev.dense_weight.at(top) * s.path_dense_seed_weight)
         linked = ev.entity_seed.scaled(s.entity_seed_weight)
         entities = [linked.maximum(sparse_max_product(leave, seeds))]
         chunks = [seeds]

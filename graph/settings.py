@@ -68,13 +68,16 @@ class GraphSettings:
     noun_phrase_weight: float = 0.5
 
     # --- multi-hop traversal (best path, max-product) ---
-    max_hops: int = 2
+    max_hops: int = 3
     hop_decay: float = 0.8  # a path's score shrinks by this per extra hop
     path_dense_seeds: int = 10  # top dense chunks that start paths (besides the linked entities)
+    # a path from a dense hit starts at this share of the hit's seed weight, a path from a question's linked entity
+    # at its link score: a dense hit already scores by its prior, and its path mostly restates it
+    path_dense_seed_weight: float = 0.1
     body_mention_weight: float = 0.5  # landing on a chunk that mentions an entity vs. one about it (1)
-    path_weight: float = 1.0  # final score: exp((dense - best) / path_temperature) + path_weight * path
+    path_weight: float = 1.5  # final score: exp((dense - best) / path_temperature) + path_weight * path
     path_temperature: float = 0.1
-    path_beam: int = 1000  # the best paths each hop carries on (0: every path)
+    path_beam: int = 100  # the best paths each hop carries on (0: every path)
 
     # --- fusion of graph and dense ---
     fusion_keep_paths: int = 2  # the top multi-hop chunks (dense prior + best path) placed first
@@ -135,6 +138,7 @@ class GraphSettings:
             ("prune", 0.0 <= self.prune < 1.0, "in [0, 1) (0: exact)"),
             ("edge_prune", 0.0 <= self.edge_prune < 1.0, "in [0, 1) (0: off)"),
             ("path_beam", self.path_beam >= 0, ">= 0 (0: every path)"),
+            ("path_dense_seed_weight", self.path_dense_seed_weight >= 0.0, ">= 0 (0: paths start at linked entities)"),
         ]
         for name, ok, expected in checks:
             if not ok:
