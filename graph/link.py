@@ -88,6 +88,8 @@ def link_entities(
         row = matrices.key_row.get(p.key)
         if row is not None:
             offer(row, p.surface, weight, "name")
+        if not p.named and p.surface.islower():
+            continue  # an alias is a name's short form: "state" is no alias of State Route
         for alias_row in matrices.alias_rows.get(p.key, ()):
             offer(int(alias_row), p.surface, settings.alias_link_score * weight, "alias")
     words = normalize_name(query).split(" ")

@@ -63,3 +63,24 @@ def test_a_longer_phrase_linked_less_surely_leaves_the_shorter_link() -> None:
         EntityLink(3, "Albert", 1.0, "name"),
     ]
     assert [link.row for link in _longest_matches(links, words)] == [0, 1, 2]
+
+
+def test_a_lower_case_common_noun_links_no_alias() -> None:
+    """An alias is a name's short form ("Tucson" for "Tucson, Arizona"): "state", written in lower case, is the
+    common noun and links no name it begins, though a document called State Route 7 "the State"; the same word
+    as a name, or capitalized, still links through the alias."""
+    store = GraphStore(sqlite3.connect(":memory:"))
+    route = "state route"
+    store.add([ChunkExtraction("c1", "d1", (EntityMention(route, "State Route", "FAC", "entity"),
+                                            EntityMention(route, "State", "FAC", "entity")), ())])
+    settings = GraphSettings()
+    m = compile_matrices(store.snapshot(), settings)
+    assert "state" in m.alias_rows
+    question = "Which state has jousting as its official sport?"
+
+    def names(p: QueryPhrase) -> set[str]:
+        return {str(m.names[link.row]) for link in link_entities([p], question, m, settings)}
+
+    assert names(QueryPhrase("state", "state", False)) == set()
+    assert names(QueryPhrase("State", "state", True)) == {"State Route"}
+    assert names(QueryPhrase("State", "state", False)) == {"State Route"}  # a sentence's first word: may be a name
