@@ -258,7 +258,12 @@ class PathState:
 class MultiHopRetriever(_GraphSearchBase):
     """Mode "multihop": best paths from the question's entities and the top dense chunks, along mentions and
     relations, up to ``max_hops`` entity-to-chunk hops. A chunk scores
-    ``exp((dense - best_dense) / path_temperature) + path_weight * best_path``; each hit explains its path."""
+    ``exp((dense - best_dense) / path_temperature) + path_weight * best_path``; each hit explains its path.
+
+    A path from a linked entity starts at the link's score, one from a dense hit at ``path_dense_seed_weight`` of
+    the hit's seed weight: the dense hit already scores by its prior, and its path mostly restates that (a
+    look-alike passage reaches itself through its own name), while a path from what the question names is evidence
+    the prior lacks (docs/benchmarks.md, "Paths start at what the question names")."""
 
     mode = "multihop"
 

@@ -81,7 +81,7 @@ class GraphSettings:
 
     # --- fusion of graph and dense ---
     fusion_keep_paths: int = 2  # the top multi-hop chunks (dense prior + best path) placed first
-    fusion_keep_dense: int = 2  # then the top dense hits, which the rest of the graph results never displace
+    fusion_keep_dense: int = 1  # then the top dense hits, which the rest of the graph results never displace
     fusion_ppr_weight: float = 1.0  # weight of the normalized PageRank mass in the fused score
     # below the kept hits, the question's words that no kept passage contains (what the next hop must say):
     # each candidate of the top ``fusion_residual_depth`` gains this many times the ranking's mean score gap per

@@ -94,17 +94,19 @@ def test_graph_finds_the_second_hop_that_dense_misses(setup: dict[str, Any]) -> 
 
 
 def test_graph_hybrid_places_the_best_paths_then_the_dense_hits(setup: dict[str, Any], minilm: Any) -> None:
-    """The multi-hop score's top 2 come first, then the top 2 dense hits that are not among them, each saying
-    why it is there; with ``fusion_keep_paths = 0`` the dense hits come first, and the second hop falls out of
-    the top 2 for some question (the corpus defeats dense search)."""
+    """The multi-hop score's top 2 come first, then the top ``fusion_keep_dense`` dense hits (1 by default) that
+    are not among them, each saying why it is there; with ``fusion_keep_paths = 0`` and two kept dense hits the
+    dense hits come first, and the second hop falls out of the top 2 for some question (the corpus defeats dense
+    search)."""
     without_paths = HybridGraphRetriever(
-        setup["store"], minilm, setup["dense"], GraphSettings(n_process=1, fusion_keep_paths=0)
+        setup["store"], minilm, setup["dense"], GraphSettings(n_process=1, fusion_keep_paths=0, fusion_keep_dense=2)
     )
+    keep_dense = GraphSettings().fusion_keep_dense
     recall_before = []
     for question, gold in setup["questions"]:
         hits = setup["graph_hybrid"].retrieve_chunks(question, 5)
         best_paths = [c for c, _, _ in setup["multihop"].retrieve_chunks(question, 2)]
-        dense = [c for c, _ in setup["dense"](question, 2)]
+        dense = [c for c, _ in setup["dense"](question, keep_dense)]
         placed = list(dict.fromkeys(best_paths + dense))
         assert [c for c, _, _ in hits[: len(placed)]] == placed
         assert [h[2].get("kept_path", False) for h in hits[:2]] == [True, True]
@@ -112,7 +114,8 @@ def test_graph_hybrid_places_the_best_paths_then_the_dense_hits(setup: dict[str,
         assert all(h[2].get("kept_dense") for h in hits[2 : len(placed)])
         assert [h[1] for h in hits] == sorted((h[1] for h in hits), reverse=True)
         old = without_paths.retrieve_chunks(question, 5)
-        assert [c for c, _, _ in old[:2]] == dense and all(h[2].get("kept_dense") for h in old[:2])
+        assert [c for c, _, _ in old[:2]] == [c for c, _ in setup["dense"](question, 2)]
+        assert all(h[2].get("kept_dense") for h in old[:2])
         recall_before.append(recall_at([c for c, _, _ in old], gold, 2))
     assert np.mean(recall_before) < 1.0
 
