@@ -12,7 +12,7 @@ import pytest
 
 from ragkit.config import GeneratorSettings
 from ragkit.connectors.generators import GENERATOR_NAMES, from_settings, make_generator
-from ragkit.connectors.generators.extractive import NO_ANSWER, ExtractiveGenerator, split_sentences
+from ragkit.connectors.generators.extractive import NO_ANSWER, ExtractiveGenerator, not_prose, split_sentences
 from ragkit.connectors.generators.fallback import FallbackGenerator
 from ragkit.connectors.generators.openai import OpenAIGenerator
 from ragkit.errors import ConfigError, GeneratorError
@@ -379,3 +379,19 @@ def test_extractive_limits_sentences_and_takes_typographic_quotes_for_prose() ->
     many = [make_hit(i, f"Copper fact number {i} is that copper conducts heat.") for i in range(6)]
     answer = ExtractiveGenerator(max_sentences=2).generate("Does copper conduct heat?", many)
     assert len(cited_numbers(answer.text)) == 2
+
+
+def test_extractive_skips_code_that_quotes_the_question() -> None:
+    """A usage example holds the question itself ("How are chunk ids kept stable?" in docs/python-api.md's code):
+    assignments, method calls and ``print(`` lines are code, whatever words they share with the question."""
+    code = (
+        'answer = index.ask("how are chunk ids kept stable?", generator="extractive")\n'
+        "print(answer.text)  # sentences with [1], citations\n"
+        'hits = index.retrieve("how are chunk ids kept stable?", k=5)\n'
+    )
+    prose = "Chunk ids stay stable when a folder is indexed again: a chunk's id is a hash of its text."
+    hits = [make_hit(0, code), make_hit(1, prose)]
+    answer = ExtractiveGenerator().generate("How are chunk ids kept stable?", hits)
+    assert answer.text == f"{prose} [1]" and list(answer.citations) == [hits[1]]
+    for sentence in ("The index is kept in the folder given with `--index`.", "The index.html page lists the hits."):
+        assert not not_prose(sentence), sentence

@@ -68,8 +68,12 @@ _NUMBER_WORDS = re.compile(
     r"|million|billion|twice|thrice)\b",
     re.IGNORECASE,
 )
-# Code outside inline spans: braces, a statement keyword or prompt at the start, arrows, scope operators, calls.
-_CODE = re.compile(r"[{}]|^\s*(def|class|import|from|return|\$|>>>|#+)\s|=>|::|\w\(\)")
+# Code outside inline spans: braces, a statement keyword or prompt at the start, arrows, scope operators, calls
+# ("f()", a method call "index.ask(", "print("), an assignment at the start ("hits = ...").
+_CODE = re.compile(
+    r"[{}]|^\s*(def|class|import|from|return|\$|>>>|#+)\s|=>|::|\w\(\)|\b[a-z_]\w*\.[a-z_]\w*\(|\bprint\("
+    r"|^\s*[a-z_][\w.]*\s*=[^=]"
+)
 # An inline code span (`ragkit index`) inside a sentence of prose; a doubled backtick (``like this'') is a
 # typographic opening quote, not code.
 _INLINE_CODE = re.compile(r"(?<!`)`[^`\n]+`(?!`)")
