@@ -395,3 +395,17 @@ def test_extractive_skips_code_that_quotes_the_question() -> None:
     assert answer.text == f"{prose} [1]" and list(answer.citations) == [hits[1]]
     for sentence in ("The index is kept in the folder given with `--index`.", "The index.html page lists the hits."):
         assert not not_prose(sentence), sentence
+
+
+def test_the_lead_bonus_goes_to_the_first_sentence_of_prose_below_a_heading() -> None:
+    """A documentation page's chunk opens with its heading; the sentence under it is the lead, as a Wikipedia
+    passage's first sentence is, and it answers before another page's lead that shares fewer of the question's
+    words ("What does ragkit eval measure?" over ragkit's own docs/)."""
+    lead = (
+        "`ragkit eval` measures retrieval the way the field does: recall@k, hit-rate@k, MRR, nDCG and MAP per mode,"
+        " and query latency."
+    )
+    other = "Every metric of `ragkit eval` on the default mode, the start of the session to now."
+    hits = [make_hit(0, f"# Evaluation\n\n{lead}"), make_hit(1, other)]
+    answer = ExtractiveGenerator().generate("What does ragkit eval measure?", hits)
+    assert answer.text.startswith(f"{lead} [1]"), answer.text
