@@ -223,7 +223,7 @@ class ExtractiveGenerator:
             title = str(hit.chunk.meta.get("title") or "")
             subject_words = set(content_words(title)) if title else set()
             sentences: list[_Sentence] = []
-            lead = True  # the passage's first sentence of prose (a heading above it is no lead)
+            first_prose = True  # the passage's lead sentence (a heading above it is no lead)
             for position, sentence in enumerate(split[rank]):
                 if position == 0 and not title:  # an untitled passage is about what its first sentence names
                     subject_words = {_stem(w.lower()) for w in _NAME.findall(sentence)} - _STOPWORDS
@@ -236,8 +236,8 @@ class ExtractiveGenerator:
                 # Dividing by log length keeps long run-on sentences from winning on size alone.
                 overlap = sum(weight[term] for term in terms.intersection(about)) / math.log2(2 + len(words))
                 typed = answer_type_bonus(kind, sentence, question_words)
-                score = overlap * (1 + typed) + (LEAD_BONUS if lead else 0.0)
-                lead = False
+                score = overlap * (1 + typed) + (LEAD_BONUS if first_prose else 0.0)
+                first_prose = False
                 sentences.append(_Sentence(rank, position, sentence, title, score, typed, overlap))
             if sentences:
                 passages.append(sorted(sentences, key=lambda c: -c.score))
