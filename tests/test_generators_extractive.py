@@ -409,3 +409,15 @@ def test_the_lead_bonus_goes_to_the_first_sentence_of_prose_below_a_heading() ->
     hits = [make_hit(0, f"# Evaluation\n\n{lead}"), make_hit(1, other)]
     answer = ExtractiveGenerator().generate("What does ragkit eval measure?", hits)
     assert answer.text.startswith(f"{lead} [1]"), answer.text
+
+
+def test_extractive_skips_fenced_code_and_examples_that_quote_the_question() -> None:
+    """A fenced block read as one sentence is code; a sentence that holds the question itself (an API example's
+    request body) is an example of asking, not an answer."""
+    fence = "```bash pip install 'ragkit[serve]' ragkit serve --index my-index ```"
+    example = 'A batch, `{"queries": ["Which vector backends are there?"], "k": 1}`, answers the queries in order.'
+    prose = "Three vector backends ship with ragkit: FAISS, Milvus and Chroma."
+    assert not_prose(fence)
+    hits = [make_hit(0, example), make_hit(1, f"{fence}\n\n{prose}")]
+    answer = ExtractiveGenerator().generate("Which vector backends are there?", hits)
+    assert answer.text == f"{prose} [1]" and list(answer.citations) == [hits[1]]

@@ -69,10 +69,10 @@ _NUMBER_WORDS = re.compile(
     re.IGNORECASE,
 )
 # Code outside inline spans: braces, a statement keyword or prompt at the start, arrows, scope operators, calls
-# ("f()", a method call "index.ask(", "print("), an assignment at the start ("hits = ...").
+# ("f()", a method call "index.ask(", "print("), an assignment at the start ("hits = ..."), a code fence.
 _CODE = re.compile(
     r"[{}]|^\s*(def|class|import|from|return|\$|>>>|#+)\s|=>|::|\w\(\)|\b[a-z_]\w*\.[a-z_]\w*\(|\bprint\("
-    r"|^\s*[a-z_][\w.]*\s*=[^=]"
+    r"|^\s*[a-z_][\w.]*\s*=[^=]|```"
 )
 # An inline code span (`ragkit index`) inside a sentence of prose; a doubled backtick (``like this'') is a
 # typographic opening quote, not code.
@@ -214,6 +214,7 @@ class ExtractiveGenerator:
         terms = set(content_words(question))
         question_words = {w.lower() for w in _WORD.findall(question)}
         question_text = f" {' '.join(_WORD.findall(question.lower()))} "
+        quoted = question_text if len(question_text.split()) >= 3 else ""
         kind = answer_kind(question)
         passages: list[list[_Sentence]] = []
         seen: set[str] = set()
@@ -230,6 +231,8 @@ class ExtractiveGenerator:
                 key = sentence.lower()
                 if len(sentence.split()) < self.min_words or key in seen or not_prose(sentence):
                     continue
+                if quoted and quoted in f" {' '.join(_WORD.findall(key))} ":
+                    continue  # an example that quotes the question ("queries": ["Which backends are there?"])
                 seen.add(key)
                 words = content_words(sentence)
                 about = subject_words.union(words) if _ANAPHOR.match(sentence) else words
