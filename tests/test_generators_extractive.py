@@ -421,3 +421,12 @@ def test_extractive_skips_fenced_code_and_examples_that_quote_the_question() -> 
     hits = [make_hit(0, example), make_hit(1, f"{fence}\n\n{prose}")]
     answer = ExtractiveGenerator().generate("Which vector backends are there?", hits)
     assert answer.text == f"{prose} [1]" and list(answer.citations) == [hits[1]]
+
+
+def test_a_keyword_query_inside_an_answer_sentence_is_no_quoted_question() -> None:
+    """Only a question (it ends with "?") quoted whole marks an example; the words of a keyword query standing
+    together in a sentence are that sentence's subject."""
+    sentence = "A red apple pie bakes for an hour in the oven."
+    hits = [make_hit(0, "Apple apple apple apple."), make_hit(1, sentence)]
+    answer = ExtractiveGenerator().generate("red apple pie", hits)
+    assert sentence in answer.text

@@ -214,7 +214,8 @@ class ExtractiveGenerator:
         terms = set(content_words(question))
         question_words = {w.lower() for w in _WORD.findall(question)}
         question_text = f" {' '.join(_WORD.findall(question.lower()))} "
-        quoted = question_text if len(question_text.split()) >= 3 else ""
+        # a question quoted whole (an API example's request body): a keyword query ("red apple pie") is not one
+        quoted = question_text if question.rstrip().endswith("?") and len(question_text.split()) >= 4 else ""
         kind = answer_kind(question)
         passages: list[list[_Sentence]] = []
         seen: set[str] = set()
