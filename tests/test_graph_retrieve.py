@@ -4,16 +4,14 @@ look-alikes and the graph must hop through the bridge entity."""
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
 import numpy as np
 import pytest
+from graph_corpus import graph_and_dense, titled_chunks
 
-from ragkit.graph.extract import SpacyExtractor
 from ragkit.graph.retrieve import GraphRetriever, HybridGraphRetriever, MultiHopRetriever
 from ragkit.graph.settings import GraphSettings
-from ragkit.graph.store import GraphStore
 from ragkit.pipelines.graph_query import describe
 from ragkit.types import Chunk
 
@@ -47,24 +45,13 @@ def corpus() -> tuple[list[Chunk], list[tuple[str, set[str]]]]:
         passages.append(
             (f"x{j}", painter, f"{painter} was a painter of river landscapes who died in {year} in {town}.")
         )
-    chunks = [Chunk(pid, pid, text, 0, len(text), {"title": title}) for pid, title, text in passages]
-    return chunks, questions
+    return titled_chunks(passages), questions
 
 
 @pytest.fixture(scope="module")
 def setup(minilm: Any) -> dict[str, Any]:
     chunks, questions = corpus()
-    store = GraphStore(sqlite3.connect(":memory:"))
-    with SpacyExtractor(GraphSettings(n_process=1)) as extractor:
-        store.add(extractor.extract(chunks))
-    vectors = minilm.embed_documents([c.embed_text for c in chunks])
-    ids = [c.id for c in chunks]
-
-    def dense(query: str, k: int) -> list[tuple[str, float]]:
-        scores = vectors @ minilm.embed_query(query)
-        order = np.argsort(-scores)[:k]
-        return [(ids[i], float(scores[i])) for i in order]
-
+    store, dense = graph_and_dense(chunks, minilm)
     settings = GraphSettings(n_process=1)
     return {
         "store": store,

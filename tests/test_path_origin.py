@@ -10,18 +10,14 @@ Real spaCy pipeline and the real MiniLM embedder on two small synthetic corpora 
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import pytest
+from graph_corpus import DenseSearch, graph_and_dense, titled_chunks
 
-from ragkit.graph.extract import SpacyExtractor
 from ragkit.graph.retrieve import HybridGraphRetriever, MultiHopRetriever
 from ragkit.graph.settings import GraphSettings
 from ragkit.graph.store import GraphStore
-from ragkit.types import Chunk
 
 pytestmark = pytest.mark.slow
 
@@ -66,19 +62,8 @@ def books_corpus() -> tuple[list[tuple[str, str, str]], list[Question]]:
     return passages, questions
 
 
-def build(passages: list[tuple[str, str, str]], minilm: Any) -> tuple[GraphStore, Callable[[str, int], list]]:
-    chunks = [Chunk(pid, pid, text, 0, len(text), {"title": title}) for pid, title, text in passages]
-    store = GraphStore(sqlite3.connect(":memory:"))
-    with SpacyExtractor(GraphSettings(n_process=1)) as extractor:
-        store.add(extractor.extract(chunks))
-    vectors = minilm.embed_documents([c.embed_text for c in chunks])
-    ids = [c.id for c in chunks]
-
-    def dense(query: str, k: int) -> list[tuple[str, float]]:
-        scores = vectors @ minilm.embed_query(query)
-        return [(ids[i], float(scores[i])) for i in np.argsort(-scores)[:k]]
-
-    return store, dense
+def build(passages: list[tuple[str, str, str]], minilm: Any) -> tuple[GraphStore, DenseSearch]:
+    return graph_and_dense(titled_chunks(passages), minilm)
 
 
 @pytest.fixture(scope="module")
